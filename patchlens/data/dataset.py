@@ -1,0 +1,156 @@
+"""The one on-disk layout every data set is converted to, and its reader.
+
+A data set lives in one directory (``results/data/{dataset}/`` by default)::
+
+    manifest.csv    one row per image (required)
+        image      unique string id
+        path       image file, relative to the directory (RGB PNG/JPEG)
+        split      free string; tasks name the splits they use (scenes: train, val, crop, video, pair)
+        semantic   relative path of a class-id PNG (uint8, 0 = background, 255 = void) or empty
+        instance   relative path of an instance-id PNG (uint8, 0 = none, 1..N, 255 = void) or empty
+        sequence   video id for video frames, else empty
+        frame      frame index within the sequence, -1 for still images
+        height, width   original image size in pixels
+        labels     image-level class ids, space separated (low-shot classification), may be empty
+        uv         relative path of a float32 .npy (H, W, 2) of canonical object coordinates
+                   (scenes only; NaN off objects), may be empty
+    classes.csv     class (int), name (str)                                     (required)
+    objects.csv     image, instance, class, identity, area_frac, x0, y0, x1, y1 (optional)
+                    one row per object occurrence; ``instance`` is its id in the instance PNG,
+                    ``identity`` a data-set-wide appearance id (-1 when unknown), bbox in pixels
+                    (x1, y1 exclusive), ``area_frac`` = mask area / image area
+    keypoints.csv   pair, src_image, trg_image, kp, src_x, src_y, trg_x, trg_y,
+                    trg_x0, trg_y0, trg_x1, trg_y1                               (optional)
+                    one row per keypoint of an image pair, pixel coordinates of the original
+                    images, target bounding box for PCK normalisation
+
+Readers raise :class:`~patchlens.errors.DataError` naming the file and the fix.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from patchlens.errors import DataError
+
+MANIFEST_COLUMNS = ["image", "path", "split", "semantic", "instance", "sequence", "frame",
+                    "height", "width", "labels", "uv"]
+OBJECT_COLUMNS = ["image", "instance", "class", "identity", "area_frac", "x0", "y0", "x1", "y1"]
+KEYPOINT_COLUMNS = ["pair", "src_image", "trg_image", "kp", "src_x", "src_y", "trg_x", "trg_y",
+                    "trg_x0", "trg_y0", "trg_x1", "trg_y1"]
+VOID = 255
+
+
+def _read_table(path: Path, columns: list[str], required: bool) -> pd.DataFrame | None:
+    if not path.exists():
+        if required:
+            raise DataError(f"{path}: missing; rerun the data preparation rule for this data set")
+        return None
+    try:
+        df = pd.read_csv(path, keep_default_na=False, dtype={"image": str, "sequence": str,
+                                                            "src_image": str, "trg_image": str,
+                                                            "pair": str, "labels": str})
+    except Exception as exc:  # pandas parser errors are long; keep one line
+        raise DataError(f"{path}: not a readable CSV ({exc}); regenerate it") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
+                        f"expected {', '.join(columns)}")
+    return df
+
+
+class Dataset:
+    """Read access to a data set directory in the layout above (lazy, cached tables)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: data set directory not found; run the data rule first")
+        self.manifest = _read_table(self.root / "manifest.csv", MANIFEST_COLUMNS, True)
+        if self.manifest["image"].duplicated().any():
+            dup = self.manifest["image"][self.manifest["image"].duplicated()].iloc[0]
+            raise DataError(f"{self.root / 'manifest.csv'}: image id {dup!r} appears twice")
+        self.manifest = self.manifest.set_index("image", drop=False)
+        self.classes = _read_table(self.root / "classes.csv", ["class", "name"], True)
+        self.objects = _read_table(self.root / "objects.csv", OBJECT_COLUMNS, False)
+        self.keypoints = _read_table(self.root / "keypoints.csv", KEYPOINT_COLUMNS, False)
+
+    # -- selection -------------------------------------------------------------------------
+    @property
+    def images(self) -> list[str]:
+        return self.manifest["image"].tolist()
+
+    def split(self, *names: str) -> list[str]:
+        """Image ids whose split is one of ``names``, in manifest order."""
+        return self.manifest.index[self.manifest["split"].isin(names)].tolist()
+
+    @cached_property
+    def sequences(self) -> dict[str, list[str]]:
+        """Video id -> frame image ids ordered by frame index."""
+        frames = self.manifest[self.manifest["sequence"] != ""]
+        return {seq: g.sort_values("frame")["image"].tolist()
+                for seq, g in frames.groupby("sequence", sort=True)}
+
+    def has(self, what: str) -> bool:
+        """Whether the data set carries a kind of ground truth:
+        semantic, instance, objects, keypoints, video, labels, uv."""
+        m = self.manifest
+        return {
+            "semantic": bool((m["semantic"] != "").any()),
+            "instance": bool((m["instance"] != "").any()),
+            "objects": self.objects is not None and len(self.objects) > 0,
+            "keypoints": self.keypoints is not None and len(self.keypoints) > 0,
+            "video": bool((m["sequence"] != "").any()),
+            "labels": bool((m["labels"] != "").any()),
+            "uv": bool((m["uv"] != "").any()),
+        }[what]
+
+    # -- files -----------------------------------------------------------------------------
+    def _file(self, image: str, column: str) -> Path:
+        try:
+            rel = self.manifest.at[image, column]
+        except KeyError:
+            raise DataError(f"{self.root / 'manifest.csv'}: no image {image!r}") from None
+        if rel == "":
+            raise DataError(f"{self.root / 'manifest.csv'}: image {image!r} has no {column} file")
+        path = self.root / rel
+        if not path.exists():
+            raise DataError(f"{path}: listed in manifest.csv for {image!r} but missing; "
+                            "rerun the data preparation rule")
+        return path
+
+    def _png(self, image: str, column: str, mode: str) -> np.ndarray:
+        path = self._file(image, column)
+        try:
+            with Image.open(path) as im:
+                # palette PNGs keep their indices when read in mode "P"
+                arr = np.asarray(im if im.mode in ("P", "L") and mode == "L" else im.convert(mode))
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
+        return arr
+
+    def load_image(self, image: str) -> np.ndarray:
+        """RGB uint8 (H, W, 3)."""
+        return self._png(image, "path", "RGB")
+
+    def load_semantic(self, image: str) -> np.ndarray:
+        """Class ids uint8 (H, W); 0 background, 255 void."""
+        return self._png(image, "semantic", "L")
+
+    def load_instance(self, image: str) -> np.ndarray:
+        """Instance ids uint8 (H, W); 0 none, 255 void."""
+        return self._png(image, "instance", "L")
+
+    def load_uv(self, image: str) -> np.ndarray:
+        """Canonical object coordinates float32 (H, W, 2), NaN off objects."""
+        path = self._file(image, "uv")
+        return np.load(path, allow_pickle=False)
+
+    def labels(self, image: str) -> list[int]:
+        """Image-level class ids."""
+        s = self.manifest.at[image, "labels"]
+        return [int(t) for t in str(s).split()] if s != "" else []

@@ -1,0 +1,180 @@
+"""Per-layer patch features on disk: HDF5 laid out as netCDF4, so that
+``xarray.open_dataset(path, engine="h5netcdf")`` shows named dimensions.
+
+Variables (dims):
+    tokens (image, layer, patch, channel) float16, one chunk per (image, layer)
+    cls    (image, layer, channel)        float16, only for models with a class token
+    image  (image,)  string ids matching the data set manifest
+    layer  (layer,)  block index, 0-based
+Attributes: model, dataset, source, weights_sha256, patch_size, input_size (H, W), grid (h, w),
+n_blocks (blocks in the network), mean, std (input normalisation), patchlens_version, ...
+
+Writers stream batches into a temporary file and rename it at the end (see :mod:`patchlens.io`).
+Readers return float32 numpy arrays and never import torch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5netcdf
+import h5py
+import numpy as np
+
+from patchlens import __version__
+from patchlens.errors import DataError
+from patchlens.io import atomic_path
+
+
+class FeatureWriter:
+    """Stream (batch, layer, patch, channel) arrays into a feature file.
+
+    Use as a context manager; the file appears under ``path`` only when the block exits cleanly
+    and every image was written.
+    """
+
+    def __init__(self, path, images: list[str], layers: list[int], grid: tuple[int, int],
+                 channels: int, has_cls: bool, attrs: dict):
+        self.path = Path(path)
+        self.images, self.layers = list(images), [int(x) for x in layers]
+        self.grid, self.channels, self.has_cls = tuple(grid), int(channels), has_cls
+        self.attrs = dict(attrs)
+        self._n = 0
+
+    def __enter__(self):
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        f = h5netcdf.File(tmp, "w")
+        n, L, P, C = len(self.images), len(self.layers), self.grid[0] * self.grid[1], self.channels
+        f.dimensions = {"image": n, "layer": L, "patch": P, "channel": C}
+        f.create_variable("image", ("image",), data=np.array(self.images, dtype=object),
+                          dtype=h5py.string_dtype())
+        f.create_variable("layer", ("layer",), data=np.array(self.layers, dtype="int32"))
+        f.create_variable("tokens", ("image", "layer", "patch", "channel"), dtype="f2",
+                          chunks=(1, 1, P, C))
+        if self.has_cls:
+            f.create_variable("cls", ("image", "layer", "channel"), dtype="f2", chunks=(1, L, C))
+        attrs = {"patchlens_version": __version__, **self.attrs,
+                 "grid": np.array(self.grid, dtype="int32")}
+        for k, v in attrs.items():
+            f.attrs[k] = v if not isinstance(v, (list, tuple)) else np.asarray(v)
+        self._f = f
+        return self
+
+    def write(self, tokens: np.ndarray, cls: np.ndarray | None = None) -> None:
+        """Append a batch: tokens (b, L, P, C), cls (b, L, C)."""
+        b = tokens.shape[0]
+        expect = (len(self.layers), self.grid[0] * self.grid[1], self.channels)
+        if tuple(tokens.shape[1:]) != expect:
+            raise ValueError(f"token batch shape {tokens.shape[1:]} != (layer, patch, channel) {expect}")
+        sl = slice(self._n, self._n + b)
+        self._f.variables["tokens"][sl] = tokens.astype(np.float16)
+        if self.has_cls:
+            self._f.variables["cls"][sl] = cls.astype(np.float16)
+        self._n += b
+
+    def __exit__(self, exc_type, exc, tb):
+        self._f.close()
+        if exc_type is None and self._n != len(self.images):
+            exc = RuntimeError(f"{self.path}: wrote {self._n} of {len(self.images)} images")
+            self._atomic.__exit__(type(exc), exc, None)
+            raise exc
+        return self._atomic.__exit__(exc_type, exc, tb)
+
+
+def write_features(path, tokens: np.ndarray, images: list[str], grid, attrs: dict,
+                   cls: np.ndarray | None = None, layers: list[int] | None = None) -> None:
+    """Write a whole (image, layer, patch, channel) array at once (tests, baselines)."""
+    layers = list(range(tokens.shape[1])) if layers is None else layers
+    with FeatureWriter(path, images, layers, grid, tokens.shape[-1], cls is not None, attrs) as w:
+        w.write(tokens, cls)
+
+
+def _attr(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):  # netCDF stores scalars as 1-element arrays
+        return v.item() if v.size == 1 else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+class FeatureStore:
+    """Read one feature file. ``tokens(layer)`` returns float32 (n, h, w, C)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        try:
+            self._f = h5py.File(self.path, "r")
+        except (OSError, FileNotFoundError) as exc:
+            raise DataError(f"{self.path}: not a readable feature file ({exc}); "
+                            "delete it and rerun the extraction rule") from exc
+        if "tokens" not in self._f:
+            raise DataError(f"{self.path}: no 'tokens' variable; rerun the extraction rule")
+        self.images = [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["image"][:]]
+        self.layers = [int(x) for x in self._f["layer"][:]]
+        self.attrs = {k: _attr(v) for k, v in self._f.attrs.items()
+                      if not k.startswith("_") and k not in ("DIMENSION_LIST",)}
+        self.grid = tuple(int(x) for x in self._f.attrs["grid"])
+        self.channels = int(self._f["tokens"].shape[-1])
+        self.has_cls = "cls" in self._f
+        self._index = {im: i for i, im in enumerate(self.images)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._f.close()
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.attrs.get("patch_size", 0))
+
+    def _rows(self, images):
+        if images is None:
+            return slice(None), None
+        try:
+            idx = np.array([self._index[i] for i in images], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(f"{self.path}: image {exc.args[0]!r} not in the feature file; "
+                            "the data set changed since extraction, rerun it") from None
+        order = np.argsort(idx)
+        return idx[order], np.argsort(order)
+
+    def _layer_pos(self, layer: int) -> int:
+        try:
+            return self.layers.index(int(layer))
+        except ValueError:
+            raise DataError(f"{self.path}: layer {layer} not extracted (have {self.layers})") from None
+
+    def _read(self, name: str, layer: int, images) -> np.ndarray:
+        li = self._layer_pos(layer)
+        rows, back = self._rows(images)
+        ds = self._f[name]
+        if back is None:
+            out = ds[:, li]
+        elif len(rows) == 0:
+            out = np.zeros((0,) + ds.shape[2:], ds.dtype)
+        else:
+            # h5py needs increasing unique indices; read the covering range if dense enough
+            lo, hi = int(rows[0]), int(rows[-1]) + 1
+            if len(rows) * 2 >= hi - lo:
+                out = ds[lo:hi, li][rows - lo]
+            else:
+                out = np.stack([ds[int(r), li] for r in rows])
+            out = out[back]
+        return out.astype(np.float32)
+
+    def tokens(self, layer: int, images: list[str] | None = None) -> np.ndarray:
+        """Patch tokens of one layer as float32 (n, h, w, C), images in the order asked."""
+        x = self._read("tokens", layer, images)
+        return x.reshape(x.shape[0], *self.grid, self.channels)
+
+    def cls(self, layer: int, images: list[str] | None = None) -> np.ndarray:
+        """Class token of one layer as float32 (n, C)."""
+        if not self.has_cls:
+            raise DataError(f"{self.path}: model {self.attrs.get('model')!r} has no class token")
+        return self._read("cls", layer, images)
