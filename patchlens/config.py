@@ -1,0 +1,109 @@
+"""Load, validate and resolve a patchlens config (the one source of truth for a study).
+
+The JSON schema (``schemas/config.schema.yaml``) checks types and fills defaults; this module adds
+the cross-references a schema cannot express (a task naming an unknown data set, a model limited to
+data sets that do not exist, unknown task parameters) and expands the config into the job lists the
+Snakefile asks for. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import yaml
+
+from patchlens.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "schemas" / "config.schema.yaml"
+TASKS = ("fewshot_seg", "instance_id", "retrieval", "tracking", "keypoints", "lowshot_cls")
+
+
+def validate(config: dict) -> dict:
+    """Validate against the schema and fill defaults in place (Snakemake's validator)."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate as sm_validate
+
+    try:
+        sm_validate(config, str(SCHEMA), set_default=True)
+    except WorkflowError as exc:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+        raise ConfigError("config does not match schemas/config.schema.yaml: "
+                          + " | ".join(lines[:4])) from None
+    check_references(config)
+    return config
+
+
+def load_config(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return validate(config)
+
+
+def check_references(config: dict) -> None:
+    datasets = set(config["datasets"])
+    for key, entry in config["models"].items():
+        for ds in entry.get("datasets", []):
+            if ds not in datasets:
+                raise ConfigError(f"models.{key}.datasets: unknown data set {ds!r} "
+                                  f"(defined: {', '.join(sorted(datasets))})")
+    for section in ("tasks", "analyses"):
+        for name, entry in (config.get(section) or {}).items():
+            for ds in entry["datasets"]:
+                if ds not in datasets:
+                    raise ConfigError(f"{section}.{name}.datasets: unknown data set {ds!r} "
+                                      f"(defined: {', '.join(sorted(datasets))})")
+            for m in entry.get("models", []):
+                if m not in config["models"]:
+                    raise ConfigError(f"{section}.{name}.models: unknown model {m!r}")
+    for task in config["tasks"]:
+        task_params(config, task)  # unknown parameter names fail here, before any job runs
+
+
+def task_module(task: str):
+    if task not in TASKS:
+        raise ConfigError(f"tasks.{task}: unknown task (known: {', '.join(TASKS)})")
+    return importlib.import_module(f"patchlens.tasks.{task}")
+
+
+def task_params(config: dict, task: str) -> dict:
+    """The task module's defaults updated with the config's ``tasks.<task>.params``."""
+    defaults = task_module(task).DEFAULT_PARAMS
+    given = config["tasks"][task].get("params") or {}
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"tasks.{task}.params: unknown parameter(s) {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(defaults))})")
+    return {**defaults, **given}
+
+
+def model_datasets(config: dict, model: str) -> list[str]:
+    entry = config["models"][model]
+    return list(entry.get("datasets") or config["datasets"])
+
+
+def task_variants(config: dict, task: str) -> list[str]:
+    return list(config["tasks"][task].get("variants") or config["variants"])
+
+
+def evaluation_jobs(config: dict) -> list[tuple[str, str, str, str]]:
+    """Every (task, model, dataset, variant) the config asks for."""
+    jobs = []
+    for task, entry in config["tasks"].items():
+        for ds in entry["datasets"]:
+            for model in config["models"]:
+                if ds in model_datasets(config, model):
+                    jobs += [(task, model, ds, v) for v in task_variants(config, task)]
+    return jobs
+
+
+def analysis_models(config: dict, analysis: str, timm_only: bool = True) -> list[str]:
+    entry = config["analyses"][analysis]
+    models = entry.get("models") or [m for m, e in config["models"].items()
+                                     if "timm" in e or not timm_only]
+    return models

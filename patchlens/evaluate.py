@@ -1,0 +1,54 @@
+"""Run one task on one feature file and variant, and write its tidy score table."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from patchlens.config import task_module
+from patchlens.data.dataset import Dataset
+from patchlens.errors import DataError
+from patchlens.features.store import FeatureStore
+from patchlens.features.variance import VarianceStats
+from patchlens.features.variants import apply_variant, needs_stats
+from patchlens.io import write_csv
+
+ID_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
+              "n_eval", "n_skipped", "params"]
+
+
+def make_transform(variant: str, variance_path=None):
+    """``transform(layer, x)`` applying the variant with that layer's support statistics."""
+    if not needs_stats(variant):
+        return lambda layer, x: x
+    if variance_path is None:
+        raise DataError(f"variant {variant!r} needs the channel statistics file")
+    stats = VarianceStats(variance_path)
+    return lambda layer, x: apply_variant(x, variant, stats.mean(layer), stats.var(layer))
+
+
+def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_csv,
+             variance=None, labels: dict | None = None):
+    """Evaluate every layer; write the CSV atomically and return the table."""
+    module = task_module(task)
+    dataset = Dataset(dataset_dir)
+    missing = [k for k in getattr(module, "REQUIRES", ()) if not dataset.has(k)]
+    if missing:
+        raise DataError(f"{dataset.root}: task {task} needs {', '.join(missing)} ground truth, "
+                        "which this data set lacks; remove it from tasks."
+                        f"{task}.datasets")
+    with FeatureStore(features) as store:
+        table = module.run(store, dataset, make_transform(variant, variance), params)
+    if table.empty:
+        raise DataError(f"task {task} on {features}: no score could be computed (see the log)")
+    if not np.isfinite(table["value"].to_numpy(float)).all():
+        raise DataError(f"task {task} on {features}: non-finite score (see the log)")
+    table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
+                         **(labels or {}))
+    for col in ("n_eval", "n_skipped"):
+        if col not in table:
+            table[col] = -1
+    extra = [c for c in table.columns if c not in ID_COLUMNS]
+    table = table[ID_COLUMNS + extra]
+    write_csv(table, out_csv)
+    return table

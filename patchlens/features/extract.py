@@ -1,0 +1,138 @@
+"""Per-layer patch features of a data set, one forward pass for all layers, into one HDF5 file.
+
+Every image is resized (not cropped) to the model input size, so the patch grid covers the whole
+image and evaluators can upsample grid maps back onto the original pixels. For timm models the
+tokens of every selected block come from timm's ``forward_intermediates`` (one pass, block outputs
+before the final norm, prefix tokens split off: class token kept, register tokens dropped). The
+baselines need no forward pass: ``pixels`` = the normalised pixels of each patch flattened,
+``oracle`` = features built from the ground truth (:mod:`patchlens.models.oracle`).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from patchlens.data.dataset import Dataset
+from patchlens.features.store import FeatureWriter
+from patchlens.models.registry import input_size
+
+
+def load_batch(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std) -> np.ndarray:
+    """Images resized to ``size`` (H, W) bicubically and normalised: float32 (b, 3, H, W)."""
+    def one(image):
+        im = Image.fromarray(dataset.load_image(image)).resize(size[::-1], Image.BICUBIC)
+        return np.asarray(im, np.float32) / 255.0
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        x = np.stack(list(pool.map(one, images)))
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def pixel_tokens(x: np.ndarray, patch: int) -> np.ndarray:
+    """(b, 3, H, W) -> (b, 1, h*w, patch*patch*3): each patch's normalised pixels, flattened."""
+    b, c, H, W = x.shape
+    h, w = H // patch, W // patch
+    t = x.reshape(b, c, h, patch, w, patch).transpose(0, 2, 4, 3, 5, 1)
+    return t.reshape(b, 1, h * w, patch * patch * c)
+
+
+def select_layers(layers, n_blocks: int) -> list[int]:
+    """``all`` or a list of block indices (negative counts from the end) -> sorted indices."""
+    if layers in (None, "all"):
+        return list(range(n_blocks))
+    out = sorted({int(i) % n_blocks for i in layers})
+    return out
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 16,
+            layers="all", device: str = "auto", weights_dir="weights", progress: bool = True,
+            attrs: dict | None = None) -> None:
+    """Write ``out_path`` with the tokens of every selected layer for every manifest image."""
+    from tqdm import tqdm
+
+    images = dataset.images
+    size = input_size(img_size, spec["patch_size"])
+    grid = (size[0] // spec["patch_size"], size[1] // spec["patch_size"])
+    meta = {"model": spec["key"], "kind": spec["kind"], "source": spec.get("timm", spec["kind"]),
+            "weights": str(spec.get("weights") or ("timm-hub" if spec.get("pretrained") else
+                                                   "random-init")),
+            "weights_sha256": str(spec.get("sha256") or ""), "patch_size": spec["patch_size"],
+            "input_size": list(size), "n_blocks": spec["n_blocks"], "mean": list(spec["mean"]),
+            "std": list(spec["std"]), "dataset": str(dataset.root.name), "final_norm": 0,
+            **(attrs or {})}
+    bar = tqdm(total=len(images), desc=f"features {spec['key']}", disable=not progress,
+               unit="img")
+
+    if spec["kind"] == "oracle":
+        from patchlens.models.oracle import oracle_tokens
+
+        first = oracle_tokens(dataset, images[:1], grid)
+        with FeatureWriter(out_path, images, [0], grid, first.shape[-1], False, meta) as w:
+            for chunk in _batches(images, batch_size):
+                w.write(oracle_tokens(dataset, chunk, grid))
+                bar.update(len(chunk))
+        return
+
+    if spec["kind"] == "pixels":
+        channels = spec["patch_size"] ** 2 * 3
+        with FeatureWriter(out_path, images, [0], grid, channels, False, meta) as w:
+            for chunk in _batches(images, batch_size):
+                x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
+                w.write(pixel_tokens(x, spec["patch_size"]))
+                bar.update(len(chunk))
+        return
+
+    import torch
+
+    from patchlens.models.registry import build_timm
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model = build_timm(spec, weights_dir).to(dev)
+    idx = select_layers(layers, spec["n_blocks"])
+    channels = model.embed_dim
+    meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
+    load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
+    with FeatureWriter(out_path, images, idx, grid, channels, spec["has_cls"], meta) as w, \
+            torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as prefetch:
+        chunks = list(_batches(images, batch_size))
+        pending = prefetch.submit(load, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            x = torch.from_numpy(pending.result())
+            if i + 1 < len(chunks):  # decode the next batch while this one runs
+                pending = prefetch.submit(load, chunks[i + 1])
+            tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"])
+            w.write(tok, cls)
+            bar.update(len(chunk))
+    bar.close()
+
+
+def forward_layers(model, x, layers: list[int], has_cls: bool):
+    """One forward pass -> tokens (b, L, P, C) float16 numpy and cls (b, L, C) or None."""
+    import torch
+
+    out = model.forward_intermediates(x, indices=layers, return_prefix_tokens=True, norm=False,
+                                      output_fmt="NLC", intermediates_only=True)
+    tok = torch.stack([t for t, _ in out], 1).half().cpu().numpy()
+    cls = torch.stack([p[:, 0] for _, p in out], 1).half().cpu().numpy() if has_cls else None
+    return tok, cls
+
+
+def _param_digest(model) -> str:
+    """SHA-256 of the parameters actually loaded (provenance for hub and random-init weights)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -1,0 +1,128 @@
+"""Models from config entries: timm architectures (hub or checkpoint weights) and the two
+weight-free baselines, ``pixels`` and ``oracle``.
+
+A config entry (``config.models.<key>``) is one of::
+
+    {timm: vit_small_patch16_224.dino}                       # timm hub weights
+    {timm: vit_base_patch16_224, weights: URL|path, sha256: ..., key_map: {"module.": ""}}
+    {timm: vit_tiny_patch16_224, pretrained: false, kwargs: {depth: 3, embed_dim: 48}}
+    {baseline: pixels, patch_size: 16}
+    {baseline: oracle, patch_size: 16}
+
+``resolve_model`` turns an entry into a plain JSON-able spec (what Snakemake compares to decide
+whether features must be recomputed); ``build_timm`` imports torch/timm lazily so that evaluator
+jobs never pay for it.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from patchlens.errors import ConfigError, WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_model(key: str, entry: dict) -> dict:
+    """Normalise a config entry into a spec with every field the extractor needs."""
+    if "baseline" in entry:
+        kind = entry["baseline"]
+        if kind not in ("pixels", "oracle"):
+            raise ConfigError(f"models.{key}.baseline: {kind!r} is not pixels or oracle")
+        return {"key": key, "kind": kind, "patch_size": int(entry.get("patch_size", 16)),
+                "mean": list(entry.get("mean", IMAGENET_MEAN)),
+                "std": list(entry.get("std", IMAGENET_STD)), "n_blocks": 1,
+                "family": entry.get("family", "baseline")}
+    if "timm" not in entry:
+        raise ConfigError(f"models.{key}: needs either 'timm: <architecture>' or 'baseline: "
+                          "pixels|oracle'")
+    spec = {"key": key, "kind": "timm", "timm": entry["timm"],
+            "pretrained": bool(entry.get("pretrained", True)),
+            "weights": entry.get("weights"), "sha256": entry.get("sha256"),
+            "key_map": dict(entry.get("key_map", {})), "kwargs": dict(entry.get("kwargs", {})),
+            "family": entry.get("family", "other"), "seed": int(entry.get("seed", 0))}
+    if spec["weights"] and not spec["pretrained"]:
+        raise ConfigError(f"models.{key}: 'weights' given but 'pretrained: false'; drop one")
+    spec.update(_timm_facts(key, spec))
+    if "mean" in entry:
+        spec["mean"] = list(entry["mean"])
+    if "std" in entry:
+        spec["std"] = list(entry["std"])
+    return spec
+
+
+def _timm_facts(key: str, spec: dict) -> dict:
+    """Patch size, depth and normalisation from timm's architecture config, without weights.
+
+    Builds the model on the ``meta`` device (no memory, no download)."""
+    import timm
+    import torch
+
+    name = spec["timm"]
+    if not timm.is_model(name.split(".")[0]):
+        raise ConfigError(f"models.{key}.timm: {name!r} is not a timm architecture "
+                          "(see timm.list_models())")
+    with torch.device("meta"):
+        m = timm.create_model(name, pretrained=False, **spec["kwargs"])
+    cfg = m.pretrained_cfg or {}
+    return {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
+            "has_cls": getattr(m, "cls_token", None) is not None,
+            "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
+            "mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
+
+
+def input_size(img_size, patch_size: int) -> tuple[int, int]:
+    """A data set's requested (H, W) rounded to the nearest multiple of the patch size."""
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    return (max(1, round(h / patch_size)) * patch_size, max(1, round(w / patch_size)) * patch_size)
+
+
+def _hub_cached(name: str) -> bool:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.get_pretrained_cfg(name)
+    hub_id = cfg.hf_hub_id if cfg else None
+    if not hub_id:
+        return False
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
+
+
+def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_timm(spec: dict, weights_dir: str | Path = "weights"):
+    """The timm module for a spec, weights loaded, in eval mode (imports torch lazily)."""
+    import timm
+
+    kwargs = {**spec["kwargs"], "dynamic_img_size": True, "num_classes": 0}
+    if spec["weights"]:
+        from patchlens.models.weights import load_checkpoint
+
+        model = timm.create_model(spec["timm"], pretrained=False, **kwargs)
+        load_checkpoint(model, spec, weights_dir)
+    elif spec["pretrained"]:
+        if not _hub_cached(spec["timm"]) and not _online():
+            raise WeightsError(
+                f"model {spec['key']!r} ({spec['timm']}): weights are not cached and the hub "
+                "cannot be reached; run once with network, copy the Hugging Face cache "
+                "(~/.cache/huggingface) here, or set 'weights: /path/to/checkpoint' in its entry")
+        try:
+            model = timm.create_model(spec["timm"], pretrained=True, **kwargs)
+        except Exception as exc:  # hub errors are long; keep one line
+            raise WeightsError(f"model {spec['key']!r} ({spec['timm']}): could not load the "
+                               f"pretrained weights ({type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0][:200]})") from exc
+    else:
+        import torch
+
+        torch.manual_seed(int(spec.get("seed", 0)))  # random init is part of the spec
+        model = timm.create_model(spec["timm"], pretrained=False, **kwargs)
+    return model.eval()

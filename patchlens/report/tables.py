@@ -1,0 +1,471 @@
+"""Summary tables under ``results/tables/``: every score CSV in one tidy table, per-layer variance
+spectra, the model list, and the reductions the figures and the report share.
+
+Files (all written atomically):
+    scores.parquet    every row of ``scores/{task}/{model}/{dataset}/{variant}.csv`` plus the
+                      model's ``family``, ``n_layers`` and ``depth_frac = (layer + 1) / n_layers``
+    variance.parquet  model, dataset, layer, rank, variance (channel variances sorted descending)
+    models.csv        model, family, n_layers, source (so every figure colours models alike)
+Tables written by the analysis stage and read here: attention.parquet, offset_heads.csv,
+offset_maps.parquet, cka.parquet, best_layer.csv (columns in :data:`TABLE_COLUMNS`).
+
+Pure functions take and return DataFrames; only ``write_*`` and ``load_tables`` touch files.
+No torch import.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from patchlens.errors import ConfigError, DataError
+from patchlens.io import write_csv, write_parquet
+
+SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
+                 "n_eval", "n_skipped", "params"]
+_INT_COLUMNS = ["layer", "seed", "n_eval", "n_skipped"]
+_STR_COLUMNS = ["task", "model", "dataset", "variant", "metric", "params"]
+# optional columns some tasks add; absent ones are filled so parquet has one dtype per column
+EXTRA_DEFAULTS = {"scale_bin": "", "sequence": "", "shots": -1, "feature": "", "head": ""}
+MODEL_COLUMNS = ["family", "n_layers", "depth_frac"]
+
+# model families (config ``family``), in the order figures and tables list them
+FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", "unknown"]
+
+# primary metric of each task: the one the overview figures and the drop sweep use
+HEADLINE_METRIC = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
+                   "tracking": "jf", "keypoints": "pck@0.1", "lowshot_cls": "acc"}
+TASK_ORDER = list(HEADLINE_METRIC)
+OVERALL = "all"  # value of scale_bin / sequence that marks the task-level score
+
+TABLE_FILES = {
+    "scores": "scores.parquet",
+    "variance": "variance.parquet",
+    "models": "models.csv",
+    "attention": "attention.parquet",
+    "offset_heads": "offset_heads.csv",
+    "offset_maps": "offset_maps.parquet",
+    "cka": "cka.parquet",
+    "best_layer": "best_layer.csv",
+}
+TABLE_COLUMNS = {
+    "scores": SCORE_COLUMNS + list(EXTRA_DEFAULTS) + MODEL_COLUMNS,
+    "variance": ["model", "dataset", "layer", "rank", "variance"],
+    "models": ["model", "family", "n_layers", "source"],
+    "attention": ["model", "dataset", "layer", "head", "metric", "value"],
+    "offset_heads": ["model", "layer", "head", "direction", "dy", "dx", "strength", "flagged"],
+    "offset_maps": ["model", "layer", "head", "dy", "dx", "value"],
+    "cka": ["model_a", "model_b", "layer_a", "layer_b", "level", "value"],
+    "best_layer": ["model", "dataset", "task", "variant", "metric", "best_layer", "n_layers",
+                   "depth_frac", "best_value", "last_value", "gap"],
+}
+
+
+# --------------------------------------------------------------------------------------- scores
+def _read_score_csv(path: Path) -> pd.DataFrame:
+    try:
+        df = pd.read_csv(path, dtype={c: str for c in ("params", "scale_bin", "sequence",
+                                                       "feature", "head")})
+    except FileNotFoundError:
+        raise DataError(f"{path}: score file not found; rerun its task rule") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable score CSV ({type(e).__name__}); "
+                        "delete it and rerun its task rule") from None
+    missing = [c for c in SCORE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                        f"{', '.join(SCORE_COLUMNS)} (rerun its task rule)")
+    for c in SCORE_COLUMNS:
+        bad = df[c].isna().to_numpy()
+        if bad.any():
+            raise DataError(f"{path}: NaN in column {c!r} at line {int(np.argmax(bad)) + 2}; "
+                            "the evaluator must write a finite value (rerun its task rule)")
+    for c in ["value"] + _INT_COLUMNS:
+        num = pd.to_numeric(df[c], errors="coerce")
+        x = num.to_numpy(dtype="float64")
+        bad = ~np.isfinite(x)
+        if c in _INT_COLUMNS:
+            bad |= np.isfinite(x) & (x % 1 != 0)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{path}: column {c!r} line {i + 2} holds {df[c].iloc[i]!r}, "
+                            f"expected a finite {'integer' if c in _INT_COLUMNS else 'number'}")
+        df[c] = num.astype("int64") if c in _INT_COLUMNS else num.astype("float64")
+    for i, p in enumerate(df["params"]):
+        try:
+            json.loads(p)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: column 'params' line {i + 2} is not a JSON string") from None
+    df["_file"] = str(path)
+    return df
+
+
+def _fill_extras(df: pd.DataFrame) -> pd.DataFrame:
+    """Give every optional column one dtype: strings filled with "", integers with -1."""
+    extras = [c for c in df.columns if c not in SCORE_COLUMNS and c != "_file"]
+    for c in list(EXTRA_DEFAULTS) + sorted(set(extras) - set(EXTRA_DEFAULTS)):
+        default = EXTRA_DEFAULTS.get(c)
+        col = df[c] if c in df.columns else pd.Series([pd.NA] * len(df), index=df.index)
+        num = pd.to_numeric(col, errors="coerce")
+        numeric = default == -1 or (default is None and col.notna().any()
+                                    and num[col.notna()].notna().all())
+        if numeric:
+            num = num.fillna(-1)
+            df[c] = num.astype("int64") if (num % 1 == 0).all() else num.astype("float64")
+        else:
+            df[c] = col.map(lambda v: "" if pd.isna(v) else str(v)).astype(str)
+    return df
+
+
+def _empty_scores() -> pd.DataFrame:
+    ints, floats = set(_INT_COLUMNS) | {"shots", "n_layers"}, {"value", "depth_frac"}
+    return pd.DataFrame({c: pd.Series(dtype="int64" if c in ints else "float64" if c in floats
+                                      else str) for c in TABLE_COLUMNS["scores"]})
+
+
+def collect_scores(csv_paths, models: dict) -> pd.DataFrame:
+    """Concatenate score CSVs into one tidy table with the model's family and depth.
+
+    ``models`` maps model key -> config entry; ``family`` (contrastive, mim, language, supervised,
+    baseline, test) and ``n_layers`` (blocks in the network, from the entry or the feature file's
+    attributes) are read from it. ``depth_frac = (layer + 1) / n_layers`` puts models of different
+    depth on one axis (Walmer et al. 2023, "Teaching Matters", compare layers by relative depth).
+    Raises :class:`DataError` naming the CSV when a column is missing, a value is NaN or two
+    files hold the same score, and :class:`ConfigError` for a model missing from ``models``.
+    """
+    frames = [_read_score_csv(Path(p)) for p in csv_paths]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return _empty_scores()
+    df = _fill_extras(pd.concat(frames, ignore_index=True))
+    for c in _STR_COLUMNS:
+        df[c] = df[c].astype(str)
+    extras = [c for c in df.columns if c not in SCORE_COLUMNS and c != "_file"]
+
+    fam, nl = {}, {}
+    for m in df["model"].unique():
+        entry = models.get(m)
+        if entry is None:
+            f = df.loc[df["model"] == m, "_file"].iloc[0]
+            raise ConfigError(f"{f}: model {m!r} is not in config.models; add it or delete the "
+                              "stale score file")
+        if "n_layers" not in entry or entry["n_layers"] is None:
+            raise ConfigError(f"models.{m}.n_layers: missing; pass the number of blocks "
+                              "(feature file attribute n_blocks) to collect_scores")
+        fam[m], nl[m] = str(entry.get("family") or "unknown"), int(entry["n_layers"])
+    df["family"] = df["model"].map(fam).astype(str)
+    df["n_layers"] = df["model"].map(nl).astype("int64")
+    bad = (df["layer"] < 0) | (df["layer"] >= df["n_layers"])
+    if bad.any():
+        r = df[bad].iloc[0]
+        raise DataError(f"{r['_file']}: layer {r['layer']} outside 0..{r['n_layers'] - 1} of "
+                        f"model {r['model']!r}; check models.{r['model']}.n_layers")
+    df["depth_frac"] = (df["layer"] + 1) / df["n_layers"]
+
+    key = ["task", "model", "dataset", "variant", "layer", "seed", "metric"] + extras
+    dup = df.duplicated(key, keep=False)
+    if dup.any():
+        d = df[dup].sort_values(key)
+        files = sorted(set(d["_file"].iloc[:2]))
+        raise DataError(f"{' and '.join(files)}: the same score ({', '.join(f'{k}={d[k].iloc[0]}' for k in key[:7])}) "
+                        "appears twice; remove the stale or duplicated file")
+    df = df.drop(columns="_file").sort_values(key, kind="stable").reset_index(drop=True)
+    return df[SCORE_COLUMNS + extras + MODEL_COLUMNS]
+
+
+def write_scores(csv_paths, models: dict, out_path) -> pd.DataFrame:
+    """:func:`collect_scores` and write it to ``out_path`` (parquet, atomically)."""
+    df = collect_scores(csv_paths, models)
+    write_parquet(df, out_path)
+    return df
+
+
+def models_table(models: dict) -> pd.DataFrame:
+    """model, family, n_layers, source (timm name or weights location) per config entry."""
+    rows = []
+    for key, entry in models.items():
+        entry = entry or {}
+        n = entry.get("n_layers")
+        rows.append({"model": str(key), "family": str(entry.get("family") or "unknown"),
+                     "n_layers": int(n) if n is not None else -1,
+                     "source": str(entry.get("weights") or entry.get("timm") or key)})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS["models"])
+
+
+def write_models(models: dict, out_path) -> pd.DataFrame:
+    df = models_table(models)
+    write_csv(df, out_path)
+    return df
+
+
+# ------------------------------------------------------------------------------------- variance
+def _attr_str(v) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray) and v.size == 1:
+        return _attr_str(v.item())
+    return str(v)
+
+
+def _read_variance(path: Path) -> tuple[str | None, np.ndarray, np.ndarray]:
+    try:
+        f = h5py.File(path, "r")
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"{path}: cannot open variance file ({e.__class__.__name__}); rerun "
+                        "the variance rule") from None
+    with f:
+        for name in ("var", "layer"):
+            if name not in f:
+                raise DataError(f"{path}: no variable {name!r}; rerun the variance rule")
+        var = np.asarray(f["var"][()], dtype="float64")
+        layers = np.asarray(f["layer"][()], dtype="int64")
+        ds = _attr_str(f.attrs["dataset"]) if "dataset" in f.attrs else None
+    if var.ndim != 2 or var.shape[0] != layers.shape[0]:
+        raise DataError(f"{path}: 'var' has shape {var.shape}, expected (layer={len(layers)}, "
+                        "channel); rerun the variance rule")
+    if not np.isfinite(var).all():
+        raise DataError(f"{path}: 'var' holds NaN/inf; rerun the variance rule")
+    return ds, layers, var
+
+
+def variance_table(variance_files: dict) -> pd.DataFrame:
+    """Per model, data set and layer the channel variances of the patch tokens sorted descending
+    (rank 0 = largest): the spectrum whose few dominant channels Vanyan et al. (2024, arXiv
+    2401.00463, Sec. 5) find in MAE-style models.
+
+    ``variance_files`` maps model -> path (or list of paths) of ``variance/{model}/{dataset}.h5``
+    (HDF5/netCDF with ``var`` (layer, channel) and coordinate ``layer``); the data set is the
+    file's ``dataset`` attribute, else the file name without suffix.
+    """
+    frames = []
+    for model, paths in variance_files.items():
+        for p in [paths] if isinstance(paths, (str, Path)) else paths:
+            p = Path(p)
+            ds, layers, var = _read_variance(p)
+            L, C = var.shape
+            spec = -np.sort(-var, axis=1)
+            frames.append(pd.DataFrame({
+                "model": str(model), "dataset": ds or p.stem,
+                "layer": np.repeat(layers, C), "rank": np.tile(np.arange(C, dtype="int64"), L),
+                "variance": spec.ravel()}))
+    if not frames:
+        return empty_table("variance")
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_variance(variance_files: dict, out_path) -> pd.DataFrame:
+    df = variance_table(variance_files)
+    write_parquet(df, out_path)
+    return df
+
+
+# --------------------------------------------------------------------------------------- loading
+def empty_table(name: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in TABLE_COLUMNS[name]})
+
+
+def load_tables(tables_dir) -> dict[str, pd.DataFrame]:
+    """Read every known table in ``tables_dir``; a missing file gives an empty table with the
+    expected columns (figures then skip), a file lacking a column raises :class:`DataError`."""
+    tables_dir = Path(tables_dir)
+    out = {}
+    for name, fname in TABLE_FILES.items():
+        p = tables_dir / fname
+        if not p.exists():
+            out[name] = empty_table(name)
+            continue
+        try:
+            df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+        except Exception as e:  # noqa: BLE001 - any reader failure is a corrupt file
+            raise DataError(f"{p}: unreadable table ({e.__class__.__name__}); rerun the rule "
+                            "that writes it") from None
+        missing = [c for c in TABLE_COLUMNS[name] if c not in df.columns]
+        if missing:
+            raise DataError(f"{p}: missing column(s) {', '.join(missing)}; rerun the rule that "
+                            "writes it")
+        if name == "offset_heads":
+            df["flagged"] = df["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])
+        out[name] = df
+    return out
+
+
+def model_families(tables: dict) -> dict[str, str]:
+    """model -> family over every table: models.csv first, then scores; others 'unknown'."""
+    fam: dict[str, str] = {}
+    for name in ("scores", "models"):
+        df = tables.get(name)
+        if df is not None and len(df):
+            fam.update(dict(zip(df["model"].astype(str), df["family"].astype(str))))
+    for name, cols in (("variance", ["model"]), ("attention", ["model"]),
+                       ("offset_heads", ["model"]), ("best_layer", ["model"]),
+                       ("cka", ["model_a", "model_b"])):
+        df = tables.get(name)
+        if df is not None and len(df):
+            for c in cols:
+                for m in df[c].astype(str).unique():
+                    fam.setdefault(m, "unknown")
+    return fam
+
+
+def model_depths(tables: dict) -> dict[str, int]:
+    """model -> number of blocks: models.csv, then scores, else 1 + the largest layer seen."""
+    depth: dict[str, int] = {}
+    for name in ("best_layer", "scores", "models"):
+        df = tables.get(name)
+        if df is not None and len(df):
+            d = df[df["n_layers"].astype(int) > 0]
+            depth.update(dict(zip(d["model"].astype(str), d["n_layers"].astype(int))))
+    for name in ("attention", "variance", "offset_heads"):
+        df = tables.get(name)
+        if df is not None and len(df):
+            for m, mx in df.groupby(df["model"].astype(str))["layer"].max().items():
+                depth.setdefault(m, int(mx) + 1)
+    return depth
+
+
+# ------------------------------------------------------------------------------------ reductions
+def metric_label(metric: str, feature: str = "", shots: int = -1, head: str = "") -> str:
+    """'acc' plus the qualifiers that tell apart rows of one metric, e.g. 'acc (cls, 5-shot)'."""
+    q = [str(x) for x in (head, feature) if x not in ("", None)]
+    if shots is not None and int(shots) >= 0:
+        q.append(f"{int(shots)}-shot")
+    return f"{metric} ({', '.join(q)})" if q else metric
+
+
+def family_order(family: str) -> int:
+    """Position of a family in :data:`FAMILIES` (unknown names last)."""
+    return FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+
+
+def _pick_overall(df: pd.DataFrame, col: str, key: list[str]) -> pd.DataFrame:
+    """Keep the ``all`` rows of ``col`` where a group has them; otherwise keep every bin."""
+    is_all = df[col] == OVERALL
+    has_all = is_all.groupby([df[k] for k in key], sort=False).transform("any")
+    return df[is_all | ~has_all]
+
+
+def overall(scores: pd.DataFrame) -> pd.DataFrame:
+    """One task-level score per (task, model, dataset, variant, layer, metric label).
+
+    Rows with ``sequence``/``scale_bin == "all"`` are the evaluator's overall score and are used
+    where present; otherwise the bins or sequences are averaged (macro mean). Then seeds are
+    averaged: ``value`` = mean, ``std`` = standard deviation over seeds (0 for one seed),
+    ``n_seeds``. ``metric_label`` adds the low-shot feature/shots (and head) to the metric.
+    """
+    cols = ["task", "model", "dataset", "variant", "layer", "metric", "metric_label", "family",
+            "n_layers", "depth_frac", "value", "std", "n_seeds"]
+    if scores is None or not len(scores):
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    df = scores.copy()
+    for c, d in EXTRA_DEFAULTS.items():
+        if c not in df.columns:
+            df[c] = d
+    df["metric_label"] = [metric_label(m, f, s, h) for m, f, s, h in
+                          zip(df["metric"], df["feature"], df["shots"], df["head"])]
+    base = ["task", "model", "dataset", "variant", "layer", "metric_label", "seed"]
+    df = _pick_overall(df, "sequence", base + ["scale_bin"])
+    df = _pick_overall(df, "scale_bin", base + ["sequence"])
+    keep = ["task", "model", "dataset", "variant", "layer", "metric", "metric_label", "family",
+            "n_layers", "depth_frac"]
+    per_seed = df.groupby(keep + ["seed"], sort=True, dropna=False)["value"].mean().reset_index()
+    g = per_seed.groupby(keep, sort=True, dropna=False)["value"]
+    out = g.agg(value="mean", std="std", n_seeds="count").reset_index()
+    out["std"] = out["std"].fillna(0.0)
+    return out[cols]
+
+
+def drop_m(variant: str) -> int | None:
+    """'raw' -> 0, 'drop4' -> 4, anything else (zscore) -> None."""
+    if variant == "raw":
+        return 0
+    m = re.fullmatch(r"drop(\d+)", str(variant))
+    return int(m.group(1)) if m else None
+
+
+def best_drop_variant(ov: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, model, dataset, metric_label) the ``drop{m}`` variant whose best layer scores
+    highest (ties: the smaller m). Columns: task, model, dataset, metric_label, variant, m."""
+    key = ["task", "model", "dataset", "metric_label"]
+    cols = key + ["variant", "m"]
+    if not len(ov):
+        return pd.DataFrame(columns=cols)
+    d = ov.assign(m=ov["variant"].map(drop_m))
+    d = d[d["m"].notna() & (d["variant"] != "raw")]
+    if not len(d):
+        return pd.DataFrame(columns=cols)
+    best = d.groupby(key + ["variant", "m"], sort=False)["value"].max().reset_index()
+    best = best.sort_values(key + ["value", "m"], ascending=[True] * len(key) + [False, True])
+    best = best.drop_duplicates(key, keep="first")
+    best["m"] = best["m"].astype(int)
+    return best[cols].reset_index(drop=True)
+
+
+def headline(ov: pd.DataFrame) -> pd.DataFrame:
+    """Rows of each task's primary metric (:data:`HEADLINE_METRIC`; the first label when the
+    task lacks it, e.g. a pck at another alpha). For low-shot, the patch feature and the most
+    shots are preferred."""
+    if not len(ov):
+        return ov
+    parts = []
+    for task, d in ov.groupby("task", sort=False):
+        want = HEADLINE_METRIC.get(task)
+        metric = want if want in set(d["metric"]) else sorted(d["metric"].unique())[0]
+        d = d[d["metric"] == metric]
+        labels = sorted(d["metric_label"].unique(), key=_label_pref)
+        parts.append(d[d["metric_label"] == labels[0]])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _label_pref(label: str):
+    """Order metric labels: patch before cls, then more shots first."""
+    shots = re.search(r"(\d+)-shot", label)
+    return ("cls" in label, -int(shots.group(1)) if shots else 0, label)
+
+
+def best_layers(ov: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, model, dataset, variant, metric_label) the layer with the highest seed-mean
+    score (ties: the earlier layer), its value, the last layer's value and the gap."""
+    key = ["task", "model", "dataset", "variant", "metric", "metric_label"]
+    cols = key + ["family", "n_layers", "best_layer", "depth_frac", "best_value", "last_value",
+                  "gap"]
+    if not len(ov):
+        return pd.DataFrame(columns=cols)
+    d = ov.sort_values(key + ["value", "layer"], ascending=[True] * len(key) + [False, True])
+    best = d.drop_duplicates(key, keep="first").rename(columns={"layer": "best_layer",
+                                                                "value": "best_value"})
+    last = ov.sort_values("layer").drop_duplicates(key, keep="last")[key + ["value"]]
+    best = best.merge(last.rename(columns={"value": "last_value"}), on=key, how="left")
+    best["gap"] = best["best_value"] - best["last_value"]
+    return best[cols].reset_index(drop=True)
+
+
+def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """Best score per model x task x metric: the best layer of the ``raw`` features, and the best
+    over every variant (``best_any``, ``variant_any``) so a gain from dropping channels shows.
+
+    Columns: task, dataset, metric, model, family, raw_best, raw_layer, n_layers, best_any,
+    variant_any, layer_any. Sorted by task order, data set, metric, family, model.
+    """
+    cols = ["task", "dataset", "metric", "model", "family", "raw_best", "raw_layer", "n_layers",
+            "best_any", "variant_any", "layer_any"]
+    ov = overall(scores)
+    if not len(ov):
+        return pd.DataFrame(columns=cols)
+    bl = best_layers(ov)
+    key = ["task", "dataset", "metric_label", "model"]
+    raw = bl[bl["variant"] == "raw"].rename(columns={"best_value": "raw_best",
+                                                     "best_layer": "raw_layer"})
+    anyv = bl.sort_values(key + ["best_value"], ascending=[True] * 4 + [False])
+    anyv = anyv.drop_duplicates(key, keep="first").rename(columns={
+        "best_value": "best_any", "variant": "variant_any", "best_layer": "layer_any"})
+    out = anyv[key + ["family", "n_layers", "best_any", "variant_any", "layer_any"]].merge(
+        raw[key + ["raw_best", "raw_layer"]], on=key, how="left")
+    out = out.rename(columns={"metric_label": "metric"})
+    out["_t"] = out["task"].map(lambda t: TASK_ORDER.index(t) if t in TASK_ORDER else 99)
+    out["_f"] = out["family"].map(family_order)
+    out = out.sort_values(["_t", "task", "dataset", "metric", "_f", "model"])
+    return out[cols].reset_index(drop=True)

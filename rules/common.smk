@@ -1,0 +1,77 @@
+# Target lists and input functions shared by the rule files.
+import json
+
+from patchlens.config import (analysis_models, evaluation_jobs, model_datasets, task_params,
+                              task_variants)
+from patchlens.features.variants import needs_stats
+
+RESULTS = "results"
+EXTRACT_ENV = "../envs/extract.yaml"
+EVAL_ENV = "../envs/evaluate-gpu.yaml" if config["gpu"] else "../envs/evaluate.yaml"
+DATASET_KEYS = "|".join(config["datasets"])
+MODEL_KEYS = "|".join(config["models"])
+
+
+wildcard_constraints:
+    dataset=DATASET_KEYS,
+    model=MODEL_KEYS,
+    variant=r"raw|zscore|drop\d+",
+
+
+def manifest(dataset):
+    return f"{RESULTS}/data/{dataset}/manifest.csv"
+
+
+def features(model, dataset):
+    return f"{RESULTS}/features/{model}/{dataset}.h5"
+
+
+def score_files(task=None):
+    return [f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
+            for t, m, d, v in evaluation_jobs(config) if task in (None, t)]
+
+
+def evaluator_inputs(wildcards):
+    """Features + data set, and the channel statistics when the variant needs them."""
+    inputs = {"features": features(wildcards.model, wildcards.dataset),
+              "manifest": manifest(wildcards.dataset)}
+    if needs_stats(wildcards.variant):
+        inputs["variance"] = f"{RESULTS}/variance/{wildcards.model}/{wildcards.dataset}.h5"
+    return inputs
+
+
+def dataset_entry(wildcards):
+    entry = config["datasets"][wildcards.dataset]
+    return {"source": entry["source"], "params": entry.get("params", {})}
+
+
+def model_entry(wildcards):
+    return config["models"][wildcards.model]
+
+
+def attention_files():
+    if "attention" not in config["analyses"]:
+        return []
+    return [f"{RESULTS}/attention/{m}/{d}.h5"
+            for d in config["analyses"]["attention"]["datasets"]
+            for m in analysis_models(config, "attention") if d in model_datasets(config, m)]
+
+
+def cka_feature_files(wildcards):
+    models = [m for m in analysis_models(config, "cka", timm_only=False)
+              if wildcards.dataset in model_datasets(config, m)]
+    return {m: features(m, wildcards.dataset) for m in models}
+
+
+def cka_files():
+    if "cka" not in config["analyses"]:
+        return []
+    return [f"{RESULTS}/cka/{d}.parquet" for d in config["analyses"]["cka"]["datasets"]]
+
+
+def extraction_resources():
+    """Requests a SLURM plugin understands; a GPU only when the config asks for one."""
+    res = {"mem_mb": config["extraction"]["mem_mb"], "runtime": config["extraction"]["runtime"]}
+    if config["gpu"]:
+        res["gpu"] = 1
+    return res

@@ -1,0 +1,21 @@
+# Data sets: the built-in procedural `scenes`, or an official recipe (download + convert).
+
+
+rule prepare_dataset:
+    output:
+        manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
+    params:
+        entry=dataset_entry,
+        data_dir=config["data_dir"],
+    log:
+        f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../scripts/prepare_dataset.py"

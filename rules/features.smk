@@ -1,0 +1,24 @@
+# Features: one forward pass per batch yields every selected layer, written to one HDF5 file.
+
+
+rule extract_features:
+    input:
+        manifest=lambda wc: manifest(wc.dataset),
+    output:
+        f"{RESULTS}/features/{{model}}/{{dataset}}.h5",
+    params:
+        model=model_entry,
+        img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
+        batch_size=config["extraction"]["batch_size"],
+        weights_dir=config["weights_dir"],
+    log:
+        f"{RESULTS}/logs/extract_features/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_features/{{model}}/{{dataset}}.tsv"
+    threads: config["extraction"]["threads"]
+    resources:
+        **extraction_resources(),
+    conda:
+        EXTRACT_ENV
+    script:
+        "../scripts/extract_features.py"

@@ -1,0 +1,25 @@
+# Channel statistics of the support split: the basis of the drop{m} and zscore variants.
+
+
+rule channel_variance:
+    input:
+        features=f"{RESULTS}/features/{{model}}/{{dataset}}.h5",
+        manifest=lambda wc: manifest(wc.dataset),
+    output:
+        f"{RESULTS}/variance/{{model}}/{{dataset}}.h5",
+    params:
+        split=config["variance"]["split"],
+    log:
+        f"{RESULTS}/logs/channel_variance/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/channel_variance/{{model}}/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    group:
+        "evaluate"
+    conda:
+        EVAL_ENV
+    script:
+        "../scripts/channel_variance.py"

@@ -1,0 +1,18 @@
+"""Rule channel_variance: per layer x channel mean/variance of patch tokens on the support split."""
+from patchlens.data.dataset import Dataset
+from patchlens.features.store import FeatureStore
+from patchlens.features.variance import channel_stats, write_stats
+from patchlens.workflow import run
+
+
+def main(snakemake):
+    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    images = dataset.split(*snakemake.params.split)
+    with FeatureStore(snakemake.input.features) as store:
+        mean, var, n = channel_stats(store, images)
+        write_stats(snakemake.output[0], store.layers, mean, var,
+                    {"split": ",".join(snakemake.params.split), "n_images": len(images),
+                     "n_tokens": n, "model": snakemake.wildcards.model})
+
+
+run(snakemake, main)  # noqa: F821

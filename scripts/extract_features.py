@@ -1,0 +1,20 @@
+"""Rule extract_features: one forward pass per batch -> every layer's tokens in one HDF5 file."""
+import torch
+
+from patchlens.data.dataset import Dataset
+from patchlens.features.extract import extract
+from patchlens.models.registry import resolve_model
+from patchlens.workflow import run
+
+
+def main(snakemake):
+    torch.set_num_threads(snakemake.threads)
+    spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
+    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    extract(spec, dataset, snakemake.output[0], snakemake.params.img_size,
+            batch_size=snakemake.params.batch_size,
+            layers=snakemake.params.model.get("layers", "all"),
+            weights_dir=snakemake.params.weights_dir)
+
+
+run(snakemake, main)  # noqa: F821
