@@ -65,7 +65,7 @@ def local_checkpoint(spec: dict, weights_dir) -> Path:
             raise WeightsError(f"model {spec['key']!r}: weights file {path} not found; "
                                "fix 'weights:' in its config entry")
         if spec.get("sha256"):
-            from patchlens.data.download import sha256sum
+            from patchlens.io import sha256sum
 
             if sha256sum(path) != spec["sha256"]:
                 raise WeightsError(f"model {spec['key']!r}: {path} does not match its sha256; "
