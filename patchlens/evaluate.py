@@ -39,12 +39,13 @@ def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_c
                         f"{task}.datasets")
     with FeatureStore(features) as store:
         table = module.run(store, dataset, make_transform(variant, variance), params)
+        n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     if table.empty:
         raise DataError(f"task {task} on {features}: no score could be computed (see the log)")
     if not np.isfinite(table["value"].to_numpy(float)).all():
         raise DataError(f"task {task} on {features}: non-finite score (see the log)")
     table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
-                         **(labels or {}))
+                         n_layers=n_layers, **(labels or {}))
     for col in ("n_eval", "n_skipped"):
         if col not in table:
             table[col] = -1

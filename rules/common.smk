@@ -75,3 +75,25 @@ def extraction_resources():
     if config["gpu"]:
         res["gpu"] = 1
     return res
+
+
+def variance_files():
+    pairs = sorted({(m, d) for _, m, d, _ in evaluation_jobs(config)})
+    return [f"{RESULTS}/variance/{m}/{d}.h5" for m, d in pairs]
+
+
+def table_files():
+    """Every table the figures are drawn from (those the config asks for)."""
+    tables = [f"{RESULTS}/tables/scores.parquet", f"{RESULTS}/tables/best_layer.csv",
+              f"{RESULTS}/tables/variance.parquet"]
+    if attention_files():
+        tables += [f"{RESULTS}/tables/attention.parquet", f"{RESULTS}/tables/offset_heads.csv",
+                   f"{RESULTS}/tables/offset_maps.parquet"]
+    if cka_files():
+        tables.append(f"{RESULTS}/tables/cka.parquet")
+    return tables
+
+
+def model_labels():
+    return {m: {"family": e.get("family", "other"), "label": e.get("label", m)}
+            for m, e in config["models"].items()}

@@ -1,0 +1,83 @@
+# Summary tables -> figures -> report. Figures are drawn from tables only, so
+# `snakemake --cores 1 --forcerun figures report` redraws them without rerunning any evaluator.
+
+
+rule collect_scores:
+    input:
+        score_files(),
+    output:
+        f"{RESULTS}/tables/scores.parquet",
+    params:
+        models=model_labels(),
+    log:
+        f"{RESULTS}/logs/collect_scores.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_scores.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/collect_scores.py"
+
+
+rule variance_table:
+    input:
+        variance_files(),
+    output:
+        f"{RESULTS}/tables/variance.parquet",
+    log:
+        f"{RESULTS}/logs/variance_table.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/variance_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/variance_table.py"
+
+
+rule figures:
+    input:
+        table_files(),
+    output:
+        directory(f"{RESULTS}/figures"),
+    log:
+        f"{RESULTS}/logs/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/figures.py"
+
+
+rule report:
+    input:
+        figures=f"{RESULTS}/figures",
+        tables=table_files(),
+    output:
+        f"{RESULTS}/report/index.html",
+    params:
+        config=config,
+    log:
+        f"{RESULTS}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/report.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../scripts/report.py"
