@@ -84,7 +84,8 @@ def variance_files():
 
 def table_files():
     """Every table the figures are drawn from (those the config asks for)."""
-    tables = [f"{RESULTS}/tables/scores.parquet", f"{RESULTS}/tables/best_layer.csv",
+    tables = [f"{RESULTS}/tables/scores.parquet", f"{RESULTS}/tables/models.csv",
+              f"{RESULTS}/tables/best_layer.csv",
               f"{RESULTS}/tables/variance.parquet"]
     if attention_files():
         tables += [f"{RESULTS}/tables/attention.parquet", f"{RESULTS}/tables/offset_heads.csv",

@@ -6,7 +6,8 @@ rule collect_scores:
     input:
         score_files(),
     output:
-        f"{RESULTS}/tables/scores.parquet",
+        scores=f"{RESULTS}/tables/scores.parquet",
+        models=f"{RESULTS}/tables/models.csv",
     params:
         models=model_labels(),
     log:

@@ -1,0 +1,384 @@
+"""Registry of the real data sets (official archives, checksums) and :func:`prepare`.
+
+``prepare(name, data_dir, out_dir, params)`` gets the official archive into ``data_dir``
+(download with resume + checksum, or reuse a file already there), extracts it once, and converts
+the official tree into the patchlens layout in ``out_dir`` (:mod:`patchlens.data.dataset`),
+writing ``manifest.csv`` last.
+
+Checksums were checked against independent public sources (see each ``Archive.source``). Where
+no checksum is published (SPair-71k) the recipe stores ``None`` and the first download records
+the archive's SHA-256 in ``checksums.json`` beside it (trust on first use): every later run,
+and every other machine given that file, verifies against it.
+
+Recipe-level parameters (the rest go to the converter):
+
+``url``       another source for the archive: a mirror URL, a local path or ``file://`` URL;
+              the recipe's checksums still apply.
+``root``      an already extracted official tree to convert (no download), e.g. a shared copy.
+``progress``  show progress bars (default true).
+
+The end of this module holds the small helpers the converters share (parameter checking,
+seeded subsampling, index-PNG I/O and writing the layout tables).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import json
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from patchlens.data.dataset import KEYPOINT_COLUMNS, MANIFEST_COLUMNS, OBJECT_COLUMNS
+from patchlens.data.download import (ChecksumMismatch, SourceUnreachable, digest, extract,
+                                     fetch)
+from patchlens.errors import ConfigError, DataError
+from patchlens.io import atomic_path, write_csv, write_json
+
+CHECKSUM_LEDGER = "checksums.json"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One downloadable file: name under ``data_dir``, sources (first = official), checksums."""
+    filename: str
+    urls: tuple[str, ...]
+    md5: str | None = None
+    sha256: str | None = None
+    size: int | None = None  # bytes, for information
+    source: str = ""  # where the checksums come from
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to obtain and convert one data set."""
+    name: str
+    description: str
+    archive: Archive | None  # None: no download, ``root`` must be given in params
+    root: str  # the extracted official tree, relative to data_dir
+    probe: str  # a path relative to ``root`` that exists once the tree is complete
+    converter: str  # "module:function" taking (root, out_dir, params)
+    homepage: str
+    citation: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "voc2012": Recipe(
+        name="voc2012",
+        description="PASCAL VOC 2012 trainval, segmentation subset (semantic + instance masks)",
+        archive=Archive(
+            filename="VOCtrainval_11-May-2012.tar",
+            urls=("https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                  "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+                  "https://pjreddie.com/media/files/VOCtrainval_11-May-2012.tar"),
+            md5="6cd6e144f989b92b3379bac3b3de84fd",
+            sha256="e14f763270cf193d0b5f74b169f44157a4b0c6efa708f4dd0ff78ee691763bcb",
+            size=1_999_639_040,
+            source="md5: torchvision.datasets.VOCSegmentation; sha256 and size: "
+                   "tensorflow_datasets url_checksums/voc.txt and torchvision prototype voc"),
+        root="VOCdevkit/VOC2012",
+        probe="ImageSets/Segmentation/val.txt",
+        converter="patchlens.data.voc:convert",
+        homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+        citation="Everingham et al., The PASCAL Visual Object Classes Challenge 2012"),
+    "davis2017": Recipe(
+        name="davis2017",
+        description="DAVIS-2017 trainval 480p (semi-supervised video object segmentation)",
+        archive=Archive(
+            filename="DAVIS-2017-trainval-480p.zip",
+            urls=("https://data.vision.ee.ethz.ch/csergi/share/davis/"
+                  "DAVIS-2017-trainval-480p.zip",),
+            sha256="e3d0b5b77c3d031b000a19e0e25e3e2cac65d183755601bc2cf066df1a2aa492",
+            size=832_766_765,
+            source="tensorflow_datasets video/davis/checksums.tsv"),
+        root="DAVIS",
+        probe="ImageSets/2017/val.txt",
+        converter="patchlens.data.davis:convert",
+        homepage="https://davischallenge.org/davis2017/code.html",
+        citation="Pont-Tuset et al., The 2017 DAVIS Challenge on Video Object Segmentation, "
+                 "arXiv:1704.00675"),
+    "spair71k": Recipe(
+        name="spair71k",
+        description="SPair-71k semantic keypoint correspondence (image pairs, 18 categories)",
+        archive=Archive(
+            filename="SPair-71k.tar.gz",
+            urls=("https://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz",
+                  "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"),
+            source="no published checksum: SHA-256 recorded in checksums.json on first "
+                   "download (trust on first use)"),
+        root="SPair-71k",
+        probe="PairAnnotation",
+        converter="patchlens.data.spair:convert",
+        homepage="https://cvlab.postech.ac.kr/research/SPair-71k/",
+        citation="Min et al., SPair-71k: A Large-scale Benchmark for Semantic Correspondence, "
+                 "arXiv:1908.10543"),
+    "imagenette": Recipe(
+        name="imagenette",
+        description="Imagenette v2, 320 px (10 easy ImageNet classes; train/val folders)",
+        archive=Archive(
+            filename="imagenette2-320.tgz",
+            urls=("https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz",),
+            md5="3df6f0d01a2c9592104656642f5e78a3",
+            sha256="5020a9130cea0348272823cb12d2db7e981c6f2afa3dce71ccd5b8013005c55e",
+            size=341_553_947,
+            source="md5: torchvision.datasets.Imagenette; sha256 and size: tensorflow_datasets "
+                   "url_checksums/imagenette.txt"),
+        root="imagenette2-320",
+        probe="val",
+        converter="patchlens.data.imageset:convert",
+        homepage="https://github.com/fastai/imagenette",
+        citation="Howard, Imagenette (2019), https://github.com/fastai/imagenette"),
+    "imagefolder": Recipe(
+        name="imagefolder",
+        description="any ImageFolder-style tree <root>/<split>/<class>/*.jpg already on disk",
+        archive=None,
+        root="",
+        probe=".",
+        converter="patchlens.data.imageset:convert",
+        homepage="",
+        citation=""),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name`` (ConfigError listing the known ones otherwise)."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"data set recipe {name!r} is unknown; known: "
+                          f"{', '.join(sorted(RECIPES))}") from None
+
+
+# -- trust-on-first-use checksum ledger ---------------------------------------------------------
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def recorded_checksums(data_dir: str | os.PathLike) -> dict[str, str]:
+    """filename -> SHA-256 recorded in ``data_dir/checksums.json`` (empty when absent)."""
+    ledger = Path(data_dir) / CHECKSUM_LEDGER
+    if not ledger.exists():
+        return {}
+    try:
+        data = json.loads(ledger.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{ledger}: unreadable ({' '.join(str(exc).split())}); fix or delete it "
+                        "(deleting it re-trusts the archives present)") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{ledger}: expected a JSON object filename -> sha256; fix or delete it")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _record_checksum(data_dir: Path, filename: str, sha256: str) -> None:
+    ledger = data_dir / CHECKSUM_LEDGER
+    with _locked(ledger):
+        data = recorded_checksums(data_dir)
+        data[filename] = sha256
+        write_json(data, ledger)
+
+
+def obtain(archive: Archive, data_dir: str | os.PathLike, url: str | None = None,
+           progress: bool = True, retries: int = 3, backoff: float = 1.0) -> Path:
+    """The verified archive file under ``data_dir``: reused when present, else fetched from
+    ``url`` or the recipe's sources in order (official first, then mirrors).
+
+    Verification uses the published checksums; when none is published, the SHA-256 recorded in
+    ``checksums.json`` on the first download (trust on first use), which this call writes.
+    """
+    data_dir = Path(data_dir)
+    dest = data_dir / archive.filename
+    recorded = recorded_checksums(data_dir).get(archive.filename)
+    sha256 = archive.sha256 or recorded
+    sources = (url,) if url else archive.urls
+    errors = []
+    for source in sources:
+        try:
+            fetch(source, dest, sha256=sha256, md5=archive.md5, progress=progress,
+                  retries=retries, backoff=backoff)
+            break
+        except DataError as exc:
+            if isinstance(exc, ChecksumMismatch) and archive.sha256 is None and recorded:
+                exc = ChecksumMismatch(
+                    f"{exc} (the expected SHA-256 was recorded in {data_dir / CHECKSUM_LEDGER} "
+                    "on the first download; remove its entry only if the source has "
+                    "legitimately changed)")
+            errors.append(exc)
+            if dest.exists():  # a present file failed its checksum: mirrors cannot help
+                raise exc from None
+    else:
+        if len(errors) == 1:
+            raise errors[0]
+        if all(isinstance(e, SourceUnreachable) for e in errors):
+            raise SourceUnreachable(
+                f"{archive.filename}: none of its {len(errors)} sources could be reached "
+                f"({', '.join(sources)}); without network, download it on another machine and "
+                f"place it at {dest} (under data_dir), then rerun")
+        raise DataError(" | ".join(str(e) for e in errors))
+    if sha256 is None:
+        _record_checksum(data_dir, archive.filename, digest(dest)["sha256"])
+    return dest
+
+
+def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            params: dict | None = None) -> None:
+    """Obtain, extract and convert data set ``name`` into ``out_dir`` (manifest.csv last).
+
+    Steps: (1) if the official tree (``data_dir/<recipe.root>``, or ``params['root']``) is
+    already complete it is used as is; (2) otherwise the archive is obtained with
+    :func:`obtain` and extracted into ``data_dir`` with :func:`~patchlens.data.download.extract`
+    (under a lock file beside the archive, so concurrent jobs on one archive take turns);
+    (3) the recipe's converter writes the layout. ``params`` are described in the module doc.
+    """
+    recipe = get_recipe(name)
+    params = dict(params or {})
+    url = params.pop("url", None)
+    root_param = params.pop("root", None)
+    progress = bool(params.pop("progress", True))
+    data_dir = Path(data_dir)
+    if root_param is not None:
+        root = Path(root_param)
+    elif recipe.archive is None:
+        raise ConfigError(f"data set recipe {name!r} downloads nothing: give params.root, the "
+                          "directory that holds the tree to convert")
+    else:
+        root = data_dir / recipe.root
+    if not (root / recipe.probe).exists():
+        if recipe.archive is None or root_param is not None:
+            raise DataError(f"{root / recipe.probe}: missing; {root} is not a complete "
+                            f"{recipe.name} tree: fix params.root")
+        path = data_dir / recipe.archive.filename
+        with _locked(path):  # two jobs preparing from one archive take turns
+            obtain(recipe.archive, data_dir, url=url, progress=progress)
+            extract(path, data_dir, progress=progress, expect=f"{recipe.root}/{recipe.probe}")
+        if not (root / recipe.probe).exists():
+            raise DataError(f"{path}: extracted, but {root / recipe.probe} is missing: not the "
+                            f"expected archive; delete it (and {data_dir / CHECKSUM_LEDGER} if "
+                            "it recorded it) and rerun")
+    module, func = recipe.converter.split(":")
+    convert = getattr(importlib.import_module(module), func)
+    convert(root, Path(out_dir), params)
+
+
+# -- helpers shared by the converters -----------------------------------------------------------
+def check_params(params: dict | None, defaults: dict[str, Any], where: str) -> dict[str, Any]:
+    """``defaults`` updated with ``params``; an unknown key raises ConfigError naming it."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(defaults))}")
+    return {**defaults, **params}
+
+
+def check_count(value: Any, key: str, where: str) -> int | None:
+    """A positive int or None (no limit); ConfigError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{where}: {key} must be a positive integer or null, got {value!r}")
+    return int(value)
+
+
+def subsample(items: Sequence, n: int | None, seed: int, salt: str = "") -> list:
+    """At most ``n`` of ``items`` drawn without replacement, kept in their original order.
+
+    Deterministic: the generator is seeded with ``(seed, crc32(salt))``, so each split (salt)
+    gets its own reproducible draw, independent of what else is converted.
+    """
+    items = list(items)
+    if n is None or n >= len(items):
+        return items
+    rng = np.random.default_rng([int(seed), zlib.crc32(salt.encode())])
+    keep = np.sort(rng.choice(len(items), size=n, replace=False))
+    return [items[i] for i in keep]
+
+
+def read_list(path: Path) -> list[str]:
+    """Non-empty stripped lines of a list file (ImageSets); DataError when missing."""
+    if not path.is_file():
+        raise DataError(f"{path}: list file missing; the tree is incomplete: re-extract the "
+                        "archive (or fix params.root)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """uint8 (H, W) indices of a palette ("P") or grey ("L") PNG, the palette ignored."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L"):
+                raise DataError(f"{path}: mode {im.mode} PNG, expected an index (palette) PNG; "
+                                "re-extract the official archive")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; the tree is incomplete: re-extract the archive") \
+            from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())}); re-extract the "
+                        "archive") from None
+
+
+def write_index_png(array: np.ndarray, path: Path) -> None:
+    """Write a uint8 (H, W) index mask as a grey PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(
+            tmp, format="PNG")
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image header; DataError when missing or unreadable."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; the tree is incomplete: re-extract the archive") \
+            from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable image ({' '.join(str(exc).split())}); re-extract "
+                        "the archive") from None
+    return height, width
+
+
+def write_layout(out_dir: str | os.PathLike, manifest: Iterable[dict], classes: Sequence[str],
+                 objects: Iterable[dict] | None = None,
+                 keypoints: Iterable[dict] | None = None) -> None:
+    """Write the layout tables of :mod:`patchlens.data.dataset` into ``out_dir``.
+
+    ``manifest`` rows may omit optional columns (empty string / frame -1 filled in);
+    ``classes[i]`` is the name of class ``i``. The old manifest is removed first and the new one
+    written last (each file atomically), so a half-converted directory never has a manifest;
+    optional tables not given are removed so no stale one survives.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.csv").unlink(missing_ok=True)
+    fill = {c: "" for c in MANIFEST_COLUMNS} | {"frame": -1}
+    man = pd.DataFrame([fill | row for row in manifest], columns=MANIFEST_COLUMNS)
+    if man.empty:
+        raise DataError(f"{out_dir}: no images selected; check the split and max_* parameters")
+    dup = man["image"][man["image"].duplicated()]
+    if len(dup):
+        raise DataError(f"{out_dir}: image id {dup.iloc[0]!r} would appear twice in the "
+                        "manifest; the source lists it more than once")
+    write_csv(pd.DataFrame({"class": range(len(classes)), "name": list(classes)}),
+              out_dir / "classes.csv")
+    for table, columns, fname in ((objects, OBJECT_COLUMNS, "objects.csv"),
+                                  (keypoints, KEYPOINT_COLUMNS, "keypoints.csv")):
+        if table is None:
+            (out_dir / fname).unlink(missing_ok=True)
+        else:
+            write_csv(pd.DataFrame(list(table), columns=columns), out_dir / fname)
+    write_csv(man, out_dir / "manifest.csv")

@@ -1,0 +1,32 @@
+"""Rule attention_stats: per layer x head attention statistics, streamed over the data set."""
+import torch
+
+from patchlens.analysis.attention_stats import attention_statistics, write_attention
+from patchlens.data.dataset import Dataset
+from patchlens.features.extract import load_batch
+from patchlens.models.registry import build_timm, input_size, resolve_model
+from patchlens.workflow import run
+
+
+def main(snakemake):
+    torch.set_num_threads(snakemake.threads)
+    settings = dict(snakemake.params.settings)
+    split = settings.pop("split", None)
+    max_images = settings.pop("max_images", 64)
+    settings = {k: v for k, v in settings.items() if k in ("radius", "layers")}
+    spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
+    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    images = (dataset.split(*split) if split else dataset.images)[:max_images]
+    size = input_size(snakemake.params.img_size, spec["patch_size"])
+    grid = (size[0] // spec["patch_size"], size[1] // spec["patch_size"])
+    bs = snakemake.params.batch_size
+    batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
+                                           spec["std"])) for i in range(0, len(images), bs))
+    model = build_timm(spec, snakemake.params.weights_dir)
+    ds = attention_statistics(model, batches, spec["patch_size"], grid,
+                              spec["num_prefix_tokens"], settings)
+    write_attention(snakemake.output[0], ds, model=spec["key"], dataset=snakemake.wildcards.dataset,
+                    n_images=len(images), patch_size=spec["patch_size"], grid=list(grid))
+
+
+run(snakemake, main)  # noqa: F821
