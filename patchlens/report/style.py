@@ -29,23 +29,23 @@ DOUBLE = 6.9   # in, full page width
 DPI = 200      # PNG resolution
 
 FAMILY_COLORS = {
-    "contrastive": "#0072B2",  # blue
-    "mim": "#D55E00",          # vermillion
-    "language": "#009E73",     # bluish green
-    "supervised": "#CC79A7",   # reddish purple
+    "contrastive": "#0072b2",  # blue
+    "mim": "#d55e00",          # vermillion
+    "language": "#009e73",     # bluish green
+    "supervised": "#cc79a7",   # reddish purple
     "baseline": "#666666",     # grey
-    "test": "#E69F00",         # orange
-    "unknown": "#56B4E9",      # sky blue
+    "test": "#e69f00",         # orange
+    "unknown": "#56b4e9",      # sky blue
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
 TASK_COLORS = {
-    "fewshot_seg": "#0072B2",
-    "instance_id": "#D55E00",
-    "retrieval": "#009E73",
-    "tracking": "#CC79A7",
-    "keypoints": "#E69F00",
-    "lowshot_cls": "#56B4E9",
+    "fewshot_seg": "#0072b2",
+    "instance_id": "#d55e00",
+    "retrieval": "#009e73",
+    "tracking": "#cc79a7",
+    "keypoints": "#e69f00",
+    "lowshot_cls": "#56b4e9",
 }
 TASK_TITLES = {
     "fewshot_seg": "Few-shot segmentation",

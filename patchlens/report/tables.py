@@ -171,8 +171,9 @@ def collect_scores(csv_paths, models: dict) -> pd.DataFrame:
     if dup.any():
         d = df[dup].sort_values(key)
         files = sorted(set(d["_file"].iloc[:2]))
-        raise DataError(f"{' and '.join(files)}: the same score ({', '.join(f'{k}={d[k].iloc[0]}' for k in key[:7])}) "
-                        "appears twice; remove the stale or duplicated file")
+        what = ", ".join(f"{k}={d[k].iloc[0]}" for k in key[:7])
+        raise DataError(f"{' and '.join(files)}: the same score ({what}) appears twice; "
+                        "remove the stale or duplicated file")
     df = df.drop(columns="_file").sort_values(key, kind="stable").reset_index(drop=True)
     return df[SCORE_COLUMNS + extras + MODEL_COLUMNS]
 

@@ -4,8 +4,9 @@
 #   tests/cluster/slurm_down.sh [STATE_DIR]    (default: $PATCHLENS_SLURM_STATE or /tmp/patchlens-slurm)
 #
 # Stops exactly the daemons whose PIDs slurm_up.sh recorded in $STATE_DIR (slurmd, slurmctld,
-# munged if slurm_up.sh started it), after cancelling the jobs still queued on that cluster. A PID
-# whose process is gone, or now belongs to another program, is left alone. Installed packages stay.
+# munged if slurm_up.sh started it), after cancelling the jobs still queued on that cluster, and
+# removes the /etc/slurm/slurm.conf symlink when it points into STATE_DIR. A PID whose process is
+# gone, or now belongs to another program, is left alone. Installed packages stay.
 # Idempotent: with nothing recorded it does nothing and exits 0.
 set -euo pipefail
 
@@ -61,5 +62,9 @@ stop() {
 stop slurmd
 stop slurmctld
 stop munged
+if [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null || true)" == "$STATE_DIR/slurm.conf" ]]; then
+    rm -f /etc/slurm/slurm.conf
+    say "removed the symlink /etc/slurm/slurm.conf"
+fi
 rm -rf "$STATE_DIR"
 say "removed $STATE_DIR"

@@ -8,8 +8,10 @@
 # - installs Debian's slurmctld slurmd slurm-client munge when they are missing (needs root and
 #   apt; PATCHLENS_SLURM_INSTALL=0 forbids installing);
 # - writes $STATE_DIR/slurm.conf from tests/cluster/slurm.conf.in (host, CPUs and memory taken from
-#   `slurmd -C`); state, spool, pid files and logs all stay in $STATE_DIR, nothing is written to
-#   /etc/slurm: clients find the config through SLURM_CONF, printed on stdout as an export line;
+#   `slurmd -C`); state, spool, pid files and logs all stay in $STATE_DIR; clients find the config
+#   through SLURM_CONF (printed on stdout as an export line) and, because job steps launched by
+#   Snakemake's SLURM plugin drop SLURM_CONF, through a symlink /etc/slurm/slurm.conf -> $STATE_DIR/
+#   slurm.conf (made only where no /etc/slurm/slurm.conf exists; removed by slurm_down.sh);
 # - starts munged (as user munge; an already running munged is reused, not recorded), slurmctld
 #   and slurmd, records the PIDs it started in $STATE_DIR/*.pid and waits until the node is idle.
 # Idempotent: when the daemons recorded in $STATE_DIR are alive it only waits and prints.
@@ -90,8 +92,10 @@ fi
 # 3. slurm.conf -------------------------------------------------------------------------------
 HOST="$(hostname -s)"
 ADDR=127.0.0.1
+running=0
 if alive "$STATE_DIR/slurmctld.pid" && alive "$STATE_DIR/slurmd.pid" && [[ -s "$CONF" ]]; then
     say "slurmctld and slurmd from $STATE_DIR already running"
+    running=1
 else
     hw="$(slurmd -C 2>/dev/null | head -n1 || true)"
     node_hw="$(grep -oE '(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=[0-9]+' \
@@ -104,25 +108,37 @@ else
         -e "s|@CTLD_PORT@|$CTLD_PORT|g" -e "s|@SLURMD_PORT@|$SLURMD_PORT|g" \
         -e "s|CPUs=@CPUS@|${node_hw% }|" -e "s|@MEM_MB@|$mem_mb|g" \
         -e "s|@PARTITION@|$PARTITION|g" "$HERE/slurm.conf.in" >"$CONF.tmp"
-    grep -q '@[A-Z_]*@' "$CONF.tmp" && die "unfilled field in $CONF.tmp: $(grep -o '@[A-Z_]*@' "$CONF.tmp" | head -n1)"
+    if grep -q '@[A-Z_]*@' "$CONF.tmp"; then
+        die "unfilled field in $CONF.tmp: $(grep -o '@[A-Z_]*@' "$CONF.tmp" | head -n1)"
+    fi
     mv "$CONF.tmp" "$CONF"
-    export SLURM_CONF="$CONF"
-
-    # 4. daemons ------------------------------------------------------------------------------
-    if ! alive "$STATE_DIR/slurmctld.pid"; then
-        slurmctld -f "$CONF" -c >&2 || die "slurmctld failed: $(tail -n5 "$STATE_DIR/log/slurmctld.log" 2>/dev/null)"
-        for _ in $(seq 100); do alive "$STATE_DIR/slurmctld.pid" && break; sleep 0.1; done
-        alive "$STATE_DIR/slurmctld.pid" || die "slurmctld is not running: $(tail -n5 "$STATE_DIR/log/slurmctld.log" 2>/dev/null)"
-        say "slurmctld started (pid $(cat "$STATE_DIR/slurmctld.pid"))"
-    fi
-    if ! alive "$STATE_DIR/slurmd.pid"; then
-        slurmd -f "$CONF" >&2 || die "slurmd failed: $(tail -n5 "$STATE_DIR/log/slurmd.log" 2>/dev/null)"
-        for _ in $(seq 100); do alive "$STATE_DIR/slurmd.pid" && break; sleep 0.1; done
-        alive "$STATE_DIR/slurmd.pid" || die "slurmd is not running: $(tail -n5 "$STATE_DIR/log/slurmd.log" 2>/dev/null)"
-        say "slurmd started (pid $(cat "$STATE_DIR/slurmd.pid"))"
-    fi
 fi
 export SLURM_CONF="$CONF"
+# Job steps need the config at the default path too: snakemake-executor-plugin-slurm-jobstep
+# (0.6) strips every SLURM_* variable, SLURM_CONF included, before its nested `srun`.
+if [[ "$(readlink /etc/slurm/slurm.conf 2>/dev/null || true)" != "$CONF" ]]; then
+    if [[ -e /etc/slurm/slurm.conf || -L /etc/slurm/slurm.conf ]]; then
+        skip "/etc/slurm/slurm.conf exists and is not ours (a site SLURM?); not replacing it"
+    fi
+    mkdir -p /etc/slurm
+    ln -s "$CONF" /etc/slurm/slurm.conf
+    say "linked /etc/slurm/slurm.conf -> $CONF"
+fi
+
+# 4. daemons ----------------------------------------------------------------------------------
+start() {    # start NAME: run the daemon (it forks and writes $STATE_DIR/NAME.pid), wait for it
+    local name="$1" log="$STATE_DIR/log/$1.log"
+    alive "$STATE_DIR/$name.pid" && return 0
+    shift
+    "$name" -f "$CONF" "$@" >&2 || die "$name failed to start: $(tail -n5 "$log" 2>/dev/null)"
+    for _ in $(seq 100); do alive "$STATE_DIR/$name.pid" && break; sleep 0.1; done
+    alive "$STATE_DIR/$name.pid" || die "$name is not running: $(tail -n5 "$log" 2>/dev/null)"
+    say "$name started (pid $(cat "$STATE_DIR/$name.pid"))"
+}
+if ((!running)); then
+    start slurmctld -c    # -c: ignore any saved state
+    start slurmd
+fi
 
 # 5. wait until the node is idle ----------------------------------------------------------------
 state=""
