@@ -1,0 +1,365 @@
+"""Few-shot semantic segmentation from frozen patch features, layer by layer (k-NN and linear
+heads).
+
+Protocol (Vanyan et al. 2024, "Analyzing Local Representations of Self-supervised Vision
+Transformers", arXiv 2401.00463, Sec. 4; DESIGN.md Sec. 5):
+
+1. Support (per seed): for every class except ``background``, ``n_shots`` images are drawn without
+   replacement from the support split among the images that contain the class (an image is a
+   candidate for every class it contains); the support set is the union of the draws. A class with
+   fewer candidate images than ``n_shots`` uses all of them (warning, counted in
+   ``n_classes_short``); a class without any support patch is left out of the support (warning,
+   counted in ``n_classes_missing``) and can then never be predicted.
+2. Patch labels: the ground truth is resized to the feature grid by area (the grid covers the whole
+   image); a patch takes the majority class of its labelled pixels and is dropped when its void
+   share exceeds ``max_void``.
+3. Query: every patch of every image of the query split is scored by
+   - ``knn``: cosine k-NN over the support patches with DINO's vote exp(sim / T) (Caron et al.
+     2021), see :mod:`patchlens.tasks.knn`;
+   - ``linear``: a linear probe (multinomial logistic regression, L2 weight decay, full-batch
+     L-BFGS for a fixed number of iterations from zero: deterministic) on the support patches.
+4. The (h, w, K) scores are upsampled bilinearly to the image's own (H, W), argmax gives the
+   prediction, and one confusion matrix per (layer, seed, head) is accumulated over all query
+   images; mIoU over classes present in the ground truth or the prediction, void ignored
+   (PASCAL VOC protocol). Metrics ``miou_knn`` and ``miou_linear``.
+
+The feature ``transform`` (variant) is applied to support and query tokens alike.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from patchlens.data.dataset import VOID, Dataset
+from patchlens.errors import ConfigError, DataError
+from patchlens.features.store import FeatureStore
+from patchlens.tasks.knn import CosineIndex, check_vote_params, knn_scores, l2_normalize
+from patchlens.tasks.metrics import confusion_matrix, mean_iou
+from patchlens.tasks.upsample import resize_bilinear
+
+log = logging.getLogger("patchlens")
+
+TASK = "fewshot_seg"
+DEFAULT_PARAMS = {
+    "n_shots": 5,               # support images drawn per class
+    "seeds": [0, 1, 2],         # one support draw per seed
+    "k": 20,                    # neighbours of the k-NN head
+    "temperature": 0.07,        # T of the exp(sim / T) vote
+    "max_void": 0.5,            # support patches with a larger void share are dropped
+    "heads": ["knn", "linear"],
+    "background": 0,            # class id not drawn for (it comes with the others); null: none
+    "linear_weight_decay": 1e-4,  # L2 penalty (wd / 2) * |W|^2 added to the mean cross-entropy
+    "linear_iters": 100,        # L-BFGS iterations of the linear probe
+    "support_split": "train",
+    "query_split": "val",
+}
+REQUIRES = ("semantic",)
+HEADS = ("knn", "linear")
+_CHUNK = 32  # query images scored per batch (memory: chunk x h x w x C float32)
+
+
+# -- ground truth at the feature grid ------------------------------------------------------------
+@lru_cache(maxsize=64)
+def area_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) weights of area resizing: row i holds the overlap of each input pixel
+    [j, j+1) with output cell i, [i, i+1) * n_in / n_out, divided by the cell length (rows sum
+    to 1). ``A_y @ M @ A_x.T`` resizes an (H, W) map to (h, w) by area."""
+    scale = n_in / n_out
+    start = np.arange(n_out)[:, None] * scale
+    pix = np.arange(n_in)[None, :]
+    overlap = np.minimum(start + scale, pix + 1) - np.maximum(start, pix)
+    return (np.clip(overlap, 0, None) / scale).astype(np.float32)
+
+
+def grid_fraction(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Fraction (h, w) of each grid cell covered by a (H, W) mask (bool or weights in [0, 1])."""
+    ay, ax = area_matrix(grid[0], mask.shape[0]), area_matrix(grid[1], mask.shape[1])
+    return ay @ mask.astype(np.float32) @ ax.T
+
+
+def patch_labels(labels: np.ndarray, grid: tuple[int, int], n_classes: int,
+                 max_void: float) -> np.ndarray:
+    """Patch labels (h, w) int from pixel class indices (H, W) (negative = void): the majority
+    class of each cell's labelled pixels (ties: lowest index), -1 where the void share exceeds
+    ``max_void`` or no pixel is labelled."""
+    counts = np.zeros((*grid, n_classes), np.float32)
+    for c in np.unique(labels[labels >= 0]):
+        counts[..., c] = grid_fraction(labels == c, grid)
+    labelled = counts.sum(-1)
+    out = counts.argmax(-1)
+    out[(1.0 - labelled > max_void + 1e-6) | (labelled <= 1e-6)] = -1
+    return out
+
+
+def class_lut(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """(lookup (256,) pixel value -> class index, -1 void, -2 unknown; class ids (K,))."""
+    ids = dataset.classes["class"].to_numpy()
+    path = dataset.root / "classes.csv"
+    if len(ids) == 0:
+        raise DataError(f"{path}: no classes listed")
+    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= VOID \
+            or len(set(ids.tolist())) != len(ids):
+        raise DataError(f"{path}: class ids must be unique integers 0..254 "
+                        f"({VOID} is void); fix the file")
+    lut = np.full(256, -2, np.int64)
+    lut[ids] = np.arange(len(ids))
+    lut[VOID] = -1
+    return lut, ids
+
+
+def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
+    """Class indices (H, W) of an image's semantic PNG, -1 on void pixels."""
+    out = lut[dataset.load_semantic(image)]
+    if (out == -2).any():
+        bad = sorted(set(dataset.load_semantic(image)[out == -2].tolist()))
+        raise DataError(f"{dataset.root}: semantic mask of {image!r} has class id(s) {bad} that "
+                        "classes.csv does not list; fix classes.csv or the mask")
+    return out
+
+
+# -- support sampling ----------------------------------------------------------------------------
+def sample_support(presence: np.ndarray, n_shots: int, seed: int,
+                   classes: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
+    """Draw ``n_shots`` candidate rows per class (without replacement, seeded) from a presence
+    matrix (n_images, K) bool, for the class indices ``classes`` in order. Returns the sorted
+    union of the drawn rows, the classes with fewer candidates than shots (all taken) and the
+    classes without candidates."""
+    rng = np.random.default_rng(seed)
+    chosen: set[int] = set()
+    short, missing = [], []
+    for c in classes:
+        cand = np.flatnonzero(presence[:, c])
+        if cand.size == 0:
+            missing.append(int(c))
+            continue
+        if cand.size < n_shots:
+            short.append(int(c))
+            take = cand
+        else:
+            take = rng.choice(cand, size=n_shots, replace=False)
+        chosen.update(int(i) for i in take)
+    return np.array(sorted(chosen), dtype=np.int64), short, missing
+
+
+# -- linear probe ----------------------------------------------------------------------------------
+@dataclass
+class LinearProbe:
+    """Multinomial logistic regression on L2-normalised, standardised features."""
+    mean: np.ndarray
+    scale: np.ndarray
+    weight: np.ndarray  # (C, K)
+    bias: np.ndarray    # (K,)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float,
+            iters: int) -> "LinearProbe":
+        """Minimise mean cross-entropy + (weight_decay / 2) |W|^2 (bias not penalised) with
+        full-batch L-BFGS (scipy), ``iters`` iterations from zero: deterministic given the data.
+        Features are L2-normalised (the geometry the k-NN head uses), then standardised with the
+        support mean and standard deviation (conditioning only: the model class is unchanged)."""
+        x = l2_normalize(x)
+        mean = x.mean(0)
+        scale = np.maximum(x.std(0), 1e-6)
+        x = np.ascontiguousarray((x - mean) / scale, dtype=np.float32)
+        n, c = x.shape
+        onehot = np.zeros((n, n_classes), np.float32)
+        onehot[np.arange(n), y] = 1.0
+
+        def objective(theta):
+            w = theta[:c * n_classes].reshape(c, n_classes).astype(np.float32)
+            z = (x @ w).astype(np.float64) + theta[c * n_classes:]
+            z -= z.max(1, keepdims=True)
+            lse = np.log(np.exp(z).sum(1, keepdims=True))
+            p = np.exp(z - lse)
+            loss = -np.mean(np.sum(onehot * (z - lse), 1)) + 0.5 * weight_decay * np.sum(w * w)
+            g = ((p - onehot) / n).astype(np.float32)
+            gw = (x.T @ g).astype(np.float64) + weight_decay * w
+            return loss, np.concatenate([gw.ravel(), g.sum(0, dtype=np.float64)])
+
+        res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True, method="L-BFGS-B",
+                       options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
+        theta = res.x
+        return cls(mean, scale, theta[:c * n_classes].reshape(c, n_classes).astype(np.float32),
+                   theta[c * n_classes:].astype(np.float32))
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Class scores (n, K) of features (n, C)."""
+        return ((l2_normalize(x) - self.mean) / self.scale) @ self.weight + self.bias
+
+
+# -- protocol ------------------------------------------------------------------------------------
+def _params(params: dict) -> dict:
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
+                          f"known: {sorted(DEFAULT_PARAMS)}")
+    p = {**DEFAULT_PARAMS, **params}
+    check_vote_params(p, TASK)
+    if not isinstance(p["n_shots"], int) or p["n_shots"] < 1:
+        raise ConfigError(f"tasks.{TASK}.params.n_shots = {p['n_shots']!r}: expected an "
+                          "integer >= 1")
+    if not isinstance(p["seeds"], (list, tuple)) or not p["seeds"] \
+            or not all(isinstance(s, int) for s in p["seeds"]):
+        raise ConfigError(f"tasks.{TASK}.params.seeds = {p['seeds']!r}: expected a non-empty "
+                          "list of integers")
+    if not 0 <= float(p["max_void"]) <= 1:
+        raise ConfigError(f"tasks.{TASK}.params.max_void = {p['max_void']!r}: expected 0..1")
+    heads = list(p["heads"])
+    if not heads or any(h not in HEADS for h in heads):
+        raise ConfigError(f"tasks.{TASK}.params.heads = {heads!r}: choose from {list(HEADS)}")
+    if float(p["linear_weight_decay"]) < 0 or int(p["linear_iters"]) < 1:
+        raise ConfigError(f"tasks.{TASK}.params: linear_weight_decay must be >= 0 and "
+                          "linear_iters >= 1")
+    return p
+
+
+@dataclass
+class _Support:
+    seed: int
+    rows: np.ndarray       # rows of the support pool
+    short: list[int]
+    missing: list[int]
+
+
+def _prepare(store: FeatureStore, dataset: Dataset, p: dict):
+    lut, ids = class_lut(dataset)
+    K = len(ids)
+    names = dict(zip(dataset.classes["class"], dataset.classes["name"]))
+    query = dataset.split(p["query_split"])
+    if not query:
+        raise DataError(f"{dataset.root / 'manifest.csv'}: query split {p['query_split']!r} has "
+                        f"no images; set tasks.{TASK}.params.query_split")
+    has_gt = dataset.manifest["semantic"] != ""
+    skipped = [im for im in query if not has_gt[im]]
+    for im in skipped:
+        log.warning("%s: query image %r has no semantic mask; skipped", TASK, im)
+    query = [im for im in query if has_gt[im]]
+    if not query:
+        raise DataError(f"{dataset.root / 'manifest.csv'}: no image of query split "
+                        f"{p['query_split']!r} has a semantic mask")
+    pool = [im for im in dataset.split(p["support_split"]) if has_gt[im]]
+    if not pool:
+        raise DataError(f"{dataset.root / 'manifest.csv'}: support split {p['support_split']!r} "
+                        f"has no image with a semantic mask; set tasks.{TASK}.params.support_split")
+    grid = store.grid
+    labels = np.stack([patch_labels(load_labels(dataset, im, lut), grid, K, p["max_void"])
+                       for im in pool])                             # (n_pool, h, w)
+    presence = np.zeros((len(pool), K), bool)
+    for i, lab in enumerate(labels):
+        presence[i, np.unique(lab[lab >= 0])] = True
+    bg = p["background"]
+    draw = np.array([c for c in range(K) if bg is None or ids[c] != bg], dtype=np.int64)
+    supports = []
+    for seed in p["seeds"]:
+        rows, short, missing = sample_support(presence, p["n_shots"], seed, draw)
+        have = np.zeros(K, bool)
+        if rows.size:
+            have[np.unique(labels[rows][labels[rows] >= 0])] = True
+        missing = sorted(set(missing) | set(np.flatnonzero(~have).tolist()))
+        for c in short:
+            log.warning("%s seed %d: class %d (%s) is in %d support image(s), fewer than "
+                        "n_shots=%d; using all of them", TASK, seed, ids[c], names[ids[c]],
+                        presence[:, c].sum(), p["n_shots"])
+        for c in missing:
+            log.warning("%s seed %d: class %d (%s) has no support patch in split %r; it is left "
+                        "out of the support and never predicted", TASK, seed, ids[c],
+                        names[ids[c]], p["support_split"])
+        if not have.any():
+            raise DataError(f"{dataset.root}: seed {seed} drew no labelled support patch from "
+                            f"split {p['support_split']!r} (max_void={p['max_void']})")
+        supports.append(_Support(seed, rows, short, missing))
+    return K, lut, pool, labels, supports, query, skipped
+
+
+def _heads_for(x: np.ndarray, y: np.ndarray, p: dict) -> dict:
+    present = np.unique(y)
+    compact = np.searchsorted(present, y)
+    heads = {}
+    if "knn" in p["heads"]:
+        index = CosineIndex(x)
+        heads["knn"] = (present, lambda q: knn_scores(index, compact, q, present.size, p["k"],
+                                                      p["temperature"]), True)
+    if "linear" in p["heads"]:
+        probe = LinearProbe.fit(x, compact, present.size, float(p["linear_weight_decay"]),
+                                int(p["linear_iters"]))
+        heads["linear"] = (present, probe.logits, False)
+    return heads
+
+
+def predict_image(scores: np.ndarray, classes: np.ndarray, size: tuple[int, int],
+                  sparse: bool) -> np.ndarray:
+    """Class indices (H, W): bilinear upsampling of patch scores (h, w, Kp) to ``size`` and
+    argmax, mapped through ``classes`` (Kp,). ``sparse`` (non-negative vote scores): classes whose
+    score is 0 on every patch are left out first; they cannot win (the interpolated scores of a
+    pixel sum to 1), so the result is the same at a fraction of the cost."""
+    if sparse:
+        cols = np.flatnonzero(scores.reshape(-1, scores.shape[-1]).max(0) > 0)
+        scores, classes = scores[..., cols], classes[cols]
+    if scores.shape[-1] == 1:
+        return np.full(size, classes[0], np.int64)
+    return classes[resize_bilinear(scores, size).argmax(-1)]
+
+
+def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
+               layers: list[int] | None = None) -> tuple[dict, dict]:
+    """Confusion matrices {(layer, seed, head): (K, K) int64} of the protocol above, and counts
+    {n_eval, n_skipped, seed -> (n_support_images, n_support_patches, short, missing)}."""
+    p = _params(params)
+    layers = store.layers if layers is None else list(layers)
+    K, lut, pool, labels, supports, query, skipped = _prepare(store, dataset, p)
+    union = np.unique(np.concatenate([s.rows for s in supports]))
+    pos = {int(r): i for i, r in enumerate(union)}
+    out = {}
+    for layer in layers:
+        tok = transform(layer, store.tokens(layer, [pool[r] for r in union]))  # (n, h, w, C)
+        heads = {}
+        for s in supports:
+            rows = np.array([pos[int(r)] for r in s.rows], dtype=np.int64)
+            lab = labels[s.rows]
+            keep = lab >= 0
+            heads[s.seed] = _heads_for(tok[rows][keep], lab[keep], p)
+        del tok
+        conf = {(s.seed, h): np.zeros((K, K), np.int64) for s in supports for h in p["heads"]}
+        for c0 in range(0, len(query), _CHUNK):
+            chunk = query[c0:c0 + _CHUNK]
+            q = transform(layer, store.tokens(layer, chunk))
+            n, h, w, C = q.shape
+            q = q.reshape(n * h * w, C)
+            gts = [load_labels(dataset, im, lut) for im in chunk]
+            for seed, hs in heads.items():
+                for name, (classes, score, sparse) in hs.items():
+                    sc = np.asarray(score(q), np.float32).reshape(n, h, w, -1)
+                    for i, gt in enumerate(gts):
+                        pred = predict_image(sc[i], classes, gt.shape, sparse)
+                        conf[(seed, name)] += confusion_matrix(gt, pred, K)
+        for (seed, name), m in conf.items():
+            if m.sum() == 0:
+                raise DataError(f"{dataset.root}: every pixel of query split "
+                                f"{p['query_split']!r} is void; nothing to evaluate")
+            out[(layer, seed, name)] = m
+    counts = {"n_eval": len(query), "n_skipped": len(skipped),
+              **{s.seed: (len(s.rows), int((labels[s.rows] >= 0).sum()), len(s.short),
+                          len(s.missing)) for s in supports}}
+    return out, counts
+
+
+def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
+        layers: list[int] | None = None) -> pd.DataFrame:
+    """Score every layer: one row per (layer, seed, head) with metric ``miou_<head>``, ``value``,
+    ``n_eval`` / ``n_skipped`` (query images), and ``n_support_images``, ``n_support_patches``,
+    ``n_classes_short``, ``n_classes_missing`` of that seed's support."""
+    conf, counts = confusions(store, dataset, transform, params, layers)
+    rows = []
+    for (layer, seed, head), m in conf.items():
+        n_img, n_patch, n_short, n_missing = counts[seed]
+        rows.append({"layer": layer, "seed": seed, "metric": f"miou_{head}",
+                     "value": mean_iou(m), "n_eval": counts["n_eval"],
+                     "n_skipped": counts["n_skipped"], "n_support_images": n_img,
+                     "n_support_patches": n_patch, "n_classes_short": n_short,
+                     "n_classes_missing": n_missing})
+    return pd.DataFrame(rows)

@@ -1,0 +1,146 @@
+"""Instance identification from pooled patch features, layer by layer.
+
+Protocol (Vanyan et al. 2024, "Analyzing Local Representations of Self-supervised Vision
+Transformers", arXiv 2401.00463, Sec. 4; DESIGN.md Sec. 5): the objects of the evaluation split
+with a known appearance identity (objects.csv ``identity >= 0``) are each a query; its feature is
+the mean of the (transformed) patch tokens over its instance mask, every patch weighted by the
+fraction of it the mask covers (the mask resized to the grid by area). The gallery of a query is
+every object in the *other* images (same-class objects of other identities are the distractors);
+gallery objects are ranked by cosine similarity. Positives are the occurrences of the same
+identity in other images. Metrics: ``top1`` (the first-ranked object is a positive) and ``map``
+(mean over queries of the average precision). Queries without a positive are skipped and counted,
+as are objects whose mask is empty or whose image has no instance mask. Data sets without
+identities (PASCAL VOC: identity -1 everywhere) are skipped with a warning and an empty table.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from patchlens.data.dataset import Dataset
+from patchlens.errors import ConfigError, DataError
+from patchlens.features.store import FeatureStore
+from patchlens.tasks.fewshot_seg import grid_fraction
+from patchlens.tasks.knn import l2_normalize
+from patchlens.tasks.metrics import average_precision, top1
+
+log = logging.getLogger("patchlens")
+
+TASK = "instance_id"
+DEFAULT_PARAMS = {
+    "split": "val",  # the objects of this split are queries and gallery at once
+}
+REQUIRES = ("objects", "instance")
+COLUMNS = ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
+_CHUNK = 64  # images read per batch
+
+
+def object_weights(dataset: Dataset, objects: pd.DataFrame, grid: tuple[int, int],
+                   task: str) -> tuple[np.ndarray, np.ndarray]:
+    """Patch weights (n_obj, h, w) of each object row: the fraction of every grid cell covered by
+    the object's instance mask (``instance`` id in the image's instance PNG, resized to the grid
+    by area). Also returns a bool (n_obj,) of usable objects; the others (no instance mask for the
+    image, or an empty mask) are logged as skipped."""
+    weights = np.zeros((len(objects), *grid), np.float32)
+    ok = np.zeros(len(objects), bool)
+    has_mask = dataset.manifest["instance"] != ""
+    for image, rows in objects.groupby("image", sort=False):
+        pos = objects.index.get_indexer(rows.index)
+        if not has_mask.get(image, False):
+            for inst in rows["instance"]:
+                log.warning("%s: object %s/%s skipped: image has no instance mask", task, image,
+                            inst)
+            continue
+        inst_map = dataset.load_instance(image)
+        for i, inst in zip(pos, rows["instance"]):
+            mask = inst_map == int(inst)
+            if not mask.any():
+                log.warning("%s: object %s/%s skipped: instance id %s is not in its instance "
+                            "mask", task, image, inst, inst)
+                continue
+            weights[i] = grid_fraction(mask, grid)
+            ok[i] = True
+    return weights, ok
+
+
+def pooled_features(store: FeatureStore, layer: int, transform, images: list[str],
+                    weights: np.ndarray) -> np.ndarray:
+    """Weighted mean (n_obj, C) of the transformed tokens of one layer: object i pools the tokens
+    of ``images[i]`` with ``weights[i]`` (h, w). Reads each image once, in batches."""
+    order = list(dict.fromkeys(images))
+    where = {im: [] for im in order}
+    for i, im in enumerate(images):
+        where[im].append(i)
+    out = None
+    for c0 in range(0, len(order), _CHUNK):
+        chunk = order[c0:c0 + _CHUNK]
+        tok = transform(layer, store.tokens(layer, chunk))  # (n, h, w, C)
+        if out is None:
+            out = np.zeros((len(images), tok.shape[-1]), np.float32)
+        for j, im in enumerate(chunk):
+            idx = where[im]
+            w = weights[idx]
+            out[idx] = np.einsum("ohw,hwc->oc", w, tok[j]) / w.sum((1, 2))[:, None]
+    return out
+
+
+def _empty() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else
+                                      ("object" if c == "metric" else "int64")) for c in COLUMNS})
+
+
+def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
+        layers: list[int] | None = None) -> pd.DataFrame:
+    """Score every layer: rows (layer, seed=0, metric in {top1, map}, value, n_eval, n_skipped);
+    ``n_eval`` queries evaluated, ``n_skipped`` objects skipped (no mask, no positive)."""
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
+                          f"known: {sorted(DEFAULT_PARAMS)}")
+    p = {**DEFAULT_PARAMS, **params}
+    layers = store.layers if layers is None else list(layers)
+    if dataset.objects is None or len(dataset.objects) == 0:
+        raise DataError(f"{dataset.root / 'objects.csv'}: missing or empty; {TASK} needs the "
+                        "object table of the data set")
+    images = set(dataset.split(p["split"]))
+    if not images:
+        raise DataError(f"{dataset.root / 'manifest.csv'}: split {p['split']!r} has no images; "
+                        f"set tasks.{TASK}.params.split")
+    objs = dataset.objects[dataset.objects["image"].isin(images)].reset_index(drop=True)
+    if len(objs) == 0:
+        raise DataError(f"{dataset.root / 'objects.csv'}: no object in split {p['split']!r}")
+    objs = objs[objs["identity"] >= 0].reset_index(drop=True)
+    if len(objs) == 0:
+        log.warning("%s: data set %s has no object identities (identity = -1 in objects.csv, "
+                    "as in PASCAL VOC); instance identification skipped", TASK, dataset.root)
+        return _empty()
+    weights, ok = object_weights(dataset, objs, store.grid, TASK)
+    n_skipped = int((~ok).sum())
+    objs, weights = objs[ok].reset_index(drop=True), weights[ok]
+    ident = objs["identity"].to_numpy()
+    img = objs["image"].to_numpy()
+    other = img[:, None] != img[None, :]
+    positive = (ident[:, None] == ident[None, :]) & other
+    queries = np.flatnonzero(positive.any(1))
+    for i in np.flatnonzero(~positive.any(1)):
+        log.warning("%s: query %s/%s (identity %d) skipped: no other image shows it", TASK,
+                    img[i], objs["instance"].iat[i], ident[i])
+    n_skipped += len(objs) - len(queries)
+    if len(queries) == 0:
+        raise DataError(f"{dataset.root / 'objects.csv'}: no identity of split {p['split']!r} "
+                        "occurs in two images; nothing to identify")
+    rows = []
+    for layer in layers:
+        f = l2_normalize(pooled_features(store, layer, transform, list(img), weights))
+        sims = f @ f.T
+        t1, ap = [], []
+        for i in queries:
+            g = other[i]
+            t1.append(top1(sims[i, g], positive[i, g]))
+            ap.append(average_precision(sims[i, g], positive[i, g]))
+        for metric, vals in (("top1", t1), ("map", ap)):
+            rows.append({"layer": layer, "seed": 0, "metric": metric, "value": float(np.mean(vals)),
+                         "n_eval": len(queries), "n_skipped": n_skipped})
+    return pd.DataFrame(rows, columns=COLUMNS)
