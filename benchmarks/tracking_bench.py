@@ -1,0 +1,92 @@
+"""Seconds per frame of DAVIS label propagation and of its J/F evaluation, at DAVIS size.
+
+Synthetic sequence: 480x854 frames, a 30x54 patch grid (ViT/16 at 480x864), 384 channels (ViT-S),
+3 moving elliptic objects; DAVIS defaults (first + 7 last frames as context, radius 12, top-5).
+Propagation (``tracking.track``) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
+are timed separately; no file I/O is included.
+
+    python benchmarks/tracking_bench.py [--frames 20] [--channels 384] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--channels", type=int, default=384)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=854)
+    ap.add_argument("--grid", type=int, nargs=2, default=(30, 54))
+    ap.add_argument("--objects", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="BLAS threads (sets OMP/OPENBLAS/MKL_NUM_THREADS before numpy loads)")
+    return ap.parse_args()
+
+
+def synthetic(args, rng):
+    import numpy as np
+
+    from patchlens.tasks.upsample import resize_nearest
+    T, H, W, (h, w), C, n = args.frames, args.height, args.width, args.grid, args.channels, \
+        args.objects
+    yy, xx = np.mgrid[:H, :W]
+    masks = np.zeros((T, H, W), np.uint8)
+    start = rng.uniform([0.25 * H, 0.2 * W], [0.75 * H, 0.8 * W], (n, 2))
+    vel = rng.uniform(-6, 6, (n, 2))
+    radii = rng.uniform([40, 60], [90, 140], (n, 2))
+    for t in range(T):
+        for k in range(n):
+            cy, cx = start[k] + t * vel[k]
+            masks[t][((yy - cy) / radii[k, 0]) ** 2 + ((xx - cx) / radii[k, 1]) ** 2 <= 1] = k + 1
+    codes = rng.standard_normal((n + 1, C)).astype(np.float32)
+    feats = np.empty((T, h, w, C), np.float32)
+    for t in range(T):
+        small = resize_nearest(masks[t], (h, w))
+        feats[t] = codes[small] + 0.8 * rng.standard_normal((h, w, C)).astype(np.float32)
+    return masks, feats
+
+
+def main():
+    args = parse()
+    if args.threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    import numpy as np
+
+    from patchlens.tasks import tracking
+    from patchlens.tasks.davis_metrics import jf_labels
+
+    rng = np.random.default_rng(0)
+    masks, feats = synthetic(args, rng)
+    ids = np.arange(1, args.objects + 1)
+    seed = tracking.seed_labels(masks[0], ids, tuple(args.grid))
+    p = tracking.DEFAULT_PARAMS
+
+    t0 = time.perf_counter()
+    soft = list(tracking.track(feats, seed, p["n_last_frames"], p["size_mask_neighborhood"],
+                               p["topk"], p["temperature"]))
+    t_prop = (time.perf_counter() - t0) / len(soft)
+
+    t0 = time.perf_counter()
+    js, fs = [], []
+    for t, s in enumerate(soft, start=1):
+        pred = tracking.labels_to_mask(s, masks[t].shape, p["norm_mask"])
+        j, f = jf_labels(masks[t], pred, args.objects, None, p["bound_th"])
+        js.append(j)
+        fs.append(f)
+    t_eval = (time.perf_counter() - t0) / len(soft)
+
+    print(f"frames {args.frames} at {args.height}x{args.width}, grid {args.grid[0]}x{args.grid[1]}"
+          f", {args.channels} channels, {args.objects} objects, context 1+{p['n_last_frames']}, "
+          f"radius {p['size_mask_neighborhood']}, top-{p['topk']}")
+    print(f"propagation: {t_prop:.3f} s/frame")
+    print(f"J/F evaluation: {t_eval:.3f} s/frame")
+    print(f"(sanity) J&F of these noisy features: {(np.mean(js) + np.mean(fs)) / 2:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,331 @@
+"""Video object tracking by label propagation on frozen patch features (DAVIS-2017 protocol).
+
+Protocol (Caron et al., ICCV 2021 "Emerging Properties in Self-Supervised Vision Transformers",
+reference code ``eval_video_segmentation.py`` of github.com/facebookresearch/dino, itself after
+Jabri et al., NeurIPS 2020 "Space-Time Correspondence as a Contrastive Random Walk" and UVC),
+used per layer by Walmer et al. (CVPR 2023, "Teaching Matters") and Vanyan et al. (2024):
+
+1. Objects are the instance ids present in the first frame (1..N; 0 background; 255 void is
+   treated as background for the seed). The seed label map is the first frame's instance mask
+   resized to the patch grid by nearest neighbour (pixel centres), one-hot over
+   (background, object 1..N): ``(h, w, N+1)``.
+2. Frames are processed in ``frame`` order. The context of target frame t is the first frame plus
+   the ``n_last_frames`` (7) preceding frames, each with its *soft* propagated label map (the
+   first frame with its one-hot seed).
+3. Affinities: cosine similarity between the L2-normalised patch features of the target frame and
+   of every context frame, restricted to a square window of radius ``size_mask_neighborhood`` (12)
+   patches around the target patch (|dy| <= r and |dx| <= r; r = 0 disables the restriction, as in
+   the reference). For every target patch the ``topk`` (5) most similar source patches, over all
+   context frames jointly, get weights ``exp(sim / temperature)`` normalised to sum 1
+   (temperature 0.1, hard-coded in the reference), the rest weight 0; the target's soft labels
+   are the weighted sum of the sources' labels.
+4. The soft label map (h, w, N+1) is resized bilinearly (align_corners=False) to the frame's own
+   pixels, every channel with a positive maximum is min-max normalised to [0, 1] (the reference's
+   ``norm_mask``; switch with ``norm_mask``), and the argmax is the predicted instance map.
+   (The reference resizes to the network input and then, by nearest neighbour, to the original
+   size; here features map onto the whole frame, so the bilinear step goes to (H, W) directly.)
+5. Evaluation (Pont-Tuset et al. 2017; github.com/davisvideochallenge/davis2017-evaluation): J
+   (region IoU) and F (boundary F-measure, tolerance 0.008 of the diagonal) per object and frame,
+   see :mod:`patchlens.tasks.davis_metrics`; frames 1..T-2 are scored (the official semi-supervised
+   evaluation drops the first and the last frame; ``skip_last_frame: false`` scores 1..T-1).
+   Per object the mean over frames; per sequence the mean over its objects. The overall row
+   (``sequence = "all"``) averages objects pooled over all sequences, as the official
+   ``J&F-Mean`` does (``average: objects``), or the per-sequence means (``average: sequences``);
+   ``jf = (j + f) / 2``.
+
+Cost: per target frame one (P x C) by (C x n_ctx P) product, done in bands of target rows whose
+sources are only the rows within the radius (never quadratic in the video length); memory is a few
+frames of features plus one sequence's masks.
+
+Output rows: metrics ``j``, ``f``, ``jf`` per layer for every sequence and for ``"all"``; column
+``sequence``; ``n_eval`` = frames scored (per sequence) or sequences scored (``all``);
+``n_skipped`` = sequences skipped with a warning (empty first-frame mask, too few frames).
+``seed`` is 0: the protocol samples nothing.
+"""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Iterable, Iterator
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from patchlens.data.dataset import VOID
+from patchlens.errors import ConfigError, DataError
+from patchlens.tasks.davis_metrics import jf_labels
+from patchlens.tasks.upsample import resize_bilinear, resize_nearest
+
+log = logging.getLogger("patchlens")
+
+DEFAULT_PARAMS: dict = {
+    "split": "video",               # manifest split holding the video frames
+    "n_last_frames": 7,             # preceding frames in the context (plus the first frame)
+    "size_mask_neighborhood": 12,   # window radius in patches; 0 = no restriction
+    "topk": 5,                      # source patches kept per target patch
+    "temperature": 0.1,             # softmax temperature over the top-k cosine similarities
+    "norm_mask": True,              # per-channel min-max normalisation before the argmax
+    "bound_th": 0.008,              # F tolerance: fraction of the diagonal (or pixels if >= 1)
+    "skip_last_frame": True,        # official DAVIS evaluation scores frames 1..T-2
+    "average": "objects",           # overall mean over "objects" (official) or "sequences"
+}
+REQUIRES: tuple[str, ...] = ("video", "instance")
+
+_BAND_BUDGET = 1 << 24  # similarity entries per band (64 MB of float32)
+
+
+# -- protocol pieces (pure numpy) ---------------------------------------------------------------
+
+def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows of ``x`` (..., C) scaled to unit L2 norm (zero rows stay zero), float32."""
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+@lru_cache(maxsize=8)
+def window_mask(h: int, w: int, radius: int) -> np.ndarray:
+    """(P, P) bool, P = h*w: source patch within ``radius`` rows and columns of the target patch
+    (the square neighbourhood of DINO's ``restrict_neighborhood``). Built once per grid."""
+    y, x = np.divmod(np.arange(h * w), w)
+    m = (np.abs(y[:, None] - y[None, :]) <= radius) & (np.abs(x[:, None] - x[None, :]) <= radius)
+    m.setflags(write=False)
+    return m
+
+
+def _band_rows(h: int, w: int, n_ctx: int, radius: int) -> int:
+    """Target rows per band: about radius / 2 (sources are only the rows within the radius, so
+    thin bands skip part of the frame), fewer if a band's similarities exceed the budget."""
+    rows = max(1, radius // 2) if radius > 0 else h
+    while rows > 1:
+        src_rows = h if radius <= 0 else min(h, rows + 2 * radius)
+        if rows * w * n_ctx * src_rows * w <= _BAND_BUDGET:
+            break
+        rows //= 2
+    return rows
+
+
+def topk_indices(x: np.ndarray, k: int, block: int) -> np.ndarray:
+    """Column indices (n, k) of the ``k`` largest entries of every row of ``x`` (n, m), unordered.
+
+    Exact two-stage selection: the k blocks (``block`` consecutive columns) with the largest
+    maxima hold a set of k largest entries (any entry outside them is exceeded by k block maxima),
+    so a full-row ``argpartition`` is only run on those k * block candidates. Much faster than
+    ``argpartition`` over long rows, since a block maximum is a vectorised reduction.
+    """
+    n, m = x.shape
+    if k >= m:
+        return np.broadcast_to(np.arange(m), (n, m))
+    if m % block or m // block <= 2 * k:
+        return np.argpartition(-x, k - 1, axis=1)[:, :k]
+    bmax = np.maximum.reduceat(x, np.arange(0, m, block), axis=1)   # (n, m // block)
+    blk = np.argpartition(-bmax, k - 1, axis=1)[:, :k]
+    cols = (blk[:, :, None] * block + np.arange(block)).reshape(n, k * block)
+    cand = np.take_along_axis(x, cols, axis=1)
+    return np.take_along_axis(cols, np.argpartition(-cand, k - 1, axis=1)[:, :k], axis=1)
+
+
+def propagate(target: np.ndarray, ctx_feats: np.ndarray, ctx_labels: np.ndarray,
+              grid: tuple[int, int], radius: int, topk: int, temperature: float) -> np.ndarray:
+    """Soft labels of one target frame from its context frames (DINO label propagation, step 3).
+
+    target (P, C) and ctx_feats (n, P, C) L2-normalised, ctx_labels (n, P, K); returns (P, K).
+    Each target patch takes the ``topk`` most similar source patches among all context frames
+    within ``radius`` patches (``radius <= 0``: anywhere), weighted by softmax(sim / temperature).
+    """
+    h, w = grid
+    n, P, _ = ctx_feats.shape
+    K = ctx_labels.shape[-1]
+    win = window_mask(h, w, radius) if radius > 0 else None
+    rows = _band_rows(h, w, n, radius)
+    out = np.empty((P, K), np.float32)
+    for a in range(0, h, rows):
+        b = min(h, a + rows)
+        sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
+        q = target[a * w:b * w]                                    # (nq, C)
+        src = ctx_feats[:, sa * w:sb * w]                          # (n, ns, C)
+        nq, ns = len(q), src.shape[1]
+        sim = q @ src.reshape(n * ns, -1).T                        # (nq, n*ns), context-major
+        if win is not None:                                        # -inf outside the window
+            bias = np.where(win[a * w:b * w, sa * w:sb * w], 0, -np.inf).astype(np.float32)
+            sim.reshape(nq, n, ns)[...] += bias[:, None, :]
+        idx = topk_indices(sim, topk, block=w)                     # (nq, k)
+        val = np.take_along_axis(sim, idx, axis=1)
+        wgt = np.exp((val - val.max(axis=1, keepdims=True)) / temperature)
+        wgt /= wgt.sum(axis=1, keepdims=True)
+        lab = ctx_labels[:, sa * w:sb * w].reshape(n * ns, K)
+        out[a * w:b * w] = np.einsum("qk,qkc->qc", wgt, lab[idx])
+    return out
+
+
+def seed_labels(instance: np.ndarray, ids: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """One-hot (h, w, len(ids)+1) label map of an instance mask at patch resolution.
+
+    Nearest-neighbour resize to the grid (pixel centres; DINO resizes the first-frame PNG with
+    PIL's nearest filter); channel 0 = background (also void and ids not in ``ids``), channel i =
+    object ``ids[i-1]``.
+    """
+    lut = np.zeros(256, np.int64)
+    lut[np.asarray(ids, np.int64)] = np.arange(1, len(ids) + 1)
+    small = lut[resize_nearest(np.asarray(instance), grid)]
+    return np.eye(len(ids) + 1, dtype=np.float32)[small]
+
+
+def labels_to_mask(probs: np.ndarray, size: tuple[int, int], norm_mask: bool = True) -> np.ndarray:
+    """Predicted index map (H, W) from soft labels (h, w, K) (step 4): bilinear resize to
+    ``size``, optional per-channel min-max normalisation (channels whose maximum is positive;
+    DINO's ``norm_mask``; a constant positive channel becomes 1), argmax over channels (ties go
+    to the lower channel). Works one channel at a time on contiguous (H, W) planes."""
+    best = idx = None
+    for k in range(probs.shape[-1]):
+        up = resize_bilinear(np.ascontiguousarray(probs[..., k]), size)
+        if norm_mask:
+            lo, hi = float(up.min()), float(up.max())
+            if hi > 0:
+                if hi > lo:
+                    up -= lo
+                    up *= 1.0 / (hi - lo)
+                else:
+                    up.fill(1.0)
+        if best is None:
+            best, idx = up, np.zeros(up.shape, np.int64)
+        else:
+            better = up > best
+            idx[better] = k
+            np.maximum(best, up, out=best)
+    return idx
+
+
+def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7,
+          radius: int = 12, topk: int = 5, temperature: float = 0.1) -> Iterator[np.ndarray]:
+    """Propagate ``seed`` (h, w, K) from the first of ``frames`` (each (h, w, C) features) through
+    the rest; yields the soft label map (h, w, K) of frames 1, 2, ... in order (steps 2-3)."""
+    it = iter(frames)
+    first = next(it)
+    h, w, _ = first.shape
+    K = seed.shape[-1]
+    f0 = l2_normalise(first).reshape(h * w, -1)
+    l0 = np.asarray(seed, np.float32).reshape(h * w, K)
+    queue: deque = deque(maxlen=n_last_frames)
+    for frame in it:
+        ft = l2_normalise(frame).reshape(h * w, -1)
+        feats = np.stack([f0] + [f for f, _ in queue])
+        labels = np.stack([l0] + [lab for _, lab in queue])
+        lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
+        queue.append((ft, lab))
+        yield lab.reshape(h, w, K)
+
+
+# -- task entry point -----------------------------------------------------------------------------
+
+def _check_params(params: dict) -> dict:
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ConfigError(f"tasks.tracking.{unknown[0]}: unknown parameter; known: "
+                          f"{', '.join(sorted(DEFAULT_PARAMS))}")
+    p = {**DEFAULT_PARAMS, **params}
+    ints = {"n_last_frames": 0, "size_mask_neighborhood": 0, "topk": 1}
+    for key, lo in ints.items():
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"tasks.tracking.{key}: expected an integer >= {lo}, got {v!r}")
+    for key in ("temperature", "bound_th"):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise ConfigError(f"tasks.tracking.{key}: expected a number > 0, got {v!r}")
+    for key in ("norm_mask", "skip_last_frame"):
+        if not isinstance(p[key], bool):
+            raise ConfigError(f"tasks.tracking.{key}: expected true or false, got {p[key]!r}")
+    if p["average"] not in ("objects", "sequences"):
+        raise ConfigError(f"tasks.tracking.average: expected 'objects' or 'sequences', "
+                          f"got {p['average']!r}")
+    return p
+
+
+def _sequences(dataset, split: str) -> dict[str, list[str]]:
+    in_split = set(dataset.split(split))
+    seqs = {s: [f for f in frames if f in in_split] for s, frames in dataset.sequences.items()}
+    seqs = {s: f for s, f in seqs.items() if f}
+    if not seqs:
+        raise DataError(f"{dataset.root / 'manifest.csv'}: no video frames (sequence set) in split "
+                        f"{split!r}; set tasks.tracking.split to the split holding the videos")
+    return seqs
+
+
+def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
+    """Per layer: (J (n_obj,), F (n_obj,), n_frames) of one sequence, or None if skipped."""
+    first = masks[0]
+    ids = np.setdiff1d(np.unique(first), [0, VOID])
+    if len(ids) == 0:
+        log.warning("tracking: sequence %r skipped: its first frame %r has no object "
+                    "(empty instance mask)", name, frames[0])
+        return None
+    last = len(frames) - (2 if p["skip_last_frame"] else 1)
+    if last < 1:
+        log.warning("tracking: sequence %r skipped: %d frame(s) leave no frame to score "
+                    "(the first%s is not scored)", name, len(frames),
+                    " and the last" if p["skip_last_frame"] else "")
+        return None
+    seed = seed_labels(first, ids, grid)
+    lost = ids[seed.reshape(-1, len(ids) + 1)[:, 1:].sum(0) == 0]
+    if len(lost):
+        log.warning("tracking: sequence %r: object(s) %s cover no patch centre of the %dx%d grid "
+                    "in the first frame; they cannot be propagated and score 0",
+                    name, lost.tolist(), *grid)
+    lut = np.zeros(256, np.int64)
+    lut[ids] = np.arange(1, len(ids) + 1)
+    out = {}
+    for layer in layers:
+        feats = (transform(layer, store.tokens(layer, [f]))[0] for f in frames[:last + 1])
+        js, fs = [], []
+        for t, soft in enumerate(track(feats, seed, p["n_last_frames"],
+                                       p["size_mask_neighborhood"], p["topk"],
+                                       p["temperature"]), start=1):
+            gt = masks[t]
+            pred = labels_to_mask(soft, gt.shape, p["norm_mask"])
+            j, f = jf_labels(lut[gt], pred, len(ids), gt == VOID, p["bound_th"])
+            js.append(j)
+            fs.append(f)
+        out[layer] = (np.mean(js, axis=0), np.mean(fs, axis=0), len(js))
+    return out
+
+
+def run(store, dataset, transform, params: dict, layers: list[int] | None = None) -> pd.DataFrame:
+    """DAVIS label-propagation J, F and J&F per layer (see the module docstring for the protocol).
+
+    Loops sequences outside and layers inside, so one sequence's masks are loaded once; features
+    are read one frame of one layer at a time.
+    """
+    p = _check_params(params)
+    layers = list(store.layers) if layers is None else [int(x) for x in layers]
+    grid = tuple(store.grid)
+    seqs = _sequences(dataset, p["split"])
+    per_seq: dict[str, dict] = {}
+    skipped = 0
+    for name, frames in seqs.items():
+        masks = [dataset.load_instance(f) for f in frames]
+        res = _score_sequence(store, transform, layers, name, frames, masks, p, grid)
+        if res is None:
+            skipped += 1
+        else:
+            per_seq[name] = res
+    if not per_seq:
+        raise DataError(f"{dataset.root}: no video sequence of split {p['split']!r} could be "
+                        f"scored ({skipped} skipped, see the warnings)")
+    rows = []
+    for layer in layers:
+        seq_j, seq_f, obj_j, obj_f = [], [], [], []
+        for name, res in per_seq.items():
+            j, f, n_frames = res[layer]
+            seq_j.append(j.mean())
+            seq_f.append(f.mean())
+            obj_j.extend(j)
+            obj_f.extend(f)
+            for metric, v in (("j", j.mean()), ("f", f.mean()), ("jf", (j.mean() + f.mean()) / 2)):
+                rows.append((layer, 0, metric, float(v), n_frames, 0, name))
+        J, F = (np.mean(obj_j), np.mean(obj_f)) if p["average"] == "objects" else \
+            (np.mean(seq_j), np.mean(seq_f))
+        for metric, v in (("j", J), ("f", F), ("jf", (J + F) / 2)):
+            rows.append((layer, 0, metric, float(v), len(per_seq), skipped, "all"))
+    return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped",
+                                       "sequence"])
