@@ -96,5 +96,6 @@ def table_files():
 
 
 def model_labels():
-    return {m: {"family": e.get("family", "other"), "label": e.get("label", m)}
+    return {m: {"family": e.get("family", "other"), "label": e.get("label", m),
+                "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
             for m, e in config["models"].items()}

@@ -22,7 +22,7 @@ def main(snakemake):
     bs = snakemake.params.batch_size
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))
-    model = build_timm(spec, snakemake.params.weights_dir)
+    model = build_timm(spec, snakemake.params.weights_dir, size)
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     write_attention(snakemake.output[0], ds, model=spec["key"], dataset=snakemake.wildcards.dataset,

@@ -4,9 +4,11 @@ from patchlens.workflow import run
 
 
 def main(snakemake):
-    models = snakemake.params.models
-    write_scores(list(snakemake.input), models, snakemake.output.scores)
-    write_models(models, snakemake.output.models)
+    scores = write_scores(list(snakemake.input), snakemake.params.models,
+                          snakemake.output.scores)
+    depth = scores.groupby("model")["n_layers"].max().to_dict()
+    write_models({m: {**e, "n_layers": depth.get(m)} for m, e in snakemake.params.models.items()},
+                 snakemake.output.models)
 
 
 run(snakemake, main)  # noqa: F821

@@ -97,7 +97,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    model = build_timm(spec, weights_dir).to(dev)
+    model = build_timm(spec, weights_dir, size).to(dev)
     idx = select_layers(layers, spec["n_blocks"])
     channels = model.embed_dim
     meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
@@ -122,6 +122,8 @@ def forward_layers(model, x, layers: list[int], has_cls: bool):
 
     out = model.forward_intermediates(x, indices=layers, return_prefix_tokens=True, norm=False,
                                       output_fmt="NLC", intermediates_only=True)
+    if isinstance(out[0], torch.Tensor):  # no prefix tokens at all: bare tensors, not pairs
+        out = [(t, None) for t in out]
     tok = torch.stack([t for t, _ in out], 1).half().cpu().numpy()
     cls = torch.stack([p[:, 0] for _, p in out], 1).half().cpu().numpy() if has_cls else None
     return tok, cls

@@ -41,6 +41,7 @@ def resolve_model(key: str, entry: dict) -> dict:
             "pretrained": bool(entry.get("pretrained", True)),
             "weights": entry.get("weights"), "sha256": entry.get("sha256"),
             "key_map": dict(entry.get("key_map", {})), "kwargs": dict(entry.get("kwargs", {})),
+            "state_key": entry.get("state_key"),
             "family": entry.get("family", "other"), "seed": int(entry.get("seed", 0))}
     if spec["weights"] and not spec["pretrained"]:
         raise ConfigError(f"models.{key}: 'weights' given but 'pretrained: false'; drop one")
@@ -65,8 +66,14 @@ def _timm_facts(key: str, spec: dict) -> dict:
                           "(see timm.list_models())")
     with torch.device("meta"):
         m = timm.create_model(name, pretrained=False, **spec["kwargs"])
+        try:  # most ViTs take any input size; BEiT's relative position bias fixes it at build
+            timm.create_model(name, pretrained=False, dynamic_img_size=True, **spec["kwargs"])
+            dynamic = True
+        except TypeError:
+            dynamic = False
     cfg = m.pretrained_cfg or {}
     return {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
+            "dynamic_img_size": dynamic,
             "has_cls": getattr(m, "cls_token", None) is not None,
             "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
             "mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
@@ -98,11 +105,24 @@ def _online(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
         return False
 
 
-def build_timm(spec: dict, weights_dir: str | Path = "weights"):
-    """The timm module for a spec, weights loaded, in eval mode (imports torch lazily)."""
+def timm_kwargs(spec: dict, size: tuple[int, int] | None = None) -> dict:
+    """``timm.create_model`` arguments: no classifier head, and either any input size
+    (``dynamic_img_size``) or, for architectures without it (BEiT), the data set's input size."""
+    kwargs = {**spec["kwargs"], "num_classes": 0}
+    if spec.get("dynamic_img_size", True):
+        kwargs["dynamic_img_size"] = True
+    elif size is not None:
+        kwargs["img_size"] = tuple(size)
+    return kwargs
+
+
+def build_timm(spec: dict, weights_dir: str | Path = "weights",
+               size: tuple[int, int] | None = None):
+    """The timm module for a spec, weights loaded, in eval mode (imports torch lazily);
+    ``size`` is the input (H, W), needed by architectures without dynamic input size."""
     import timm
 
-    kwargs = {**spec["kwargs"], "dynamic_img_size": True, "num_classes": 0}
+    kwargs = timm_kwargs(spec, size)
     if spec["weights"]:
         from patchlens.models.weights import load_checkpoint
 

@@ -8,9 +8,13 @@ architecture. Every backbone key must be matched; classifier heads may be absent
 """
 from __future__ import annotations
 
+import importlib
+import logging
 from pathlib import Path
 
 from patchlens.errors import WeightsError
+
+log = logging.getLogger("patchlens")
 
 WRAPPER_KEYS = ("state_dict", "model", "teacher", "student", "module", "net")
 
@@ -47,10 +51,13 @@ def read_state(path: Path) -> dict:
         from safetensors.torch import load_file
 
         return load_file(str(path))
+    import argparse
+
     import torch
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:  # training checkpoints often store their argparse.Namespace beside the weights
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsError(f"{path}: cannot be loaded with weights_only=True ({exc}); "
                            "convert it to safetensors or a plain state dict") from exc
@@ -86,7 +93,14 @@ def load_checkpoint(model, spec: dict, weights_dir) -> None:
     """Load ``spec['weights']`` into ``model`` (see the module docstring for the protocol)."""
     state = unwrap(read_state(local_checkpoint(spec, weights_dir)), spec.get("state_key"))
     state = remap_keys(state, spec.get("key_map", {}))
+    filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn",
+                        None)
+    if filter_fn is not None:  # timm's own adaptation (e.g. BEiT's relative position tables)
+        state = filter_fn(state, model)
     result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        log.warning("model %r: %d checkpoint keys unused (e.g. %s)", spec["key"],
+                    len(result.unexpected_keys), result.unexpected_keys[:3])
     missing = [k for k in result.missing_keys if not k.startswith(("head", "fc_norm"))]
     if missing:
         raise WeightsError(f"model {spec['key']!r}: checkpoint lacks {len(missing)} backbone "

@@ -141,7 +141,13 @@ def collect_scores(csv_paths, models: dict) -> pd.DataFrame:
     frames = [f for f in frames if len(f)]
     if not frames:
         return _empty_scores()
-    df = _fill_extras(pd.concat(frames, ignore_index=True))
+    df = pd.concat(frames, ignore_index=True)
+    # the evaluators record the network depth (feature file attribute n_blocks) in each CSV
+    from_csv = {}
+    if "n_layers" in df.columns:
+        from_csv = df.groupby("model")["n_layers"].max().astype(int).to_dict()
+        df = df.drop(columns="n_layers")
+    df = _fill_extras(df)
     for c in _STR_COLUMNS:
         df[c] = df[c].astype(str)
     extras = [c for c in df.columns if c not in SCORE_COLUMNS and c != "_file"]
@@ -153,10 +159,11 @@ def collect_scores(csv_paths, models: dict) -> pd.DataFrame:
             f = df.loc[df["model"] == m, "_file"].iloc[0]
             raise ConfigError(f"{f}: model {m!r} is not in config.models; add it or delete the "
                               "stale score file")
-        if "n_layers" not in entry or entry["n_layers"] is None:
+        n = entry.get("n_layers", from_csv.get(m))
+        if n is None or int(n) < 1:
             raise ConfigError(f"models.{m}.n_layers: missing; pass the number of blocks "
                               "(feature file attribute n_blocks) to collect_scores")
-        fam[m], nl[m] = str(entry.get("family") or "unknown"), int(entry["n_layers"])
+        fam[m], nl[m] = str(entry.get("family") or "unknown"), int(n)
     df["family"] = df["model"].map(fam).astype(str)
     df["n_layers"] = df["model"].map(nl).astype("int64")
     bad = (df["layer"] < 0) | (df["layer"] >= df["n_layers"])
@@ -289,9 +296,16 @@ def load_tables(tables_dir) -> dict[str, pd.DataFrame]:
             raise DataError(f"{p}: missing column(s) {', '.join(missing)}; rerun the rule that "
                             "writes it")
         if name == "offset_heads":
-            df["flagged"] = df["flagged"].astype(str).str.lower().isin(["true", "1", "yes"])
+            df["flagged"] = flag_mask(df["flagged"])
         out[name] = df
     return out
+
+
+def flag_mask(col: pd.Series) -> pd.Series:
+    """Booleans from a flag column read from CSV (True/False, 1/0, yes/no, any case)."""
+    if col.dtype == bool:
+        return col
+    return col.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
 
 
 def model_families(tables: dict) -> dict[str, str]:

@@ -1,0 +1,688 @@
+"""Every figure of the report, drawn from the summary tables only (never from features).
+
+Each figure is one function ``fig_<name>(tables, out_stem) -> Path | None``: ``tables`` maps a
+table name of :data:`patchlens.report.tables.TABLE_FILES` to its DataFrame (missing names count as
+empty), and the function writes ``out_stem.png`` (200 dpi) and ``out_stem.pdf`` atomically and
+returns the PNG path, or returns ``None`` and writes nothing when its tables hold no rows for it
+(so a run draws what its data sets support). ``fig_<name>.draw(tables)`` returns the matplotlib
+Figure without saving (for tests and notebooks). :data:`FIGURES` is the catalogue
+``name -> (function, required tables, caption)``; :func:`make_figures` runs all of it.
+
+Layer axis (decided once for every figure that overlays models): the block index (0-based) when
+all overlaid models have the same number of blocks, otherwise the relative depth
+``(layer + 1) / n_layers`` (Walmer et al. 2023 compare ViT-S and ViT-B the same way). Single-layer
+models (the ``pixels`` baseline, the ``oracle``) have no depth and are drawn as horizontal
+dotted reference lines. Per-model panels (attention distance, variance spectra, CKA) always use the
+block index. Models keep their family colour and marker in every figure (see
+:mod:`patchlens.report.style`). Scores are averaged over seeds first (``tables.overall``); a band
+shows ±1 standard deviation over seeds where there are several.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+from matplotlib import cm, colormaps
+from matplotlib import colors as mcolors
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import NullLocator
+
+from patchlens.errors import ConfigError
+from patchlens.io import atomic_path
+from patchlens.report import style
+from patchlens.report import tables as T
+
+
+class FigureSpec(NamedTuple):
+    fn: Callable          # (tables: dict, out_stem) -> Path | None
+    tables: tuple         # names of the tables it needs (keys of tables.TABLE_FILES)
+    caption: str          # one paragraph, also in report/captions/<name>.rst
+
+
+FIGURES: dict[str, FigureSpec] = {}
+
+METRIC_TITLES = {"miou_knn": "mIoU (k-NN)", "miou_linear": "mIoU (linear probe)",
+                 "top1": "top-1 accuracy", "map": "mAP", "j": "J (region)",
+                 "f": "F (boundary)", "jf": "J&F", "acc": "accuracy",
+                 "mlmap": "multi-label mAP"}
+MAX_OFFSET_PANELS = 24
+_BIN_WORDS = ["tiny", "xs", "small", "s", "medium", "m", "large", "l", "xl", "huge"]
+
+
+def metric_title(label: str) -> str:
+    """'miou_knn' -> 'mIoU (k-NN)', 'pck@0.1' -> 'PCK@0.1'; qualifiers kept."""
+    m = re.fullmatch(r"([^ ]+)( \(.*\))?", label)
+    base, rest = (m.group(1), m.group(2) or "") if m else (label, "")
+    if base.startswith("pck@"):
+        return "PCK@" + base[4:] + rest
+    return METRIC_TITLES.get(base, base) + rest
+
+
+# ------------------------------------------------------------------------------ infrastructure
+def _table(tables: dict, name: str) -> pd.DataFrame:
+    df = tables.get(name)
+    return df if df is not None else T.empty_table(name)
+
+
+class _Ctx:
+    """Model colours, order and depths, from every table (so they agree across figures)."""
+
+    def __init__(self, tables: dict):
+        self.families = T.model_families(tables)
+        self.styles = style.model_styles(self.families)
+        self.depths = T.model_depths(tables)
+        self._order = {m: i for i, m in enumerate(style.model_order(self.families))}
+
+    def order(self, models) -> list[str]:
+        return sorted(set(models), key=lambda m: (self._order.get(m, 1 << 30), m))
+
+    def color(self, model: str) -> str:
+        s = self.styles.get(model)
+        return s.color if s else style.family_color("unknown")
+
+    def marker(self, model: str) -> str:
+        s = self.styles.get(model)
+        return s.marker if s else "o"
+
+    def is_flat(self, model: str) -> bool:
+        return self.depths.get(model, 2) <= 1
+
+    def layer_axis(self, models) -> tuple[str, str]:
+        deep = {self.depths.get(m) for m in models if not self.is_flat(m)}
+        if len(deep) <= 1:
+            return "layer", "block"
+        return "depth_frac", "relative depth (block + 1) / blocks"
+
+    def legend(self, fig: Figure, models, extra: list | None = None) -> None:
+        handles = [Line2D([], [], color=self.color(m), label=m,
+                          marker=None if self.is_flat(m) else self.marker(m),
+                          linestyle=":" if self.is_flat(m) else "-")
+                   for m in self.order(models)]
+        handles += extra or []
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center",
+                       ncols=min(len(handles), 6), handlelength=2.2, columnspacing=1.2)
+
+
+def _save(fig: Figure, out_stem) -> Path:
+    out_stem = Path(out_stem)
+    png = out_stem.with_name(out_stem.name + ".png")
+    pdf = out_stem.with_name(out_stem.name + ".pdf")
+    with atomic_path(pdf) as tmp:
+        fig.savefig(tmp, format="pdf", metadata={"CreationDate": None, "Creator": "patchlens"})
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=style.DPI, metadata={"Software": "patchlens"})
+    return png
+
+
+def _figure(name: str, tables: tuple, caption: str):
+    """Register ``draw(tables) -> Figure | None`` as ``fig_<name>(tables, out_stem)``."""
+    def deco(draw):
+        def fn(tabs: dict, out_stem) -> Path | None:
+            with style.context():
+                fig = draw(tabs)
+                return None if fig is None else _save(fig, out_stem)
+        fn.draw = lambda tabs: _drawn(draw, tabs)
+        fn.__name__ = fn.__qualname__ = f"fig_{name}"
+        fn.__doc__ = draw.__doc__
+        FIGURES[name] = FigureSpec(fn, tuple(tables), " ".join(caption.split()))
+        return fn
+    return deco
+
+
+def _drawn(draw, tabs):
+    with style.context():
+        return draw(tabs)
+
+
+def _new(ncols: int, nrows: int = 1, row_h: float = 1.9, width: float | None = None,
+         extra_h: float = 0.45, **kw):
+    width = width or (style.SINGLE if ncols == 1 else style.DOUBLE)
+    fig = Figure(figsize=(width, row_h * nrows + extra_h))
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    ncols = min(n, max_cols)
+    return ncols, int(np.ceil(n / ncols))
+
+
+# --------------------------------------------------------------------------- score-vs-layer core
+def _lines(ax, d: pd.DataFrame, ctx: _Ctx, x: str, linestyle: str = "-") -> None:
+    """One line per model: value vs ``x`` with a +-std band; flat models as horizontal lines."""
+    for m in ctx.order(d["model"]):
+        dm = d[d["model"] == m].sort_values("layer")
+        c = ctx.color(m)
+        if ctx.is_flat(m):
+            ax.axhline(dm["value"].mean(), color=c, linestyle=":", linewidth=1.0)
+            continue
+        xs, ys, sd = dm[x].to_numpy(float), dm["value"].to_numpy(float), dm["std"].to_numpy(float)
+        ax.plot(xs, ys, color=c, marker=ctx.marker(m), linestyle=linestyle, label=m,
+                markevery=max(1, len(xs) // 12), markersize=2.5)
+        if (sd > 0).any():
+            ax.fill_between(xs, ys - sd, ys + sd, color=c, alpha=0.15, linewidth=0)
+
+
+def _score_figure(ov: pd.DataFrame, ctx: _Ctx, styles: dict | None = None,
+                  suptitle: str = "", titles: dict | None = None,
+                  ylabel: str = "score") -> Figure | None:
+    """Panels: rows = data sets, columns = ``panel`` labels; ``ls`` column picks the line style
+    (keys of ``styles``: label -> linestyle, the first is the solid reference)."""
+    if not len(ov):
+        return None
+    datasets = sorted(ov["dataset"].unique())
+    panels = sorted(ov["panel"].unique(), key=panel_key)
+    n_handles = ov["model"].nunique() + (len(styles) if styles else 0)
+    single = len(panels) == 1 and len(datasets) == 1
+    fig, axes = _new(len(panels), len(datasets), extra_h=0.35 + 0.13 * np.ceil(n_handles / 6)
+                     + 0.15 * bool(suptitle and not single))
+    titles = titles or {}
+    x, xlabel = ctx.layer_axis(ov["model"].unique())
+    styles = styles or {"": "-"}
+    for i, ds in enumerate(datasets):
+        for j, p in enumerate(panels):
+            ax = axes[i, j]
+            d = ov[(ov["dataset"] == ds) & (ov["panel"] == p)]
+            for key, ls in styles.items():
+                _lines(ax, d[d["ls"] == key], ctx, x, ls)
+            ax.set_title(titles.get(p, metric_title(p))
+                         + (f" — {ds}" if len(datasets) > 1 else ""))
+            ax.set_xlabel(xlabel)
+            if j == 0:
+                ax.set_ylabel(ylabel)
+    extra = [Line2D([], [], color="0.3", linestyle=ls, label=k) for k, ls in styles.items()
+             if k and (ov["ls"] == k).any()] if len(styles) > 1 else []
+    ctx.legend(fig, ov["model"].unique(), extra)
+    if single and suptitle:
+        axes[0, 0].set_title(f"{suptitle}: {axes[0, 0].get_title()}")
+    elif suptitle:
+        fig.suptitle(suptitle)
+    return fig
+
+
+def panel_key(label: str):
+    """Sort key of metric labels: catalogue order, then PCK alpha, then text."""
+    m = re.search(r"pck@([0-9.]+)", label)
+    order = list(METRIC_TITLES) + ["entropy", "diversity", "cls_share"]
+    base = label.split(" ")[0]
+    return (order.index(base) if base in order else len(order),
+            float(m.group(1)) if m else 0.0, label)
+
+
+def _task_overall(tables: dict, task: str) -> pd.DataFrame:
+    s = _table(tables, "scores")
+    if not len(s):
+        return T.overall(s)
+    return T.overall(s[s["task"] == task])
+
+
+# ------------------------------------------------------------------------------------- figures
+@_figure("fewshot_seg", ("scores",), """
+    Few-shot semantic segmentation mIoU per layer with a cosine k-NN classifier on patch tokens
+    (left) and a linear probe (right). Solid: raw features; dashed: the same model after removing
+    its best number m of highest-variance channels (drop{m}). Dotted horizontal lines: single-layer
+    baselines. Bands: ±1 s.d. over support-set seeds.""")
+def fig_fewshot_seg(tables):
+    """mIoU vs layer, k-NN and linear panels; raw solid, best drop{m} dashed."""
+    ov = _task_overall(tables, "fewshot_seg")
+    if not len(ov):
+        return None
+    raw = ov[ov["variant"] == "raw"].assign(ls="raw")
+    best = T.best_drop_variant(ov)
+    key = ["task", "model", "dataset", "metric_label", "variant"]
+    drop = ov.merge(best[key], on=key).assign(ls="best drop{m}")
+    d = pd.concat([raw, drop], ignore_index=True)
+    d["panel"] = d["metric_label"]
+    return _score_figure(d, _Ctx(tables), {"raw": "-", "best drop{m}": "--"},
+                         "Few-shot segmentation")
+
+
+@_figure("tracking", ("scores",), """
+    Video object segmentation by label propagation (DINO protocol) from each layer's patch tokens:
+    J&F mean over sequences per layer. Dotted horizontal lines: single-layer baselines.""")
+def fig_tracking(tables):
+    """Tracking J&F vs layer (raw features)."""
+    ov = _task_overall(tables, "tracking")
+    ov = ov[(ov["variant"] == "raw") & (ov["metric"] == "jf")]
+    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
+                         suptitle="Tracking")
+
+
+@_figure("instance_id", ("scores",), """
+    Instance identification: top-1 accuracy and mAP of retrieving the same object instance among
+    distractors of its class, with the mean patch feature of the instance mask, per layer.""")
+def fig_instance_id(tables):
+    """Instance identification top-1 and mAP vs layer (raw features)."""
+    ov = _task_overall(tables, "instance_id")
+    ov = ov[ov["variant"] == "raw"]
+    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
+                         suptitle="Instance identification")
+
+
+@_figure("keypoints", ("scores",), """
+    Keypoint correspondence: PCK at each threshold alpha (fraction of the target box's longer side)
+    of nearest-neighbour matching of upsampled patch features, per layer.""")
+def fig_keypoints(tables):
+    """PCK vs layer, one panel per alpha (raw features)."""
+    ov = _task_overall(tables, "keypoints")
+    ov = ov[ov["variant"] == "raw"]
+    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
+                         suptitle="Keypoint correspondence")
+
+
+@_figure("lowshot_cls", ("scores",), """
+    Low-shot image classification from pooled features per layer: accuracy (multi-class) and
+    mAP (multi-label), one panel per number of shots. Solid: mean-pooled patch tokens; dashed:
+    the class token.""")
+def fig_lowshot_cls(tables):
+    """Low-shot accuracy / multi-label mAP vs layer; patch solid, CLS dashed."""
+    s = _table(tables, "scores")
+    if not len(s):
+        return None
+    s = s[(s["task"] == "lowshot_cls") & (s["variant"] == "raw")]
+    if not len(s):
+        return None
+    s = s.assign(feature=s["feature"].replace("", "patch"))
+    # panels per metric and shots; the feature (patch / cls) becomes the line style
+    ov = pd.concat([T.overall(d.assign(feature="")).assign(ls=feat)
+                    for feat, d in s.groupby("feature")], ignore_index=True)
+    ov["panel"] = ov["metric_label"]
+    return _score_figure(ov, _Ctx(tables), {"patch": "-", "cls": "--"},
+                         "Low-shot classification")
+
+
+def _bin_key(b: str):
+    s = str(b).lower()
+    if s in _BIN_WORDS:
+        return (0, _BIN_WORDS.index(s), s)
+    m = re.match(r"[^0-9.]*([0-9]*\.?[0-9]+)", s)
+    return (1, float(m.group(1)), s) if m else (2, 0.0, s)
+
+
+@_figure("retrieval_scale", ("scores",), """
+    Object retrieval mAP per object-scale bin (smallest objects left), each model at its best
+    layer (the layer with the highest mean mAP over bins, given in the legend).""")
+def fig_retrieval_scale(tables):
+    """Retrieval mAP vs object scale bin at each model's best layer (raw features)."""
+    s = _table(tables, "scores")
+    if not len(s):
+        return None
+    s = s[(s["task"] == "retrieval") & (s["variant"] == "raw") & (s["metric"] == "map")]
+    s = s[s["scale_bin"] != T.OVERALL]
+    if not len(s) or (s["scale_bin"] == "").all():
+        return None
+    ctx = _Ctx(tables)
+    ov = T.overall(s)
+    best = T.best_layers(ov)[["model", "dataset", "best_layer"]]
+    per_bin = (s.merge(best, on=["model", "dataset"]).query("layer == best_layer")
+               .groupby(["model", "dataset", "best_layer", "scale_bin"])["value"].mean()
+               .reset_index())
+    datasets = sorted(per_bin["dataset"].unique())
+    fig, axes = _new(len(datasets), extra_h=0.6)
+    handles = {}
+    for ax, ds in zip(axes[0], datasets):
+        d = per_bin[per_bin["dataset"] == ds]
+        bins = sorted(d["scale_bin"].unique(), key=_bin_key)
+        pos = {b: i for i, b in enumerate(bins)}
+        for m in ctx.order(d["model"]):
+            dm = d[d["model"] == m].sort_values("scale_bin", key=lambda c: c.map(pos))
+            layer = int(dm["best_layer"].iloc[0])
+            lab = m if ctx.is_flat(m) else f"{m} (L{layer})"
+            (h,) = ax.plot(dm["scale_bin"].map(pos), dm["value"], color=ctx.color(m),
+                           marker=ctx.marker(m), linestyle=":" if ctx.is_flat(m) else "-",
+                           label=lab)
+            handles.setdefault(lab, h)
+        ax.set_xticks(range(len(bins)), bins)
+        ax.set_xlabel("object scale bin")
+        ax.set_ylabel("mAP")
+        ax.set_title(f"Object retrieval — {ds}")
+    fig.legend(handles=list(handles.values()), loc="outside lower center",
+               ncols=min(len(handles), 4))
+    return fig
+
+
+@_figure("drop_sweep", ("scores",), """
+    Removing the m highest-variance channels of the patch tokens (drop{m}; m = 0 is raw), per
+    model, at the layer where the raw features score best, for each task's primary metric. A
+    rising curve marks the few dominant channels Vanyan et al. (2024) find in MAE-style models.""")
+def fig_drop_sweep(tables):
+    """Score vs m (channels removed) at the best raw layer, one panel per model."""
+    ov = T.headline(_table_overall_all(tables))
+    if not len(ov):
+        return None
+    ov = ov.assign(m=ov["variant"].map(T.drop_m))
+    ov = ov[ov["m"].notna()]
+    models = [m for m in ov["model"].unique() if (ov.loc[ov["model"] == m, "m"] > 0).any()]
+    if not models:
+        return None
+    ctx = _Ctx(tables)
+    models = ctx.order(models)
+    key = ["task", "model", "dataset", "metric_label"]
+    best = T.best_layers(ov[ov["variant"] == "raw"])[key + ["best_layer"]]
+    ncols, nrows = _grid(len(models))
+    fig, axes = _new(ncols, nrows, extra_h=0.55)
+    handles = {}
+    for ax, m in zip(axes.ravel(), models):
+        d = ov[ov["model"] == m].merge(best, on=key)
+        d = d[d["layer"] == d["best_layer"]]
+        for (task, ds, lab), dl in d.groupby(["task", "dataset", "metric_label"]):
+            if not (dl["m"] > 0).any():
+                continue  # this task was not run with drop{m} for this model
+            dl = dl.sort_values("m")
+            name = f"{style.TASK_TITLES.get(task, task)}: {metric_title(lab)}"
+            if d["dataset"].nunique() > 1:
+                name += f" ({ds})"
+            (h,) = ax.plot(dl["m"], dl["value"], marker="o",
+                           color=style.TASK_COLORS.get(task, "0.3"), label=name)
+            handles.setdefault(name, h)
+        ax.set_title(f"{m} ({ctx.families.get(m, 'unknown')})", color=ctx.color(m))
+        ax.set_xscale("symlog", linthresh=1)
+        ms = sorted({int(v) for line in ax.get_lines() for v in line.get_xdata()})
+        ax.set_xticks(ms, [str(v) for v in ms])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("channels removed m")
+        ax.set_ylabel("score at best raw layer")
+    for ax in axes.ravel()[len(models):]:
+        ax.set_visible(False)
+    fig.legend(handles=list(handles.values()), loc="outside lower center",
+               ncols=min(len(handles), 3))
+    return fig
+
+
+def _table_overall_all(tables):
+    s = _table(tables, "scores")
+    return T.overall(s) if len(s) else T.overall(None)
+
+
+@_figure("variance_spectra", ("variance",), """
+    Per-channel variance of the patch tokens, sorted descending, one line per layer (colour =
+    block index), log-log. A few channels far above the rest are the high-variance dimensions that
+    dominate k-NN distances in MAE-style models (Vanyan et al. 2024).""")
+def fig_variance_spectra(tables):
+    """Sorted channel variances per layer, one panel per model (and data set)."""
+    v = _table(tables, "variance")
+    if not len(v):
+        return None
+    ctx = _Ctx(tables)
+    groups = [(m, ds) for m in ctx.order(v["model"]) for ds in sorted(
+        v.loc[v["model"] == m, "dataset"].unique())]
+    ncols, nrows = _grid(len(groups))
+    fig, axes = _new(ncols, nrows, extra_h=0.3)
+    cmap = colormaps["viridis"]
+    for ax, (m, ds) in zip(axes.ravel(), groups):
+        d = v[(v["model"] == m) & (v["dataset"] == ds)]
+        layers = sorted(d["layer"].unique())
+        top = max(layers) if layers else 1
+        for layer in layers:
+            dl = d[d["layer"] == layer].sort_values("rank")
+            ax.plot(dl["rank"] + 1, np.maximum(dl["variance"], 1e-12),
+                    color=cmap(layer / max(top, 1)),
+                    linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(m + (f" — {ds}" if v["dataset"].nunique() > 1 else ""), color=ctx.color(m))
+        ax.set_xlabel("channel rank")
+        ax.set_ylabel("variance")
+        sm = cm.ScalarMappable(
+            cmap=cmap, norm=mcolors.Normalize(0, max(top, 1)))
+        cb = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.06)
+        cb.set_label("block", fontsize=6)
+        cb.ax.tick_params(labelsize=5)
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    return fig
+
+
+@_figure("attention_distance", ("attention",), """
+    Mean attention distance (pixels; CLS excluded, rows renormalised) of every head (dots) per
+    layer, one panel per model; the line is the mean over heads. Local heads sit low, global heads
+    high (Dosovitskiy et al. 2021; Xie et al. 2022).""")
+def fig_attention_distance(tables):
+    """Per-head attention distance vs layer, scatter, one panel per model."""
+    a = _table(tables, "attention")
+    a = a[a["metric"] == "distance"] if len(a) else a
+    if not len(a):
+        return None
+    ctx = _Ctx(tables)
+    groups = [(m, ds) for m in ctx.order(a["model"]) for ds in sorted(
+        a.loc[a["model"] == m, "dataset"].unique())]
+    ncols, nrows = _grid(len(groups))
+    fig, axes = _new(ncols, nrows, extra_h=0.3, sharey=True)
+    for ax, (m, ds) in zip(axes.ravel(), groups):
+        d = a[(a["model"] == m) & (a["dataset"] == ds) & (a["head"] >= 0)]
+        ax.scatter(d["layer"], d["value"], s=4, color=ctx.color(m), alpha=0.6, linewidths=0)
+        mean = d.groupby("layer")["value"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
+        ax.set_title(m + (f" — {ds}" if a["dataset"].nunique() > 1 else ""), color=ctx.color(m))
+        ax.set_xlabel("block")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("attention distance (px)")
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    return fig
+
+
+@_figure("attention_stats", ("attention",), """
+    Attention entropy (mean over heads), head diversity (mean pairwise divergence between the
+    heads of a layer) and the attention share given to the CLS token, per layer. Low diversity
+    in deep layers marks heads that attend alike (Xie et al. 2022, "Revealing the Dark Secrets of
+    MIM").""")
+def fig_attention_stats(tables):
+    """Entropy / diversity / CLS share vs layer, one line per model."""
+    a = _table(tables, "attention")
+    if not len(a):
+        return None
+    parts = []
+    for metric in ("entropy", "diversity", "cls_share"):
+        d = a[a["metric"] == metric]
+        d = d[d["head"] == -1] if metric == "diversity" else d[d["head"] >= 0]
+        if len(d):
+            parts.append(d.groupby(["model", "dataset", "layer"])["value"]
+                         .agg(value="mean").reset_index().assign(panel=metric))
+    if not parts:
+        return None
+    ov = pd.concat(parts, ignore_index=True)
+    ctx = _Ctx(tables)
+    depth = ov["model"].map(ctx.depths).fillna(ov.groupby("model")["layer"].transform("max") + 1)
+    ov = ov.assign(std=0.0, ls="", depth_frac=(ov["layer"] + 1) / depth)
+    return _score_figure(ov, ctx, suptitle="Attention statistics", ylabel="",
+                         titles={"entropy": "entropy (mean over heads)",
+                                 "diversity": "head diversity", "cls_share": "CLS share"})
+
+
+@_figure("offset_heads", ("offset_heads", "offset_maps"), """
+    Offset local attention heads: the query-centred average attention map of every head flagged
+    as offset (peak one patch from the centre in a fixed direction with a clear share of the
+    mass), strongest first within each model; a white cross marks the query patch (Walmer et
+    al. 2023, "Teaching Matters").""")
+def fig_offset_heads(tables):
+    """Grid of the flagged heads' centred attention maps."""
+    h, maps = _table(tables, "offset_heads"), _table(tables, "offset_maps")
+    if not len(h) or not len(maps):
+        return None
+    flagged = h[T.flag_mask(h["flagged"])]
+    keys = ["model", "layer", "head"]
+    flagged = flagged.merge(maps[keys].drop_duplicates(), on=keys)
+    if not len(flagged):
+        return None
+    n_all = len(flagged)
+    ctx = _Ctx(tables)
+    flagged = flagged.sort_values("strength", ascending=False).head(MAX_OFFSET_PANELS)
+    rank = {m: i for i, m in enumerate(ctx.order(flagged["model"]))}
+    flagged = flagged.assign(_r=flagged["model"].map(rank)).sort_values(
+        ["_r", "strength", "layer", "head"], ascending=[True, False, True, True])
+    ncols, nrows = _grid(len(flagged), 6)
+    fig, axes = _new(ncols, nrows, row_h=1.2, width=style.DOUBLE if ncols > 2 else style.SINGLE,
+                     extra_h=0.25)
+    for ax, (_, r) in zip(axes.ravel(), flagged.iterrows()):
+        d = maps[(maps["model"] == r["model"]) & (maps["layer"] == r["layer"])
+                 & (maps["head"] == r["head"])]
+        grid = d.pivot_table(index="dy", columns="dx", values="value", aggfunc="mean")
+        dy, dx = grid.index.to_numpy(), grid.columns.to_numpy()
+        ax.imshow(grid.to_numpy(), origin="upper", interpolation="nearest",
+                  extent=(dx.min() - 0.5, dx.max() + 0.5, dy.max() + 0.5, dy.min() - 0.5))
+        ax.plot([0], [0], marker="+", color="white", markersize=5, markeredgewidth=0.8)
+        ax.set_title(f"{r['model']} L{int(r['layer'])} H{int(r['head'])}\n{r['direction']} "
+                     f"{float(r['strength']):.2f}", color=ctx.color(r["model"]), fontsize=6)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    for ax in axes.ravel()[len(flagged):]:
+        ax.set_visible(False)
+    if n_all > len(flagged):
+        fig.suptitle(f"{len(flagged)} strongest of {n_all} offset heads")
+    return fig
+
+
+def _cka_figure(tables, level: str):
+    c = _table(tables, "cka")
+    c = c[c["level"] == level] if len(c) else c
+    if not len(c):
+        return None
+    ctx = _Ctx(tables)
+    models = ctx.order(set(c["model_a"]) | set(c["model_b"]))
+    n = len(models)
+    panel = min(1.6, style.DOUBLE / max(n, 1))
+    width = style.SINGLE if n * panel <= style.SINGLE else style.DOUBLE
+    fig = Figure(figsize=(width, panel * n + 0.4))
+    axes = fig.subplots(n, n, squeeze=False)
+    im = None
+    for i, ma in enumerate(models):
+        for j, mb in enumerate(models):
+            ax = axes[i, j]
+            ax.grid(False)
+            mat = _cka_matrix(c, ma, mb)
+            if mat is None:
+                ax.set_axis_off()
+                continue
+            im = ax.imshow(mat.to_numpy(), origin="lower", vmin=0, vmax=1, cmap="magma",
+                           interpolation="nearest", aspect="auto")
+            ax.set_xticks([0, mat.shape[1] - 1], [mat.columns[0], mat.columns[-1]])
+            ax.set_yticks([0, mat.shape[0] - 1], [mat.index[0], mat.index[-1]])
+            ax.tick_params(labelsize=5, length=1.5, pad=1)
+            if i == n - 1:
+                ax.set_xlabel(mb, color=ctx.color(mb), fontsize=6)
+            if j == 0:
+                ax.set_ylabel(ma, color=ctx.color(ma), fontsize=6)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="linear CKA")
+    fig.suptitle(f"CKA between layers ({level} tokens)" if level == "patch"
+                 else f"CKA between layers ({level} features)")
+    return fig
+
+
+def _cka_matrix(c: pd.DataFrame, ma: str, mb: str) -> pd.DataFrame | None:
+    """layer_a x layer_b matrix of the pair, from (ma, mb) rows or transposed (mb, ma) rows."""
+    d = c[(c["model_a"] == ma) & (c["model_b"] == mb)]
+    if len(d):
+        return d.pivot_table(index="layer_a", columns="layer_b", values="value", aggfunc="mean")
+    d = c[(c["model_a"] == mb) & (c["model_b"] == ma)]
+    if len(d):
+        return d.pivot_table(index="layer_b", columns="layer_a", values="value", aggfunc="mean")
+    return None
+
+
+@_figure("cka_patch", ("cka",), """
+    Linear CKA (unbiased minibatch HSIC, Nguyen et al. 2021) between the patch tokens of every
+    pair of layers: row model's layers (vertical) against column model's layers (horizontal);
+    within-model maps on the diagonal (Raghu et al. 2021).""")
+def fig_cka_patch(tables):
+    """Layer x layer CKA heatmaps per model pair, patch tokens."""
+    return _cka_figure(tables, "patch")
+
+
+@_figure("cka_image", ("cka",), """
+    Linear CKA between the pooled image features of every pair of layers, laid out as the patch
+    version: row model's layers (vertical) against column model's layers (horizontal).""")
+def fig_cka_image(tables):
+    """Layer x layer CKA heatmaps per model pair, pooled image features."""
+    return _cka_figure(tables, "image")
+
+
+@_figure("best_layer", ("best_layer",), """
+    Best layer per model and task (primary metric, raw features): colour is the relative depth
+    (block + 1) / blocks of the best layer, the number its block index. The best layer depends on
+    the task and on the supervision (Walmer et al. 2023).""")
+def fig_best_layer(tables):
+    """Heatmap models x tasks, colour = depth_frac, annotated with the best block."""
+    b = _table(tables, "best_layer")
+    if not len(b):
+        return None
+    if (b["variant"] == "raw").any():
+        b = b[b["variant"] == "raw"]
+    keep = []
+    for task, d in b.groupby("task"):
+        want = T.HEADLINE_METRIC.get(task)
+        keep.append(d[d["metric"] == (want if want in set(d["metric"]) else
+                                      sorted(d["metric"].unique())[0])])
+    b = pd.concat(keep, ignore_index=True)
+    # rows the table cannot tell apart (e.g. low-shot patch / cls): the highest-scoring one
+    b = b.sort_values("best_value", ascending=False, kind="stable").drop_duplicates(
+        ["model", "task", "dataset", "metric"])
+    ctx = _Ctx(tables)
+    b = b[~b["model"].map(ctx.is_flat)]  # a single-layer baseline has no layer to choose
+    if not len(b):
+        return None
+    cols = sorted({(t, ds, mt) for t, ds, mt in zip(b["task"], b["dataset"], b["metric"])},
+                  key=lambda k: (T.TASK_ORDER.index(k[0]) if k[0] in T.TASK_ORDER else 99, k))
+    models = ctx.order(b["model"])
+    frac = np.full((len(models), len(cols)), np.nan)
+    layer = np.full((len(models), len(cols)), -1)
+    ri, ci = {m: i for i, m in enumerate(models)}, {k: j for j, k in enumerate(cols)}
+    for r in b.itertuples(index=False):
+        i, j = ri[r.model], ci[(r.task, r.dataset, r.metric)]
+        frac[i, j], layer[i, j] = float(r.depth_frac), int(r.best_layer)
+    width = style.SINGLE if len(cols) <= 4 else style.DOUBLE
+    fig = Figure(figsize=(width, max(1.8, 1.1 + 0.22 * len(models))))
+    ax = fig.subplots()
+    ax.grid(False)
+    cmap = colormaps["viridis"].with_extremes(bad="0.9")
+    im = ax.imshow(np.ma.masked_invalid(frac), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(len(models)):
+        for j in range(len(cols)):
+            if layer[i, j] >= 0:
+                ax.text(j, i, str(layer[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if frac[i, j] < 0.6 else "black")
+    multi_ds = len({c[1] for c in cols}) > 1
+    ax.set_xticks(range(len(cols)), [
+        style.TASK_TITLES.get(t, t).replace(" ", "\n", 1) + ("\n" + ds if multi_ds else "")
+        for t, ds, _ in cols], fontsize=5.5)
+    ax.set_yticks(range(len(models)), models)
+    for tick, m in zip(ax.get_yticklabels(), models):
+        tick.set_color(ctx.color(m))
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+    fig.colorbar(im, ax=ax, label="relative depth", shrink=0.9)
+    return fig
+
+
+# ------------------------------------------------------------------------------------ drivers
+def make_figure(name: str, tables: dict, out_dir) -> Path | None:
+    """Draw catalogue figure ``name`` into ``out_dir/name.{png,pdf}``; stale files of a figure
+    that has no data now are removed, so the report never shows an old result."""
+    if name not in FIGURES:
+        raise ConfigError(f"figure {name!r}: not in the catalogue ({', '.join(FIGURES)})")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = FIGURES[name].fn(tables, out / name)
+    if png is None:
+        for ext in (".png", ".pdf"):
+            (out / f"{name}{ext}").unlink(missing_ok=True)
+    return png
+
+
+def make_figures(tables_dir, out_dir, names=None) -> list[Path]:
+    """Run the catalogue (or ``names``) on the tables in ``tables_dir``; returns the PNG and PDF
+    paths written (figures without data write nothing and lose stale files)."""
+    tables = T.load_tables(tables_dir)
+    written = []
+    for name in names or FIGURES:
+        png = make_figure(name, tables, out_dir)
+        if png is not None:
+            written += [png, png.with_suffix(".pdf")]
+    return written

@@ -1,0 +1,370 @@
+"""Figures: drawn from tables only, skipped without data, consistent colours, paper widths.
+
+``synthetic_tables`` builds every table of results/tables/ through the same functions the
+workflow uses (score CSVs -> collect_scores, variance files -> variance_table) plus the analysis
+tables written directly; the HTML and browser tests load it from this file.
+"""
+import json
+import zlib
+from pathlib import Path
+
+import h5netcdf
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from patchlens.report import figures as F
+from patchlens.report import style
+from patchlens.report import tables as T
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = {"dino": {"family": "contrastive", "n_layers": 6, "timm": "vit_small_patch16_224.dino"},
+          "mae": {"family": "mim", "n_layers": 6, "timm": "vit_base_patch16_224.mae"},
+          "ibot": {"family": "mim", "n_layers": 6, "weights": "https://example.org/ibot.pth"},
+          "pixels": {"family": "baseline", "n_layers": 1}}
+
+
+def _curve(model, layer, n, peak):
+    """A smooth per-layer score peaking at relative depth ``peak``."""
+    if n == 1:
+        return 0.2
+    x = (layer + 1) / n
+    return 0.3 + 0.5 * np.exp(-((x - peak) / 0.35) ** 2) + 0.03 * (model == "dino")
+
+
+def _rows_n(task, model, metric, variant="raw", seeds=(0,), fn=None, n=None, **extra):
+    n = n or MODELS[model]["n_layers"]
+    peak = {"dino": 0.9, "mae": 0.6, "ibot": 0.75, "pixels": 1.0}[model]
+    rng = np.random.default_rng(zlib.crc32(f"{task}/{model}/{metric}/{variant}".encode()))
+    out = []
+    for layer in range(n):
+        for s in seeds:
+            v = fn(layer, n) if fn else _curve(model, layer, n, peak)
+            out.append(dict(task=task, model=model, dataset="scenes", variant=variant,
+                            layer=layer, seed=s, metric=metric,
+                            value=float(np.clip(v + 0.01 * rng.standard_normal(), 0, 1)),
+                            n_eval=50, n_skipped=0, params=json.dumps({"seed": s}), **extra))
+    return out
+
+
+def synthetic_scores(models=MODELS):
+    rows = []
+    for m in models:
+        def _rows(*a, _n=models[m]["n_layers"], **k):
+            return _rows_n(*a, n=_n, **k)
+        for metric in ("miou_knn", "miou_linear"):
+            rows += _rows("fewshot_seg", m, metric, seeds=(0, 1, 2))
+            if m != "pixels":
+                for k in (1, 4, 16):
+                    # MAE-like models gain from dropping a few channels, others lose
+                    gain = {"mae": 0.15, "ibot": 0.05}.get(m, -0.02) * (k <= 4) - 0.01 * k
+                    rows += _rows("fewshot_seg", m, metric, f"drop{k}", seeds=(0, 1, 2),
+                                  fn=lambda l, n, m=m, g=gain: _curve(m, l, n, 0.6) + g)
+        for metric in ("top1", "map"):
+            rows += _rows("instance_id", m, metric)
+        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0)):
+            rows += _rows("retrieval", m, "map", scale_bin=b,
+                          fn=lambda l, n, m=m, s=scale: s * _curve(m, l, n, 0.8))
+        for seq in ("bear", "car", "all"):
+            for metric in ("j", "f", "jf"):
+                rows += _rows("tracking", m, metric, sequence=seq)
+        for a in ("0.05", "0.1"):
+            rows += _rows("keypoints", m, f"pck@{a}")
+        for feat, off in (("patch", 0.0), ("cls", -0.1)):
+            for metric in ("acc", "mlmap"):
+                rows += _rows("lowshot_cls", m, metric, shots=5, feature=feat,
+                              fn=lambda l, n, m=m, o=off: _curve(m, l, n, 0.7) + o)
+    return pd.DataFrame(rows)
+
+
+def synthetic_tables(tables_dir, models=MODELS) -> Path:
+    """Write every results/tables/ file for ``models`` under ``tables_dir``; returns it."""
+    tables_dir = Path(tables_dir)
+    work = tables_dir.parent / "_synthetic"
+    work.mkdir(parents=True, exist_ok=True)
+    scores = synthetic_scores(models)
+    paths = []
+    for (task, model, variant), d in scores.groupby(["task", "model", "variant"]):
+        p = work / "scores" / task / model / "scenes" / f"{variant}.csv"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        d.dropna(axis=1, how="all").to_csv(p, index=False)
+        paths.append(p)
+    df = T.write_scores(paths, models, tables_dir / "scores.parquet")
+    T.write_models(models, tables_dir / "models.csv")
+
+    rng = np.random.default_rng(0)
+    vfiles = {}
+    deep = [m for m in models if models[m]["n_layers"] > 1]
+    for m in deep:
+        n, C = models[m]["n_layers"], 32
+        var = rng.gamma(2.0, size=(n, C))
+        if m == "mae":
+            var[:, :3] *= 200  # a few dominant channels
+        p = work / "variance" / m / "scenes.h5"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with h5netcdf.File(p, "w") as f:
+            f.dimensions = {"layer": n, "channel": C}
+            f.create_variable("layer", ("layer",), data=np.arange(n, dtype="int32"))
+            f.create_variable("mean", ("layer", "channel"), data=np.zeros((n, C)))
+            f.create_variable("var", ("layer", "channel"), data=var)
+        vfiles[m] = p
+    T.write_variance(vfiles, tables_dir / "variance.parquet")
+
+    att = []
+    for m in deep:
+        n = models[m]["n_layers"]
+        for layer in range(n):
+            for h in range(4):
+                local = 20 + 10 * h if m == "mae" else 20 + 25 * layer + 8 * h
+                att += [(m, "scenes", layer, h, "distance", float(local)),
+                        (m, "scenes", layer, h, "entropy", 2 + 0.2 * layer + 0.1 * h),
+                        (m, "scenes", layer, h, "cls_share", 0.05 * layer / n)]
+            att.append((m, "scenes", layer, -1, "diversity", 1.0 - 0.1 * layer))
+    pd.DataFrame(att, columns=T.TABLE_COLUMNS["attention"]).to_parquet(
+        tables_dir / "attention.parquet")
+
+    heads, maps = [], []
+    dirs = {"right": (0, 1), "left": (0, -1), "up": (-1, 0), "down": (1, 0)}
+    for m in deep:
+        for layer in range(2):
+            for h, (name, (dy, dx)) in enumerate(dirs.items()):
+                flagged = (m != "dino") or layer == 0
+                heads.append((m, layer, h, name, dy, dx, 0.5 + 0.1 * h, flagged))
+                for yy in range(-3, 4):
+                    for xx in range(-3, 4):
+                        v = np.exp(-((yy - dy) ** 2 + (xx - dx) ** 2))
+                        maps.append((m, layer, h, yy, xx, float(v)))
+    pd.DataFrame(heads, columns=T.TABLE_COLUMNS["offset_heads"]).to_csv(
+        tables_dir / "offset_heads.csv", index=False)
+    pd.DataFrame(maps, columns=T.TABLE_COLUMNS["offset_maps"]).to_parquet(
+        tables_dir / "offset_maps.parquet")
+
+    cka = []
+    for i, a in enumerate(deep):
+        for b in deep[i:]:
+            na, nb = models[a]["n_layers"], models[b]["n_layers"]
+            for la in range(na):
+                for lb in range(nb):
+                    v = np.exp(-abs((la + 1) / na - (lb + 1) / nb) * 3) * (1 if a == b else 0.8)
+                    cka += [(a, b, la, lb, "patch", v), (a, b, la, lb, "image", v ** 0.5)]
+    pd.DataFrame(cka, columns=T.TABLE_COLUMNS["cka"]).to_parquet(tables_dir / "cka.parquet")
+
+    bl = T.best_layers(T.overall(df))
+    bl["depth_frac"] = (bl["best_layer"] + 1) / bl["n_layers"]
+    bl[T.TABLE_COLUMNS["best_layer"]].to_csv(tables_dir / "best_layer.csv", index=False)
+    return tables_dir
+
+
+@pytest.fixture(scope="module")
+def tables_dir(tmp_path_factory):
+    return synthetic_tables(tmp_path_factory.mktemp("report") / "tables")
+
+
+@pytest.fixture(scope="module")
+def tables(tables_dir):
+    return T.load_tables(tables_dir)
+
+
+def test_catalogue_all_drawn_at_paper_width(tables):
+    for name, spec in F.FIGURES.items():
+        fig = spec.fn.draw(tables)
+        assert fig is not None, name
+        assert fig.get_size_inches()[0] in (style.SINGLE, style.DOUBLE), name
+
+
+def test_make_figures_writes_png_and_pdf(tables_dir, tmp_path):
+    # saving is the slow part (about 0.5 s a figure): the browser test saves the whole catalogue
+    names = ["tracking", "cka_image"]
+    written = F.make_figures(tables_dir, tmp_path, names=names)
+    assert sorted(p.name for p in written) == sorted(f"{n}{e}" for n in names
+                                                     for e in (".png", ".pdf"))
+    for name in names:
+        with Image.open(tmp_path / f"{name}.png") as im:
+            widths = [round(w * style.DPI) for w in (style.SINGLE, style.DOUBLE)]
+            assert im.size[0] in widths and im.size[1] > 100, (name, im.size)
+        assert (tmp_path / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary file
+
+
+def test_catalogue_entries():
+    for name, (fn, need, caption) in F.FIGURES.items():
+        assert callable(fn) and fn.__name__ == f"fig_{name}"
+        assert need and set(need) <= set(T.TABLE_FILES), name
+        assert len(caption) > 40
+
+
+def test_captions_match_rst_files():
+    """report/captions/<name>.rst (Snakemake report captions) hold the catalogue caption and
+    parse as one plain reStructuredText paragraph."""
+    core = pytest.importorskip("docutils.core")
+    for name, spec in F.FIGURES.items():
+        rst = REPO / "report" / "captions" / f"{name}.rst"
+        assert rst.exists(), f"missing {rst}"
+        text = rst.read_text()
+        assert " ".join(text.split()) == spec.caption, name
+        doc = core.publish_doctree(text, settings_overrides={"report_level": 5})
+        assert [n.tagname for n in doc.children] == ["paragraph"], name
+        assert doc.astext() == text.strip(), name
+
+
+@pytest.mark.parametrize("name", list(F.FIGURES))
+def test_empty_tables_skip_and_remove_stale(name, tmp_path):
+    empty = {k: T.empty_table(k) for k in T.TABLE_FILES}
+    assert F.FIGURES[name].fn(empty, tmp_path / name) is None
+    (tmp_path / f"{name}.png").write_bytes(b"old")
+    assert F.make_figure(name, empty, tmp_path) is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_skip_when_rows_are_for_other_tasks(tables):
+    only_fewshot = dict(tables, scores=tables["scores"].query("task == 'fewshot_seg'"))
+    assert F.fig_fewshot_seg.draw(only_fewshot) is not None
+    for fn in (F.fig_tracking, F.fig_instance_id, F.fig_keypoints, F.fig_lowshot_cls,
+               F.fig_retrieval_scale):
+        assert fn.draw(only_fewshot) is None, fn.__name__
+    no_flag = dict(tables, offset_heads=tables["offset_heads"].assign(flagged=False))
+    assert F.fig_offset_heads.draw(no_flag) is None
+    as_text = dict(tables, offset_heads=tables["offset_heads"].assign(flagged="False"))
+    assert F.fig_offset_heads.draw(as_text) is None  # "False" read from a CSV is not a flag
+    assert F.fig_cka_image.draw(dict(tables, cka=tables["cka"].query("level == 'patch'"))) is None
+
+
+def _model_lines(fig):
+    return [l for ax in fig.axes for l in ax.get_lines() if l.get_label() in MODELS]
+
+
+def test_model_colours_consistent_across_figures(tables):
+    expect = style.model_styles({m: e["family"] for m, e in MODELS.items()})
+    assert len({s.color for s in expect.values()}) == len(MODELS)
+    seen = 0
+    for fn in (F.fig_fewshot_seg, F.fig_tracking, F.fig_instance_id, F.fig_keypoints):
+        for line in _model_lines(fn.draw(tables)):
+            assert line.get_color() == expect[line.get_label()].color
+            seen += 1
+    assert seen > 10
+    # the legend shows every model, the baseline included
+    fig = F.fig_tracking.draw(tables)
+    assert {t.get_text() for t in fig.legends[0].get_texts()} == set(MODELS)
+
+
+def test_fewshot_raw_solid_and_best_drop_dashed(tables):
+    fig = F.fig_fewshot_seg.draw(tables)
+    ov = T.overall(tables["scores"].query("task == 'fewshot_seg'"))
+    best = T.best_drop_variant(ov).set_index(["model", "metric_label"])["variant"]
+    ax = {a.get_title(): a for a in fig.axes}[F.metric_title("miou_knn")]
+    for m in ("dino", "mae"):
+        lines = [l for l in ax.get_lines() if l.get_label() == m]
+        by_style = {l.get_linestyle(): l for l in lines}
+        assert set(by_style) == {"-", "--"}
+        for ls, variant in (("-", "raw"), ("--", best[(m, "miou_knn")])):
+            want = ov.query("model == @m and metric == 'miou_knn' and variant == @variant")
+            np.testing.assert_allclose(by_style[ls].get_ydata(),
+                                       want.sort_values("layer")["value"])
+    # the baseline is a horizontal line at its (single-layer, seed-mean) score
+    base = ov.query("model == 'pixels' and metric == 'miou_knn'")["value"].item()
+    flat = [l for l in ax.get_lines() if np.allclose(l.get_ydata(), base)
+            and len(set(l.get_ydata())) == 1]
+    assert flat and flat[0].get_color() == style.model_styles(
+        {m: e["family"] for m, e in MODELS.items()})["pixels"].color
+
+
+def test_layer_axis_block_index_or_depth_fraction(tmp_path):
+    same = F.fig_instance_id.draw(T.load_tables(synthetic_tables(tmp_path / "a" / "tables")))
+    xs = np.concatenate([l.get_xdata() for l in _model_lines(same)])
+    assert set(xs) == set(range(6))
+    mixed = dict(MODELS, mae=dict(MODELS["mae"], n_layers=12))
+    fig = F.fig_instance_id.draw(T.load_tables(synthetic_tables(tmp_path / "b" / "tables", mixed)))
+    for line in _model_lines(fig):
+        n = mixed[line.get_label()]["n_layers"]
+        np.testing.assert_allclose(line.get_xdata(), (np.arange(n) + 1) / n)
+    assert "relative depth" in fig.axes[0].get_xlabel()
+
+
+def test_lowshot_patch_solid_cls_dashed(tables):
+    fig = F.fig_lowshot_cls.draw(tables)
+    assert [a.get_title() for a in fig.axes] == ["accuracy (5-shot)", "multi-label mAP (5-shot)"]
+    s = tables["scores"].query("task == 'lowshot_cls' and metric == 'acc' and model == 'dino'")
+    lines = {l.get_linestyle(): l for l in _model_lines(fig) if l.axes is fig.axes[0]
+             and l.get_label() == "dino"}
+    for ls, feat in (("-", "patch"), ("--", "cls")):
+        want = s[s.feature == feat].sort_values("layer")["value"]
+        np.testing.assert_allclose(lines[ls].get_ydata(), want)
+
+
+def test_retrieval_uses_each_models_best_layer(tables):
+    fig = F.fig_retrieval_scale.draw(tables)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "medium", "large"]
+    s = tables["scores"].query("task == 'retrieval' and variant == 'raw'")
+    per_layer = s.groupby(["model", "layer", "scale_bin"])["value"].mean().unstack()
+    for line in ax.get_lines():
+        model = line.get_label().split(" ")[0]
+        pm = per_layer.loc[model]
+        best = pm.mean(axis=1).idxmax()
+        np.testing.assert_allclose(line.get_ydata(), pm.loc[best, ["small", "medium", "large"]])
+        if model != "pixels":
+            assert line.get_label() == f"{model} (L{best})"
+
+
+def test_drop_sweep_at_best_raw_layer(tables):
+    fig = F.fig_drop_sweep.draw(tables)
+    titles = [a.get_title() for a in fig.axes if a.get_visible()]
+    assert titles == ["dino (contrastive)", "ibot (mim)", "mae (mim)"]
+    ax = fig.axes[titles.index("mae (mim)")]
+    line = next(l for l in ax.get_lines() if l.get_label().startswith("Few-shot"))
+    assert list(line.get_xdata()) == [0, 1, 4, 16]
+    ov = T.overall(tables["scores"].query("task == 'fewshot_seg' and model == 'mae'"))
+    ov = ov[ov.metric == "miou_knn"]
+    layer = ov[ov.variant == "raw"].sort_values("value").iloc[-1]["layer"]
+    at = ov[ov.layer == layer].set_index("variant")["value"]
+    np.testing.assert_allclose(line.get_ydata(), at[["raw", "drop1", "drop4", "drop16"]])
+
+
+def test_offset_heads_panels_are_the_flagged_heads(tables):
+    fig = F.fig_offset_heads.draw(tables)
+    shown = [a for a in fig.axes if a.get_visible() and a.images]
+    assert len(shown) == min(int(tables["offset_heads"]["flagged"].sum()), F.MAX_OFFSET_PANELS)
+    # models in family order, the strongest head first; each map peaks at its head's offset
+    heads = tables["offset_heads"].query("flagged and model == 'dino'")
+    first = heads.sort_values("strength", ascending=False).iloc[0]
+    assert shown[0].get_title().startswith(f"dino L{first['layer']} H{first['head']}")
+    for ax in shown:
+        model, layer, head = ax.get_title().split("\n")[0].split(" ")
+        h = tables["offset_heads"]
+        row = h[(h.model == model) & (h.layer == int(layer[1:]))
+                & (h["head"] == int(head[1:]))].iloc[0]
+        img = ax.images[0].get_array()
+        peak = np.unravel_index(np.argmax(img), img.shape)
+        assert (peak[0] - 3, peak[1] - 3) == (row["dy"], row["dx"])
+
+
+def test_best_layer_heatmap_annotations(tables):
+    fig = F.fig_best_layer.draw(tables)
+    ax = fig.axes[0]
+    b = tables["best_layer"].query("variant == 'raw'")
+    b = b[(b.metric == b.task.map(T.HEADLINE_METRIC)) & (b.model != "pixels")]
+    # low-shot patch and cls rows share (model, task, metric): the better one is shown
+    b = b.loc[b.groupby(["model", "task", "dataset", "metric"])["best_value"].idxmax()]
+    assert len(b) == 3 * 6
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(b["best_layer"].astype(int))
+    # single-layer baselines have no layer to choose and are left out
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["dino", "ibot", "mae"]
+
+
+def test_cka_symmetric_grid(tables):
+    fig = F.fig_cka_patch.draw(tables)
+    grid = [a for a in fig.axes if a.images]
+    assert len(grid) == 9  # 3 deep models, both triangles (lower one transposed)
+    m01 = grid[1].images[0].get_array()
+    m10 = grid[3].images[0].get_array()
+    np.testing.assert_allclose(m01, np.asarray(m10).T)
+
+
+def test_style_families():
+    st = style.model_styles({"a": "contrastive", "b": "mim", "c": "mim", "d": "novel"})
+    assert st["a"].color == style.FAMILY_COLORS["contrastive"]
+    assert st["b"].color != st["c"].color and st["b"].marker != st["c"].marker
+    assert st["d"].color == style.FAMILY_COLORS["unknown"]
+    assert len(set(style.FAMILY_COLORS.values())) == len(style.FAMILY_COLORS)
+    assert st == style.model_styles({"d": "novel", "c": "mim", "b": "mim", "a": "contrastive"})
