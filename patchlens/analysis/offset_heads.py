@@ -1,0 +1,120 @@
+"""Offset local attention heads from the query-centred average attention maps.
+
+Walmer et al. (CVPR 2023, "Teaching Matters", Sec. 4.1 and Fig. 3) find heads -- mostly in early
+layers of supervised and contrastive ViTs -- that attend to a *fixed* neighbouring patch, e.g.
+always one patch to the right: a learned convolution-like shift. They are visible in the query
+-centred average map (see :mod:`patchlens.analysis.attention_stats`): the head's mass piles up at
+one offset next to the centre instead of at the centre.
+
+Protocol, per (layer, head) map m(dy, dx) (dy > 0 down, dx > 0 right):
+  share(dy, dx) = m(dy, dx) / sum(m)   (with the full canvas sum(m) = 1, so share = mean mass)
+  peak          = argmax share (the centre competes too: a head peaking on itself is "self")
+  flagged       = peak is exactly one patch from the centre (|dy| + |dx| = 1; with
+                  ``diagonals: true`` also the 4 diagonal neighbours), share(peak) >= min_share and
+                  share(peak) >= min_ratio * share(0, 0).
+Self heads (peak at the centre) and heads whose peak lies further away ("far") are never flagged.
+Ties are broken by the first maximum in (dy, dx) order.
+
+Defaults and why:
+  min_share = 0.3: a head must put at least 30 % of its average mass on one fixed neighbour. Uniform
+      attention gives each offset at most 1/P (0.5 % on a 14 x 14 grid) and a head spread evenly
+      over its 3 x 3 neighbourhood about 1/9 (11 %); 0.3 is ~3x the latter, so only a head dominated
+      by one offset passes, while a clean shift head (share (w-1)/w, e.g. 0.93 on 14 x 14, edge
+      queries cannot look further) passes easily.
+  min_ratio = 2.0: the neighbour must carry at least twice the mass of the query itself, so a local
+      blob centred on the query that leans slightly to one side is not called an offset head.
+  diagonals = false: Walmer et al. report axis-aligned offsets; diagonal peaks are reported with
+      their direction but flagged only on request.
+No torch import: this runs on the stored ``centred`` variable.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from patchlens.errors import ConfigError
+
+DEFAULTS = {"min_share": 0.3, "min_ratio": 2.0, "diagonals": False}
+
+DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (1, 0): "down",
+              (-1, 1): "up-right", (-1, -1): "up-left", (1, 1): "down-right",
+              (1, -1): "down-left"}
+
+
+def offset_params(params: dict | None) -> dict:
+    """Validated thresholds (keys of :data:`DEFAULTS`)."""
+    p = {**DEFAULTS, **(params or {})}
+    unknown = set(p) - set(DEFAULTS)
+    if unknown:
+        raise ConfigError(f"offset_heads params: unknown key(s) {sorted(unknown)}; "
+                          f"expected {sorted(DEFAULTS)}")
+    if not 0 < float(p["min_share"]) <= 1:
+        raise ConfigError(f"offset_heads.min_share = {p['min_share']!r}: expected 0 < x <= 1")
+    if not float(p["min_ratio"]) > 0:
+        raise ConfigError(f"offset_heads.min_ratio = {p['min_ratio']!r}: "
+                          "expected a positive number")
+    return {"min_share": float(p["min_share"]), "min_ratio": float(p["min_ratio"]),
+            "diagonals": bool(p["diagonals"])}
+
+
+def find_offset_heads(centred: xr.DataArray | xr.Dataset,
+                      params: dict | None = None) -> pd.DataFrame:
+    """One row per head of ``centred`` (dims [model,] layer, head, dy, dx; see module doc).
+
+    ``centred`` may also be a whole attention statistics Dataset (its ``centred`` variable and
+    ``model`` attribute are used). NaN cells (padding of smaller canvases) count as 0.
+
+    Columns: [model,] layer, head, direction ("self", "right", "left", "up", "down",
+    "up-right", ..., or "far"), dy, dx (peak offset), strength (peak share of the map),
+    centre_share, flagged. ``model`` comes from a ``model`` dimension or the ``model`` attribute.
+    """
+    p = offset_params(params)
+    if isinstance(centred, xr.Dataset):  # an attention statistics file: take its model attribute
+        model = centred.attrs.get("model")
+        centred = centred["centred"].copy()
+        if model is not None:
+            centred.attrs["model"] = model
+    if "dy" not in centred.dims or "dx" not in centred.dims:
+        raise ConfigError(f"find_offset_heads: expected dims (..., dy, dx), got {centred.dims}")
+    if 0 not in centred["dy"].values or 0 not in centred["dx"].values:
+        raise ConfigError("find_offset_heads: the canvas has no centre (dy = dx = 0)")
+    keys = [d for d in centred.dims if d not in ("dy", "dx")]
+    da = centred.transpose(*keys, "dy", "dx")
+    if keys:
+        da = da.stack(row=keys)
+        da = da.transpose("row", "dy", "dx")
+    vals = np.asarray(da.values, dtype=np.float64).reshape(-1, da.sizes["dy"] * da.sizes["dx"])
+    vals = np.nan_to_num(vals, nan=0.0)  # canvases of smaller grids padded by xr.concat
+    dys, dxs = np.meshgrid(da["dy"].values, da["dx"].values, indexing="ij")
+    dys, dxs = dys.ravel(), dxs.ravel()
+
+    total = vals.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = vals / total[:, None]
+    ok = np.isfinite(share).all(1) & (total > 0)
+    peak = np.argmax(np.where(ok[:, None], share, 0), axis=1)
+    rows = np.arange(len(vals))
+    strength = np.where(ok, share[rows, peak], np.nan)
+    centre = np.flatnonzero((dys == 0) & (dxs == 0))[0]
+    centre_share = np.where(ok, share[:, centre], np.nan)
+    pdy, pdx = dys[peak], dxs[peak]
+    steps = np.abs(pdy) + np.abs(pdx)
+    one_step = (steps == 1) | (p["diagonals"] & (np.abs(pdy) == 1) & (np.abs(pdx) == 1))
+    flagged = (ok & one_step & (strength >= p["min_share"])
+               & (strength >= p["min_ratio"] * centre_share))
+    direction = [DIRECTIONS.get((int(a), int(b)), "far") for a, b in zip(pdy, pdx)]
+
+    out = pd.DataFrame({"direction": direction, "dy": pdy.astype(int), "dx": pdx.astype(int),
+                        "strength": strength, "centre_share": centre_share,
+                        "flagged": flagged.astype(bool)})
+    if keys:
+        index = da.indexes["row"]
+        for i, k in enumerate(keys):
+            out.insert(i, k, np.asarray(index.get_level_values(k)))
+    if "model" not in keys and "model" in centred.attrs:
+        out.insert(0, "model", centred.attrs["model"])
+    for k in ("layer", "head"):
+        if k in out:
+            out[k] = out[k].astype(int)
+    return out
