@@ -10,7 +10,7 @@ rule attention_stats:
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
-        settings=config["analyses"].get("attention", {}).get("params", {}),
+        settings=settings("analyses", "attention"),
         weights_dir=config["weights_dir"],
         batch_size=config["extraction"]["batch_size"],
     log:
@@ -34,7 +34,7 @@ rule attention_tables:
         offset_heads=f"{RESULTS}/tables/offset_heads.csv",
         offset_maps=f"{RESULTS}/tables/offset_maps.parquet",
     params:
-        settings=config["analyses"].get("attention", {}).get("params", {}),
+        settings=settings("analyses", "attention"),
     log:
         f"{RESULTS}/logs/attention_tables.log",
     benchmark:
@@ -56,7 +56,7 @@ rule cka:
     output:
         f"{RESULTS}/cka/{{dataset}}.parquet",
     params:
-        settings=config["analyses"].get("cka", {}).get("params", {}),
+        settings=settings("analyses", "cka"),
     log:
         f"{RESULTS}/logs/cka/{{dataset}}.log",
     benchmark:

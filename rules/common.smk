@@ -18,6 +18,19 @@ wildcard_constraints:
     variant=r"raw|zscore|drop\d+",
 
 
+def canonical(obj):
+    """Dicts with sorted keys: Snakemake compares params by their text, and the order of keys in
+    a YAML file must not decide whether a job reruns."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def settings(section, name):
+    """Canonical params of an analysis (``analyses.<name>.params``) or task (defaults filled)."""
+    if section == "tasks":
+        return canonical(task_params(config, name))
+    return canonical(config[section].get(name, {}).get("params", {}))
+
+
 def manifest(dataset):
     return f"{RESULTS}/data/{dataset}/manifest.csv"
 
@@ -42,11 +55,11 @@ def evaluator_inputs(wildcards):
 
 def dataset_entry(wildcards):
     entry = config["datasets"][wildcards.dataset]
-    return {"source": entry["source"], "params": entry.get("params", {})}
+    return canonical({"source": entry["source"], "params": entry.get("params", {})})
 
 
 def model_entry(wildcards):
-    return config["models"][wildcards.model]
+    return canonical(config["models"][wildcards.model])
 
 
 def attention_files():
@@ -96,6 +109,6 @@ def table_files():
 
 
 def model_labels():
-    return {m: {"family": e.get("family", "other"), "label": e.get("label", m),
-                "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
-            for m, e in config["models"].items()}
+    return canonical({m: {"family": e.get("family", "other"), "label": e.get("label", m),
+                          "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
+                      for m, e in config["models"].items()})

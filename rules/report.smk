@@ -69,7 +69,7 @@ rule report:
     output:
         f"{RESULTS}/report/index.html",
     params:
-        config=config,
+        config=canonical(config),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:

@@ -9,7 +9,7 @@ rule fewshot_seg:
         f"{RESULTS}/scores/fewshot_seg/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="fewshot_seg",
-        settings=lambda wc: task_params(config, "fewshot_seg"),
+        settings=lambda wc: settings("tasks", "fewshot_seg"),
     log:
         f"{RESULTS}/logs/fewshot_seg/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:
@@ -31,7 +31,7 @@ use rule fewshot_seg as instance_id with:
         f"{RESULTS}/scores/instance_id/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="instance_id",
-        settings=lambda wc: task_params(config, "instance_id"),
+        settings=lambda wc: settings("tasks", "instance_id"),
     log:
         f"{RESULTS}/logs/instance_id/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:
@@ -43,7 +43,7 @@ use rule fewshot_seg as retrieval with:
         f"{RESULTS}/scores/retrieval/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="retrieval",
-        settings=lambda wc: task_params(config, "retrieval"),
+        settings=lambda wc: settings("tasks", "retrieval"),
     log:
         f"{RESULTS}/logs/retrieval/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:
@@ -55,7 +55,7 @@ use rule fewshot_seg as tracking with:
         f"{RESULTS}/scores/tracking/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="tracking",
-        settings=lambda wc: task_params(config, "tracking"),
+        settings=lambda wc: settings("tasks", "tracking"),
     log:
         f"{RESULTS}/logs/tracking/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:
@@ -67,7 +67,7 @@ use rule fewshot_seg as keypoints with:
         f"{RESULTS}/scores/keypoints/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="keypoints",
-        settings=lambda wc: task_params(config, "keypoints"),
+        settings=lambda wc: settings("tasks", "keypoints"),
     log:
         f"{RESULTS}/logs/keypoints/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:
@@ -79,7 +79,7 @@ use rule fewshot_seg as lowshot_cls with:
         f"{RESULTS}/scores/lowshot_cls/{{model}}/{{dataset}}/{{variant}}.csv",
     params:
         task="lowshot_cls",
-        settings=lambda wc: task_params(config, "lowshot_cls"),
+        settings=lambda wc: settings("tasks", "lowshot_cls"),
     log:
         f"{RESULTS}/logs/lowshot_cls/{{model}}/{{dataset}}/{{variant}}.log",
     benchmark:

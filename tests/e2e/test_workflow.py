@@ -51,9 +51,16 @@ def test_workflow_completes_with_every_output(workdir):
     assert set(scores["task"]) == set(config["tasks"])
     assert set(scores["model"]) == set(config["models"])
     assert scores["value"].notna().all()
-    oracle = scores[(scores.model == "oracle") & (scores.task == "fewshot_seg")
-                    & (scores.metric == "miou_knn")]
-    assert oracle["value"].min() >= 0.9
+    # the oracle is the ceiling of every task: at its best layer it is at least as good as
+    # every other model on each task's headline metric (raw features, task-level rows)
+    headline = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
+                "tracking": "jf", "keypoints": "pck@0.1", "lowshot_cls": "acc"}
+    task_level = scores[(scores.variant == "raw") & scores.sequence.isin(["", "all"])
+                        & scores.scale_bin.isin(["", "all"])]
+    for task, metric in headline.items():
+        rows = task_level[(task_level.task == task) & (task_level.metric == metric)]
+        best = rows.groupby(["model", "layer"])["value"].mean().groupby("model").max()
+        assert best["oracle"] >= best.drop("oracle").max(), (task, best.to_dict())
     assert (workdir / "results" / "report" / "index.html").stat().st_size > 1000
     assert any((workdir / "results" / "figures").glob("*.png"))
     assert (workdir / "results" / "tables" / "best_layer.csv").exists()
