@@ -1,5 +1,6 @@
 # Target lists and input functions shared by the rule files.
 import json
+from pathlib import Path
 
 from patchlens.config import (analysis_models, evaluation_jobs, model_datasets, task_params,
                               task_variants)
@@ -112,3 +113,9 @@ def model_labels():
     return canonical({m: {"family": e.get("family", "other"), "label": e.get("label", m),
                           "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
                       for m, e in config["models"].items()})
+
+
+def figure_captions():
+    """Figure name -> caption (report/captions/{name}.rst), shown by `snakemake --report`."""
+    captions = Path(workflow.basedir) / "report" / "captions"
+    return {p.stem: p.read_text().strip() for p in sorted(captions.glob("*.rst"))}

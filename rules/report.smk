@@ -47,7 +47,10 @@ rule figures:
     input:
         table_files(),
     output:
-        directory(f"{RESULTS}/figures"),
+        report(directory(f"{RESULTS}/figures"), patterns=["{name}.png"],
+               caption="../report/figure.rst", category="Figures"),
+    params:
+        captions=figure_captions(),
     log:
         f"{RESULTS}/logs/figures.log",
     benchmark:
