@@ -80,3 +80,24 @@ def test_changed_task_parameter_reruns_only_that_task(workdir):
     allowed = {"fewshot_seg", "collect_scores", "best_layer", "figures", "report", "all"}
     assert set(jobs) <= allowed, jobs
     assert "extract_features" not in jobs and "channel_variance" not in jobs
+
+
+def test_snakemake_report_has_every_figure_with_caption(workdir):
+    snakemake(workdir, "--report", str(workdir / "report.html"))
+    html = (workdir / "report.html").read_text()
+    drawn = sorted(p.stem for p in (workdir / "results" / "figures").glob("*.png"))
+    captions = {p.stem: p.read_text().split()[:6] for p in (ROOT / "report" / "captions").glob("*.rst")}
+    for name in drawn:
+        assert " ".join(captions[name]) in html, name
+
+
+def test_workflow_report_in_browser(workdir):
+    """The demo-style report of this run, opened in headless Chromium (tests/browser)."""
+    env = {**os.environ, "PATCHLENS_REPORT": str(workdir / "results" / "report" / "index.html")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                           str(ROOT / "tests" / "browser" / "test_report_browser.py")
+                           + "::test_existing_report_in_browser"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    if "1 skipped" in proc.stdout:
+        pytest.skip(proc.stdout.strip().splitlines()[-2])
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
