@@ -8,22 +8,25 @@ belongs to the patch containing its centre, ``[floor((r + 0.5) h / H), floor((c 
 i.e. the patches of a ViT that sees the image resized to ``(h p, w p)``; the same convention as
 :func:`patchlens.tasks.upsample.resize_nearest`)::
 
-    x = [ A * onehot(class) | B * onehot(identity or instance slot) | D * phi(u, v) ]
+    x = [ A * share(class) | B * share(identity or instance slot) | D * phi(u, v) ]
 
-* ``class``: majority class of the patch's non-void pixels (background 0 included), the rule the
-  few-shot segmentation protocol uses for patch labels (Vanyan et al. 2024, arXiv 2401.00463);
-  a patch that is all void, or an image without a semantic map, gets a zero block.
-* identity block: among the patch's pixels of that majority class, the majority instance
-  (0 and void 255 excluded); it maps to its data-set-wide ``identity`` from ``objects.csv`` when
-  known (>= 0), otherwise to the instance slot ``n_identities + (instance - 1) % INSTANCE_SLOTS``,
-  which keeps instances of one image / video sequence apart (DAVIS-style tracking). Background
-  patches and images without an instance map get a zero block.
+* class block: the share of each class among the patch's non-void pixels (background 0
+  included), so a patch inside one region is the one-hot of its class (the majority class, the
+  label the few-shot protocol of Vanyan et al. 2024, arXiv 2401.00463, gives it, is the argmax)
+  and a patch on an outline carries the mixture it covers, as a real feature does; a patch that is
+  all void, or an image without a semantic map, gets a zero block.
+* identity block: the share of the patch's non-void pixels covered by each instance; an instance
+  maps to its data-set-wide ``identity`` from ``objects.csv`` when known (>= 0), otherwise to the
+  instance slot ``n_identities + (instance - 1) % INSTANCE_SLOTS``, which keeps instances of one
+  image / video sequence apart (DAVIS-style tracking). Background and images without an instance
+  map give a zero block. (Mixtures matter for label propagation: with hard majority labels an
+  outline patch looks like pure background and the oracle tracked worse than raw pixels.)
 * ``phi(u, v) = (cos(pi u / 2), sin(pi u / 2), cos(pi v / 2), sin(pi v / 2))`` of the mean
-  canonical coordinate of that instance's pixels in the patch (zeros without ``uv``). For
+  canonical coordinate of the pixels of the patch's majority instance (within its majority class) (zeros without ``uv``). For
   ``u, v in [0, 1]``, ``phi(a) . phi(b) = cos(pi/2 |du|) + cos(pi/2 |dv|)``, which lies in
   ``[0, 2]`` and decreases monotonically in ``|du|`` and in ``|dv|``.
 
-Weights ``A = B = 2, D = 1``. Every object patch has squared norm ``A^2 + B^2 + 2 D^2 = 10`` (so
+Weights ``A = B = 2, D = 1``. Every patch wholly inside an object has squared norm ``A^2 + B^2 + 2 D^2 = 10`` (so
 cosine order = dot order between object patches) and:
   same identity            ``>= A^2 + B^2 = 8``  (the uv term then orders points within an object)
   same class, other id.    ``in [A^2, A^2 + 2 D^2] = [4, 6]``
@@ -113,6 +116,14 @@ def _majority(labels: np.ndarray, pidx: np.ndarray, keep: np.ndarray, n_patches:
     return counts.argmax(1), counts.sum(1) > 0
 
 
+def _fractions(labels: np.ndarray, pidx: np.ndarray, keep: np.ndarray, n_patches: int,
+               n_labels: int) -> np.ndarray:
+    """Per patch: share of each label among its kept pixels (rows sum to 1, or 0 if none)."""
+    counts = np.bincount(pidx[keep] * n_labels + labels[keep],
+                         minlength=n_patches * n_labels).reshape(n_patches, n_labels)
+    return counts / np.maximum(counts.sum(1, keepdims=True), 1)
+
+
 def oracle_patch_features(layout: OracleLayout, grid: tuple[int, int],
                           semantic: np.ndarray | None, instance: np.ndarray | None = None,
                           uv: np.ndarray | None = None,
@@ -139,7 +150,8 @@ def oracle_patch_features(layout: OracleLayout, grid: tuple[int, int],
             raise DataError(f"semantic map has class {int(sem[valid].max())} beyond "
                             f"classes.csv ({layout.n_classes} classes); fix classes.csv")
         maj_cls, has = _majority(np.where(valid, sem, 0), pidx, valid, P, layout.n_classes)
-        out[np.nonzero(has)[0], maj_cls[has]] = CLASS_WEIGHT
+        out[:, :layout.n_classes] = CLASS_WEIGHT * _fractions(sem, pidx, valid, P,
+                                                             layout.n_classes)
 
     maj_inst = np.zeros(P, int)
     if instance is not None:
@@ -150,13 +162,18 @@ def oracle_patch_features(layout: OracleLayout, grid: tuple[int, int],
         maj_inst, has = _majority(inst, pidx, keep, P, 256)
         maj_inst = np.where(has, maj_inst, 0)
         identity_of = identity_of or {}
-        for k in np.unique(maj_inst[maj_inst > 0]):
+        # identity channel of every instance id; share of the patch's non-void pixels
+        channel = np.full(256, -1)
+        for k in np.unique(inst[(inst != 0) & (inst != VOID)]):
             ident = identity_of.get(int(k), -1)
-            if 0 <= ident < layout.n_identities:
-                ch = layout.n_classes + ident
-            else:
-                ch = layout.n_classes + layout.n_identities + (int(k) - 1) % layout.n_slots
-            out[maj_inst == k, ch] = IDENTITY_WEIGHT
+            channel[k] = (layout.n_classes + ident if 0 <= ident < layout.n_identities else
+                          layout.n_classes + layout.n_identities + (int(k) - 1) % layout.n_slots)
+        objects = (inst != 0) & (inst != VOID)
+        n_valid = np.bincount(pidx[inst != VOID], minlength=P).astype(np.float64)
+        ch = channel[inst[objects]]
+        share = np.zeros((P, layout.channels))
+        np.add.at(share, (pidx[objects], ch), 1.0)
+        out += (IDENTITY_WEIGHT * share / np.maximum(n_valid, 1)[:, None]).astype(np.float32)
 
     if uv is not None:
         uvf = uv.reshape(-1, 2).astype(np.float64)

@@ -51,13 +51,18 @@ def _majority_loop(label_map, grid):
 
 
 def _patch_labels(ds, images, tok):
-    """Per object patch: class, identity (from the one-hot blocks) and its image."""
+    """Per object patch wholly inside one object: class, identity (from the class / identity
+    share blocks) and its image. Patches on an object's outline carry the mixture of what they
+    cover, so the similarity order below is a statement about pure patches."""
     lay = oracle.oracle_layout(ds)
-    cls = tok[:, 0, :, lay.class_slice].argmax(-1)
+    cls_block = tok[:, 0, :, lay.class_slice]
+    cls = cls_block.argmax(-1)
     ident_block = tok[:, 0, :, lay.identity_slice]
     ident = np.where(ident_block.max(-1) > 0, ident_block.argmax(-1), -1)
     img = np.repeat(np.arange(len(images)), tok.shape[2]).reshape(cls.shape)
-    keep = cls > 0
+    pure = np.isclose(cls_block.max(-1), oracle.CLASS_WEIGHT) & np.isclose(
+        ident_block.max(-1), oracle.IDENTITY_WEIGHT)
+    keep = (cls > 0) & pure
     return tok[:, 0][keep], cls[keep], ident[keep], img[keep]
 
 
