@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from patchlens.errors import ConfigError
+from patchlens.params import merge_params
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
@@ -73,13 +74,8 @@ def task_module(task: str):
 
 def task_params(config: dict, task: str) -> dict:
     """The task module's defaults updated with the config's ``tasks.<task>.params``."""
-    defaults = task_module(task).DEFAULT_PARAMS
-    given = config["tasks"][task].get("params") or {}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"tasks.{task}.params: unknown parameter(s) {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(defaults))})")
-    return {**defaults, **given}
+    return merge_params(config["tasks"][task].get("params"), task_module(task).DEFAULT_PARAMS,
+                        f"tasks.{task}.params")
 
 
 def model_datasets(config: dict, model: str) -> list[str]:

@@ -1,8 +1,9 @@
-"""Atomic output: write to a temporary sibling, rename on success, so a killed job never leaves a
-file that looks complete."""
+"""File I/O shared by every stage: atomic output (write to a temporary sibling, rename on
+success, so a killed job never leaves a file that looks complete) and streaming file digests."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -46,12 +47,17 @@ def write_json(obj, path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def sha256sum(path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    import hashlib
-
-    h = hashlib.sha256()
+def digest(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",),
+           chunk: int = 1 << 20) -> dict[str, str]:
+    """Hex digests of a file for each hashlib algorithm name, computed in one streaming pass."""
+    hashes = {a: hashlib.new(a) for a in algorithms}
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+        while block := f.read(chunk):
+            for h in hashes.values():
+                h.update(block)
+    return {a: h.hexdigest() for a, h in hashes.items()}
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    return digest(path)["sha256"]

@@ -47,8 +47,11 @@ import xarray as xr
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import atomic_path
+from patchlens.params import merge_params
 
 STAT_VARS = ("distance", "entropy", "cls_share")
+DEFAULTS = {"radius": None, "layers": None}  # parameters of :func:`attention_statistics`
+WHERE = "analyses.attention.params"  # where they live in the config (error messages)
 
 
 # ----------------------------------------------------------------------------- geometry (numpy)
@@ -67,7 +70,7 @@ def resolve_radius(grid: tuple[int, int], radius: int | None) -> tuple[int, int]
     if radius is None:
         return h - 1, w - 1
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise ConfigError(f"attention.radius = {radius!r}: expected a non-negative integer "
+        raise ConfigError(f"{WHERE}.radius = {radius!r}: expected a non-negative integer "
                           "(patches) or null for the whole grid")
     return min(int(radius), h - 1), min(int(radius), w - 1)
 
@@ -269,23 +272,19 @@ def attention_statistics(model, batches: Iterable, patch_size: int, grid: tuple[
     centred canvas; ``layers`` (list of block indices or None = all) selects blocks.
     The attention maps of one layer of one batch are the most ever held in memory.
     """
+    params = merge_params(params, DEFAULTS, WHERE)  # before importing torch: fail fast
     import torch
 
     from patchlens.models.attention import AttentionCapture
 
-    params = dict(params or {})
-    unknown = set(params) - {"radius", "layers"}
-    if unknown:
-        raise ConfigError(f"attention params: unknown key(s) {sorted(unknown)}; "
-                          "expected radius, layers")
     probe = AttentionCapture(model)
     n_layers = probe.num_layers
-    layers = params.get("layers")
+    layers = params["layers"]
     layers = list(range(n_layers)) if layers is None else [int(x) for x in layers]
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad:
-        raise ConfigError(f"attention.layers {bad}: the model has blocks 0..{n_layers - 1}")
-    acc = AttentionAccumulator(layers, grid, patch_size, num_prefix_tokens, params.get("radius"))
+        raise ConfigError(f"{WHERE}.layers {bad}: the model has blocks 0..{n_layers - 1}")
+    acc = AttentionAccumulator(layers, grid, patch_size, num_prefix_tokens, params["radius"])
     p0 = next(model.parameters())
     forward = getattr(model, "forward_features", model)
     with AttentionCapture(model, on_map=acc.add), torch.inference_mode():

@@ -33,11 +33,13 @@ import numpy as np
 import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
+from patchlens.params import merge_params
 from patchlens.tasks.upsample import resize_bilinear
 
 DEFAULTS = {"batch_size": 256, "levels": ["patch", "image"], "max_patches_per_image": 16,
             "set_size": 4096, "read_chunk": 64, "seed": 0}
 LEVELS = ("patch", "image")
+WHERE = "analyses.cka.params"  # where the parameters live in the config (error messages)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -229,20 +231,18 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
 
 def cka_params(params: dict | None) -> dict:
     """Validated CKA parameters (keys of :data:`DEFAULTS`)."""
-    p = {**DEFAULTS, **(params or {})}
-    unknown = set(p) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"cka params: unknown key(s) {sorted(unknown)}; "
-                          f"expected {sorted(DEFAULTS)}")
+    p = merge_params(params, DEFAULTS, WHERE)
     levels = [p["levels"]] if isinstance(p["levels"], str) else list(p["levels"])
     bad = [lv for lv in levels if lv not in LEVELS]
     if bad or not levels:
-        raise ConfigError(f"cka.levels {p['levels']!r}: expected a subset of {list(LEVELS)}")
+        raise ConfigError(f"{WHERE}.levels = {p['levels']!r}: expected a subset of "
+                          f"{list(LEVELS)}")
     for key in ("batch_size", "max_patches_per_image", "set_size", "read_chunk"):
         if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
-            raise ConfigError(f"cka.{key} = {p[key]!r}: expected a positive integer")
+            raise ConfigError(f"{WHERE}.{key} = {p[key]!r}: expected a positive integer")
     if p["batch_size"] < 4:
-        raise ConfigError(f"cka.batch_size = {p['batch_size']}: the unbiased estimator needs >= 4")
+        raise ConfigError(f"{WHERE}.batch_size = {p['batch_size']}: the unbiased estimator "
+                          "needs >= 4")
     return {**p, "levels": levels}
 
 

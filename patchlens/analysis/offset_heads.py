@@ -34,8 +34,10 @@ import pandas as pd
 import xarray as xr
 
 from patchlens.errors import ConfigError
+from patchlens.params import merge_params
 
 DEFAULTS = {"min_share": 0.3, "min_ratio": 2.0, "diagonals": False}
+WHERE = "analyses.attention.params.offset_heads"  # where they live in the config (messages)
 
 DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (1, 0): "down",
               (-1, 1): "up-right", (-1, -1): "up-left", (1, 1): "down-right",
@@ -44,16 +46,11 @@ DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (
 
 def offset_params(params: dict | None) -> dict:
     """Validated thresholds (keys of :data:`DEFAULTS`)."""
-    p = {**DEFAULTS, **(params or {})}
-    unknown = set(p) - set(DEFAULTS)
-    if unknown:
-        raise ConfigError(f"offset_heads params: unknown key(s) {sorted(unknown)}; "
-                          f"expected {sorted(DEFAULTS)}")
+    p = merge_params(params, DEFAULTS, WHERE)
     if not 0 < float(p["min_share"]) <= 1:
-        raise ConfigError(f"offset_heads.min_share = {p['min_share']!r}: expected 0 < x <= 1")
+        raise ConfigError(f"{WHERE}.min_share = {p['min_share']!r}: expected 0 < x <= 1")
     if not float(p["min_ratio"]) > 0:
-        raise ConfigError(f"offset_heads.min_ratio = {p['min_ratio']!r}: "
-                          "expected a positive number")
+        raise ConfigError(f"{WHERE}.min_ratio = {p['min_ratio']!r}: expected a positive number")
     return {"min_share": float(p["min_share"]), "min_ratio": float(p["min_ratio"]),
             "diagonals": bool(p["diagonals"])}
 

@@ -25,10 +25,11 @@ import numpy as np
 
 from patchlens.data.dataset import VOID
 from patchlens.data.download import place_file
-from patchlens.data.recipes import (check_count, check_params, image_size, read_index_png,
-                                    read_list, subsample, write_index_png, write_layout)
+from patchlens.data.layout import (check_count, image_size, read_index_png, read_list, subsample,
+                                   write_index_png, write_layout)
 from patchlens.data.voc import objects_from_masks
 from patchlens.errors import DataError
+from patchlens.params import merge_params
 
 DAVIS_CLASSES = ("background", "object")
 DEFAULTS = {"split": "val", "resolution": "480p", "max_sequences": None, "max_frames": None,
@@ -47,7 +48,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when a listed sequence has no frames, a frame has no
     annotation, or an annotation does not match its frame size.
     """
-    p = check_params(params, DEFAULTS, "davis2017 params")
+    p = merge_params(params, DEFAULTS, "davis2017 params")
     max_seq = check_count(p["max_sequences"], "max_sequences", "davis2017 params")
     max_frames = check_count(p["max_frames"], "max_frames", "davis2017 params")
     root, out_dir, res = Path(root), Path(out_dir), str(p["resolution"])

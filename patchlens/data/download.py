@@ -19,7 +19,6 @@ or file and says what to do.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import posixpath
@@ -38,6 +37,7 @@ from tqdm import tqdm
 
 import patchlens
 from patchlens.errors import DataError
+from patchlens.io import digest
 
 _CHUNK = 1 << 20
 _RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
@@ -51,17 +51,7 @@ class ChecksumMismatch(DataError):
     """A downloaded or present file does not have the expected checksum."""
 
 
-# -- checksums ----------------------------------------------------------------------------------
-def digest(path: str | os.PathLike, algorithms: tuple[str, ...] = ("sha256",)) -> dict[str, str]:
-    """Hex digests of a file for each hashlib algorithm name, computed in one streaming pass."""
-    hashes = {a: hashlib.new(a) for a in algorithms}
-    with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            for h in hashes.values():
-                h.update(block)
-    return {a: h.hexdigest() for a, h in hashes.items()}
-
-
+# -- checksums (hashing: patchlens.io.digest) ---------------------------------------------------
 def _expected(sha256: str | None, md5: str | None) -> dict[str, str]:
     return {a: v.strip().lower() for a, v in (("sha256", sha256), ("md5", md5)) if v}
 

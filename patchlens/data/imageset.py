@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from patchlens.data.download import place_file
-from patchlens.data.recipes import check_count, check_params, image_size, subsample, write_layout
+from patchlens.data.layout import check_count, image_size, subsample, write_layout
 from patchlens.errors import ConfigError, DataError
+from patchlens.params import merge_params
 
 IMAGENETTE_NAMES = {
     "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
@@ -35,7 +36,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
 
     Raises DataError naming the directory when a split folder is missing or holds no images.
     """
-    p = check_params(params, DEFAULTS, "imageset params")
+    p = merge_params(params, DEFAULTS, "imageset params")
     max_images = check_count(p["max_images"], "max_images", "imageset params")
     max_per_class = check_count(p["max_per_class"], "max_per_class", "imageset params")
     if not isinstance(p["names"] or {}, dict):

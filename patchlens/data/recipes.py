@@ -17,8 +17,8 @@ Recipe-level parameters (the rest go to the converter):
 ``root``      an already extracted official tree to convert (no download), e.g. a shared copy.
 ``progress``  show progress bars (default true).
 
-The end of this module holds the small helpers the converters share (parameter checking,
-seeded subsampling, index-PNG I/O and writing the layout tables).
+The helpers the converters share (seeded subsampling, index-PNG I/O, writing the layout tables)
+are in :mod:`patchlens.data.layout`.
 """
 from __future__ import annotations
 
@@ -27,20 +27,12 @@ import fcntl
 import importlib
 import json
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
 
-import numpy as np
-import pandas as pd
-from PIL import Image
-
-from patchlens.data.dataset import KEYPOINT_COLUMNS, MANIFEST_COLUMNS, OBJECT_COLUMNS
-from patchlens.data.download import (ChecksumMismatch, SourceUnreachable, digest, extract,
-                                     fetch)
+from patchlens.data.download import ChecksumMismatch, SourceUnreachable, extract, fetch
 from patchlens.errors import ConfigError, DataError
-from patchlens.io import atomic_path, write_csv, write_json
+from patchlens.io import sha256sum, write_json
 
 CHECKSUM_LEDGER = "checksums.json"
 
@@ -229,7 +221,7 @@ def obtain(archive: Archive, data_dir: str | os.PathLike, url: str | None = None
                 f"place it at {dest} (under data_dir), then rerun")
         raise DataError(" | ".join(str(e) for e in errors))
     if sha256 is None:
-        _record_checksum(data_dir, archive.filename, digest(dest)["sha256"])
+        _record_checksum(data_dir, archive.filename, sha256sum(dest))
     return dest
 
 
@@ -271,114 +263,3 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     module, func = recipe.converter.split(":")
     convert = getattr(importlib.import_module(module), func)
     convert(root, Path(out_dir), params)
-
-
-# -- helpers shared by the converters -----------------------------------------------------------
-def check_params(params: dict | None, defaults: dict[str, Any], where: str) -> dict[str, Any]:
-    """``defaults`` updated with ``params``; an unknown key raises ConfigError naming it."""
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(defaults))
-    if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {', '.join(unknown)}; known: "
-                          f"{', '.join(sorted(defaults))}")
-    return {**defaults, **params}
-
-
-def check_count(value: Any, key: str, where: str) -> int | None:
-    """A positive int or None (no limit); ConfigError otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{where}: {key} must be a positive integer or null, got {value!r}")
-    return int(value)
-
-
-def subsample(items: Sequence, n: int | None, seed: int, salt: str = "") -> list:
-    """At most ``n`` of ``items`` drawn without replacement, kept in their original order.
-
-    Deterministic: the generator is seeded with ``(seed, crc32(salt))``, so each split (salt)
-    gets its own reproducible draw, independent of what else is converted.
-    """
-    items = list(items)
-    if n is None or n >= len(items):
-        return items
-    rng = np.random.default_rng([int(seed), zlib.crc32(salt.encode())])
-    keep = np.sort(rng.choice(len(items), size=n, replace=False))
-    return [items[i] for i in keep]
-
-
-def read_list(path: Path) -> list[str]:
-    """Non-empty stripped lines of a list file (ImageSets); DataError when missing."""
-    if not path.is_file():
-        raise DataError(f"{path}: list file missing; the tree is incomplete: re-extract the "
-                        "archive (or fix params.root)")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def read_index_png(path: Path) -> np.ndarray:
-    """uint8 (H, W) indices of a palette ("P") or grey ("L") PNG, the palette ignored."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L"):
-                raise DataError(f"{path}: mode {im.mode} PNG, expected an index (palette) PNG; "
-                                "re-extract the official archive")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; the tree is incomplete: re-extract the archive") \
-            from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable ({' '.join(str(exc).split())}); re-extract the "
-                        "archive") from None
-
-
-def write_index_png(array: np.ndarray, path: Path) -> None:
-    """Write a uint8 (H, W) index mask as a grey PNG, atomically."""
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(
-            tmp, format="PNG")
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the image header; DataError when missing or unreadable."""
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing; the tree is incomplete: re-extract the archive") \
-            from None
-    except OSError as exc:
-        raise DataError(f"{path}: unreadable image ({' '.join(str(exc).split())}); re-extract "
-                        "the archive") from None
-    return height, width
-
-
-def write_layout(out_dir: str | os.PathLike, manifest: Iterable[dict], classes: Sequence[str],
-                 objects: Iterable[dict] | None = None,
-                 keypoints: Iterable[dict] | None = None) -> None:
-    """Write the layout tables of :mod:`patchlens.data.dataset` into ``out_dir``.
-
-    ``manifest`` rows may omit optional columns (empty string / frame -1 filled in);
-    ``classes[i]`` is the name of class ``i``. The old manifest is removed first and the new one
-    written last (each file atomically), so a half-converted directory never has a manifest;
-    optional tables not given are removed so no stale one survives.
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "manifest.csv").unlink(missing_ok=True)
-    fill = {c: "" for c in MANIFEST_COLUMNS} | {"frame": -1}
-    man = pd.DataFrame([fill | row for row in manifest], columns=MANIFEST_COLUMNS)
-    if man.empty:
-        raise DataError(f"{out_dir}: no images selected; check the split and max_* parameters")
-    dup = man["image"][man["image"].duplicated()]
-    if len(dup):
-        raise DataError(f"{out_dir}: image id {dup.iloc[0]!r} would appear twice in the "
-                        "manifest; the source lists it more than once")
-    write_csv(pd.DataFrame({"class": range(len(classes)), "name": list(classes)}),
-              out_dir / "classes.csv")
-    for table, columns, fname in ((objects, OBJECT_COLUMNS, "objects.csv"),
-                                  (keypoints, KEYPOINT_COLUMNS, "keypoints.csv")):
-        if table is None:
-            (out_dir / fname).unlink(missing_ok=True)
-        else:
-            write_csv(pd.DataFrame(list(table), columns=columns), out_dir / fname)
-    write_csv(man, out_dir / "manifest.csv")

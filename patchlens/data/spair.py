@@ -24,8 +24,9 @@ import json
 from pathlib import Path
 
 from patchlens.data.download import place_file
-from patchlens.data.recipes import check_count, check_params, image_size, subsample, write_layout
+from patchlens.data.layout import check_count, image_size, subsample, write_layout
 from patchlens.errors import ConfigError, DataError
+from patchlens.params import merge_params
 
 SPAIR_CATEGORIES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
                     "chair", "cow", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -82,7 +83,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when the split has no pair annotations, an annotation is
     malformed, or a referenced image is missing.
     """
-    p = check_params(params, DEFAULTS, "spair71k params")
+    p = merge_params(params, DEFAULTS, "spair71k params")
     max_pairs = check_count(p["max_pairs"], "max_pairs", "spair71k params")
     if p["split"] not in SPLIT_DIRS:
         raise ConfigError(f"spair71k params: split {p['split']!r} is unknown; use trn, val or "

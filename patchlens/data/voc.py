@@ -25,9 +25,10 @@ from scipy import ndimage
 
 from patchlens.data.dataset import VOID
 from patchlens.data.download import place_file
-from patchlens.data.recipes import (check_count, check_params, image_size, read_index_png,
-                                    read_list, subsample, write_layout)
+from patchlens.data.layout import (check_count, image_size, read_index_png, read_list, subsample,
+                                   write_layout)
 from patchlens.errors import DataError
+from patchlens.params import merge_params
 
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -84,7 +85,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when a listed image has no JPEG or mask, or a mask does
     not match its image size.
     """
-    p = check_params(params, DEFAULTS, "voc2012 params")
+    p = merge_params(params, DEFAULTS, "voc2012 params")
     max_images = check_count(p["max_images"], "max_images", "voc2012 params")
     splits = [p["splits"]] if isinstance(p["splits"], str) else list(p["splits"])
     root, out_dir = Path(root), Path(out_dir)

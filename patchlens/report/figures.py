@@ -10,12 +10,14 @@ Figure without saving (for tests and notebooks). :data:`FIGURES` is the catalogu
 
 Layer axis (decided once for every figure that overlays models): the block index (0-based) when
 all overlaid models have the same number of blocks, otherwise the relative depth
-``(layer + 1) / n_layers`` (Walmer et al. 2023 compare ViT-S and ViT-B the same way). Single-layer
-models (the ``pixels`` baseline, the ``oracle``) have no depth and are drawn as horizontal
-dotted reference lines. Per-model panels (attention distance, variance spectra, CKA) always use the
-block index. Models keep their family colour and marker in every figure (see
-:mod:`patchlens.report.style`). Scores are averaged over seeds first (``tables.overall``); a band
-shows ±1 standard deviation over seeds where there are several.
+``(layer + 1) / n_layers`` (Walmer et al. 2023 compare ViT-S and ViT-B the same way); block-index
+axes have integer ticks. Single-layer models (the ``pixels`` baseline, the ``oracle``) have no
+depth and are drawn as one horizontal dotted reference line per model and panel, at their
+raw-variant score (a baseline is a fixed reference, not one line per feature variant). Per-model
+panels (attention distance, variance spectra, CKA) always use the block index. Models keep their
+family colour and marker in every figure (see :mod:`patchlens.report.style`). Scores are averaged
+over seeds first (``tables.overall``); a band shows ±1 standard deviation over seeds where there
+are several.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from matplotlib import cm, colormaps
 from matplotlib import colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from patchlens.errors import ConfigError
 from patchlens.io import atomic_path
@@ -50,6 +52,8 @@ METRIC_TITLES = {"miou_knn": "mIoU (k-NN)", "miou_linear": "mIoU (linear probe)"
                  "f": "F (boundary)", "jf": "J&F", "acc": "accuracy",
                  "mlmap": "multi-label mAP"}
 MAX_OFFSET_PANELS = 24
+BEST_LAYER_ROW = 0.3      # in, height of one model row of the best-layer heatmap
+BEST_LAYER_MARGIN = 0.7   # in, colour bar above and task labels below it
 _BIN_WORDS = ["tiny", "xs", "small", "s", "medium", "m", "large", "l", "xl", "huge"]
 
 
@@ -152,20 +156,53 @@ def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
     return ncols, int(np.ceil(n / ncols))
 
 
+def _model_panels(df: pd.DataFrame, ctx: _Ctx, **kw):
+    """A grid with one panel per (model, data set) of ``df``, models in catalogue order, each
+    titled with the model (and the data set when there are several) in the model's colour;
+    surplus cells hidden. Returns (figure, axes array, [(ax, model, dataset), ...])."""
+    groups = [(m, ds) for m in ctx.order(df["model"])
+              for ds in sorted(df.loc[df["model"] == m, "dataset"].unique())]
+    ncols, nrows = _grid(len(groups))
+    fig, axes = _new(ncols, nrows, extra_h=0.3, **kw)
+    multi_ds = df["dataset"].nunique() > 1
+    panels = [(ax, m, ds) for ax, (m, ds) in zip(axes.ravel(), groups)]
+    for ax, m, ds in panels:
+        ax.set_title(m + (f" — {ds}" if multi_ds else ""), color=ctx.color(m))
+    for ax in axes.ravel()[len(groups):]:
+        ax.set_visible(False)
+    return fig, axes, panels
+
+
+def _integer_ticks(axis) -> None:
+    """Block indices are integers: no ticks at 0.5 on a short layer axis."""
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
 # --------------------------------------------------------------------------- score-vs-layer core
 def _lines(ax, d: pd.DataFrame, ctx: _Ctx, x: str, linestyle: str = "-") -> None:
-    """One line per model: value vs ``x`` with a +-std band; flat models as horizontal lines."""
+    """One line per (deep) model: value vs ``x`` with a +-std band."""
     for m in ctx.order(d["model"]):
         dm = d[d["model"] == m].sort_values("layer")
         c = ctx.color(m)
-        if ctx.is_flat(m):
-            ax.axhline(dm["value"].mean(), color=c, linestyle=":", linewidth=1.0)
-            continue
         xs, ys, sd = dm[x].to_numpy(float), dm["value"].to_numpy(float), dm["std"].to_numpy(float)
         ax.plot(xs, ys, color=c, marker=ctx.marker(m), linestyle=linestyle, label=m,
                 markevery=max(1, len(xs) // 12), markersize=2.5)
         if (sd > 0).any():
             ax.fill_between(xs, ys - sd, ys + sd, color=c, alpha=0.15, linewidth=0)
+
+
+def _reference_lines(ax, d: pd.DataFrame, ctx: _Ctx, keys: list) -> None:
+    """One dotted horizontal line per single-layer model: its raw-variant score (other variants
+    of a baseline are ignored), from the first line-style key in ``keys`` that has rows."""
+    for m in ctx.order(d["model"]):
+        dm = d[d["model"] == m]
+        if "variant" in dm and (dm["variant"] == "raw").any():
+            dm = dm[dm["variant"] == "raw"]
+        key = next((k for k in keys if (dm["ls"] == k).any()), None)
+        if key is None:
+            continue
+        ax.axhline(dm.loc[dm["ls"] == key, "value"].mean(), color=ctx.color(m), linestyle=":",
+                   linewidth=1.0)
 
 
 def _score_figure(ov: pd.DataFrame, ctx: _Ctx, styles: dict | None = None,
@@ -188,11 +225,15 @@ def _score_figure(ov: pd.DataFrame, ctx: _Ctx, styles: dict | None = None,
         for j, p in enumerate(panels):
             ax = axes[i, j]
             d = ov[(ov["dataset"] == ds) & (ov["panel"] == p)]
+            flat = d["model"].map(ctx.is_flat).astype(bool)
             for key, ls in styles.items():
-                _lines(ax, d[d["ls"] == key], ctx, x, ls)
+                _lines(ax, d[~flat & (d["ls"] == key)], ctx, x, ls)
+            _reference_lines(ax, d[flat], ctx, list(styles))
             ax.set_title(titles.get(p, metric_title(p))
                          + (f" — {ds}" if len(datasets) > 1 else ""))
             ax.set_xlabel(xlabel)
+            if x == "layer":
+                _integer_ticks(ax.xaxis)
             if j == 0:
                 ax.set_ylabel(ylabel)
     extra = [Line2D([], [], color="0.3", linestyle=ls, label=k) for k, ls in styles.items()
@@ -221,6 +262,18 @@ def _task_overall(tables: dict, task: str) -> pd.DataFrame:
     return T.overall(s[s["task"] == task])
 
 
+def _raw_score_figure(tables: dict, task: str, metrics: tuple | None = None) -> Figure | None:
+    """Score vs layer of ``task`` on raw features, one panel per metric label (only ``metrics``
+    when given), titled with the task's name."""
+    ov = _task_overall(tables, task)
+    keep = ov["variant"] == "raw"
+    if metrics:
+        keep &= ov["metric"].isin(metrics)
+    ov = ov[keep]
+    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
+                         suptitle=style.TASK_TITLES[task])
+
+
 # ------------------------------------------------------------------------------------- figures
 @_figure("fewshot_seg", ("scores",), """
     Few-shot semantic segmentation mIoU per layer with a cosine k-NN classifier on patch tokens
@@ -247,10 +300,7 @@ def fig_fewshot_seg(tables):
     J&F mean over sequences per layer. Dotted horizontal lines: single-layer baselines.""")
 def fig_tracking(tables):
     """Tracking J&F vs layer (raw features)."""
-    ov = _task_overall(tables, "tracking")
-    ov = ov[(ov["variant"] == "raw") & (ov["metric"] == "jf")]
-    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
-                         suptitle="Tracking")
+    return _raw_score_figure(tables, "tracking", metrics=("jf",))
 
 
 @_figure("instance_id", ("scores",), """
@@ -258,10 +308,7 @@ def fig_tracking(tables):
     distractors of its class, with the mean patch feature of the instance mask, per layer.""")
 def fig_instance_id(tables):
     """Instance identification top-1 and mAP vs layer (raw features)."""
-    ov = _task_overall(tables, "instance_id")
-    ov = ov[ov["variant"] == "raw"]
-    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
-                         suptitle="Instance identification")
+    return _raw_score_figure(tables, "instance_id")
 
 
 @_figure("keypoints", ("scores",), """
@@ -269,10 +316,7 @@ def fig_instance_id(tables):
     of nearest-neighbour matching of upsampled patch features, per layer.""")
 def fig_keypoints(tables):
     """PCK vs layer, one panel per alpha (raw features)."""
-    ov = _task_overall(tables, "keypoints")
-    ov = ov[ov["variant"] == "raw"]
-    return _score_figure(ov.assign(panel=ov["metric_label"], ls=""), _Ctx(tables),
-                         suptitle="Keypoint correspondence")
+    return _raw_score_figure(tables, "keypoints")
 
 
 @_figure("lowshot_cls", ("scores",), """
@@ -409,12 +453,9 @@ def fig_variance_spectra(tables):
     if not len(v):
         return None
     ctx = _Ctx(tables)
-    groups = [(m, ds) for m in ctx.order(v["model"]) for ds in sorted(
-        v.loc[v["model"] == m, "dataset"].unique())]
-    ncols, nrows = _grid(len(groups))
-    fig, axes = _new(ncols, nrows, extra_h=0.3)
+    fig, _, panels = _model_panels(v, ctx)
     cmap = colormaps["viridis"]
-    for ax, (m, ds) in zip(axes.ravel(), groups):
+    for ax, m, ds in panels:
         d = v[(v["model"] == m) & (v["dataset"] == ds)]
         layers = sorted(d["layer"].unique())
         top = max(layers) if layers else 1
@@ -425,16 +466,14 @@ def fig_variance_spectra(tables):
                     linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(m + (f" — {ds}" if v["dataset"].nunique() > 1 else ""), color=ctx.color(m))
         ax.set_xlabel("channel rank")
         ax.set_ylabel("variance")
         sm = cm.ScalarMappable(
             cmap=cmap, norm=mcolors.Normalize(0, max(top, 1)))
         cb = fig.colorbar(sm, ax=ax, pad=0.01, fraction=0.06)
         cb.set_label("block", fontsize=6)
+        _integer_ticks(cb.ax.yaxis)
         cb.ax.tick_params(labelsize=5)
-    for ax in axes.ravel()[len(groups):]:
-        ax.set_visible(False)
     return fig
 
 
@@ -449,21 +488,16 @@ def fig_attention_distance(tables):
     if not len(a):
         return None
     ctx = _Ctx(tables)
-    groups = [(m, ds) for m in ctx.order(a["model"]) for ds in sorted(
-        a.loc[a["model"] == m, "dataset"].unique())]
-    ncols, nrows = _grid(len(groups))
-    fig, axes = _new(ncols, nrows, extra_h=0.3, sharey=True)
-    for ax, (m, ds) in zip(axes.ravel(), groups):
+    fig, axes, panels = _model_panels(a, ctx, sharey=True)
+    for ax, m, ds in panels:
         d = a[(a["model"] == m) & (a["dataset"] == ds) & (a["head"] >= 0)]
         ax.scatter(d["layer"], d["value"], s=4, color=ctx.color(m), alpha=0.6, linewidths=0)
         mean = d.groupby("layer")["value"].mean()
         ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
-        ax.set_title(m + (f" — {ds}" if a["dataset"].nunique() > 1 else ""), color=ctx.color(m))
         ax.set_xlabel("block")
+        _integer_ticks(ax.xaxis)
     for ax in axes[:, 0]:
         ax.set_ylabel("attention distance (px)")
-    for ax in axes.ravel()[len(groups):]:
-        ax.set_visible(False)
     return fig
 
 
@@ -638,7 +672,10 @@ def fig_best_layer(tables):
         i, j = ri[r.model], ci[(r.task, r.dataset, r.metric)]
         frac[i, j], layer[i, j] = float(r.depth_frac), int(r.best_layer)
     width = style.SINGLE if len(cols) <= 4 else style.DOUBLE
-    fig = Figure(figsize=(width, max(1.8, 1.1 + 0.22 * len(models))))
+    multi_ds = len({c[1] for c in cols}) > 1
+    # fixed row height: one model is a strip, not a block stretched to a minimum figure height
+    margins = BEST_LAYER_MARGIN + 0.1 * multi_ds
+    fig = Figure(figsize=(width, margins + BEST_LAYER_ROW * len(models)))
     ax = fig.subplots()
     ax.grid(False)
     cmap = colormaps["viridis"].with_extremes(bad="0.9")
@@ -648,7 +685,6 @@ def fig_best_layer(tables):
             if layer[i, j] >= 0:
                 ax.text(j, i, str(layer[i, j]), ha="center", va="center", fontsize=6,
                         color="white" if frac[i, j] < 0.6 else "black")
-    multi_ds = len({c[1] for c in cols}) > 1
     ax.set_xticks(range(len(cols)), [
         style.TASK_TITLES.get(t, t).replace(" ", "\n", 1) + ("\n" + ds if multi_ds else "")
         for t, ds, _ in cols], fontsize=5.5)
@@ -657,7 +693,9 @@ def fig_best_layer(tables):
         tick.set_color(ctx.color(m))
     ax.tick_params(length=0)
     ax.spines[:].set_visible(False)
-    fig.colorbar(im, ax=ax, label="relative depth", shrink=0.9)
+    cb = fig.colorbar(im, ax=ax, location="top", shrink=0.5, aspect=40, pad=0.02)
+    cb.set_label("relative depth of the best layer", fontsize=6)
+    cb.ax.tick_params(labelsize=5, length=1.5)
     return fig
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -38,9 +37,10 @@ from scipy.optimize import minimize
 from patchlens.data.dataset import VOID, Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
+from patchlens.params import merge_params
 from patchlens.tasks.knn import CosineIndex, check_vote_params, knn_scores, l2_normalize
 from patchlens.tasks.metrics import confusion_matrix, mean_iou
-from patchlens.tasks.upsample import resize_bilinear
+from patchlens.tasks.upsample import grid_fraction, resize_bilinear
 
 log = logging.getLogger("patchlens")
 
@@ -64,24 +64,6 @@ _CHUNK = 32  # query images scored per batch (memory: chunk x h x w x C float32)
 
 
 # -- ground truth at the feature grid ------------------------------------------------------------
-@lru_cache(maxsize=64)
-def area_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) weights of area resizing: row i holds the overlap of each input pixel
-    [j, j+1) with output cell i, [i, i+1) * n_in / n_out, divided by the cell length (rows sum
-    to 1). ``A_y @ M @ A_x.T`` resizes an (H, W) map to (h, w) by area."""
-    scale = n_in / n_out
-    start = np.arange(n_out)[:, None] * scale
-    pix = np.arange(n_in)[None, :]
-    overlap = np.minimum(start + scale, pix + 1) - np.maximum(start, pix)
-    return (np.clip(overlap, 0, None) / scale).astype(np.float32)
-
-
-def grid_fraction(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Fraction (h, w) of each grid cell covered by a (H, W) mask (bool or weights in [0, 1])."""
-    ay, ax = area_matrix(grid[0], mask.shape[0]), area_matrix(grid[1], mask.shape[1])
-    return ay @ mask.astype(np.float32) @ ax.T
-
-
 def patch_labels(labels: np.ndarray, grid: tuple[int, int], n_classes: int,
                  max_void: float) -> np.ndarray:
     """Patch labels (h, w) int from pixel class indices (H, W) (negative = void): the majority
@@ -123,6 +105,13 @@ def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
 
 
 # -- support sampling ----------------------------------------------------------------------------
+def check_seeds(seeds, where: str) -> None:
+    """ConfigError unless ``seeds`` (one support draw each) is a non-empty list of integers."""
+    if not isinstance(seeds, (list, tuple)) or not seeds \
+            or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where} = {seeds!r}: expected a non-empty list of integers")
+
+
 def sample_support(presence: np.ndarray, n_shots: int, seed: int,
                    classes: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
     """Draw ``n_shots`` candidate rows per class (without replacement, seeded) from a presence
@@ -194,19 +183,12 @@ class LinearProbe:
 
 # -- protocol ------------------------------------------------------------------------------------
 def _params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
-                          f"known: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     check_vote_params(p, TASK)
     if not isinstance(p["n_shots"], int) or p["n_shots"] < 1:
         raise ConfigError(f"tasks.{TASK}.params.n_shots = {p['n_shots']!r}: expected an "
                           "integer >= 1")
-    if not isinstance(p["seeds"], (list, tuple)) or not p["seeds"] \
-            or not all(isinstance(s, int) for s in p["seeds"]):
-        raise ConfigError(f"tasks.{TASK}.params.seeds = {p['seeds']!r}: expected a non-empty "
-                          "list of integers")
+    check_seeds(p["seeds"], f"tasks.{TASK}.params.seeds")
     if not 0 <= float(p["max_void"]) <= 1:
         raise ConfigError(f"tasks.{TASK}.params.max_void = {p['max_void']!r}: expected 0..1")
     heads = list(p["heads"])

@@ -20,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from patchlens.data.dataset import Dataset
-from patchlens.errors import ConfigError, DataError
+from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
-from patchlens.tasks.fewshot_seg import grid_fraction
+from patchlens.params import merge_params
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.metrics import average_precision, top1
+from patchlens.tasks.upsample import grid_fraction
 
 log = logging.getLogger("patchlens")
 
@@ -95,11 +96,7 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
         layers: list[int] | None = None) -> pd.DataFrame:
     """Score every layer: rows (layer, seed=0, metric in {top1, map}, value, n_eval, n_skipped);
     ``n_eval`` queries evaluated, ``n_skipped`` objects skipped (no mask, no positive)."""
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
-                          f"known: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     layers = store.layers if layers is None else list(layers)
     if dataset.objects is None or len(dataset.objects) == 0:
         raise DataError(f"{dataset.root / 'objects.csv'}: missing or empty; {TASK} needs the "

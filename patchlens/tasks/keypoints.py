@@ -18,9 +18,9 @@ Protocol (SPair-71k, Min et al. 2019, arXiv 1908.10543; per-layer use in Walmer 
    quantises predictions to about max(H, W) / max_side pixels.
 4. A keypoint is correct when the Euclidean distance between prediction and true trg point is
    <= alpha * max(height, width) of the trg bounding box (SPair's PCK@alpha_bbox;
-   ``trg_x1 - trg_x0`` and ``trg_y1 - trg_y0``). PCK@alpha = correct / evaluated, pooled over all keypoints of all
-   pairs (per-keypoint average, as the reference computes it within a category; the layout has no
-   categories, so there is no per-category mean).
+   ``trg_x1 - trg_x0`` and ``trg_y1 - trg_y0``). PCK@alpha = correct / evaluated, pooled over
+   all keypoints of all pairs (per-keypoint average, as the reference computes it within a
+   category; the layout has no categories, so there is no per-category mean).
 
 Keypoints with a non-finite coordinate or outside either image ([0, W-1] x [0, H-1]) and pairs
 whose trg box is empty are skipped with a warning naming the pair, and counted in ``n_skipped``.
@@ -35,6 +35,8 @@ import numpy as np
 import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
+from patchlens.params import merge_params
+from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.upsample import resize_bilinear
 
 log = logging.getLogger("patchlens")
@@ -50,12 +52,6 @@ _CHUNK_BYTES = 256 << 20  # feature bytes read at once (images of a group of pai
 
 
 # -- protocol pieces (pure numpy) ---------------------------------------------------------------
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Features (..., C) scaled to unit L2 norm (zero vectors stay zero), float32."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
 
 def sample_bilinear(fmap: np.ndarray, xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Values (K, C) of the map (h, w, C), resized bilinearly to ``size`` = (H, W) pixels
@@ -86,7 +82,7 @@ def predict(src: np.ndarray, src_size: tuple[int, int], src_xy: np.ndarray, trg:
 
     ``src``/``trg`` are patch features (h, w, C) of the two images; steps 1-3 of the protocol.
     """
-    src_n, trg_n = l2_normalise(src), l2_normalise(trg)
+    src_n, trg_n = l2_normalize(src), l2_normalize(trg)
     q = sample_bilinear(src_n, np.asarray(src_xy, np.float64), src_size)   # (K, C)
     scores = trg_n @ q.T                                                    # (h, w, K)
     Hs, Ws = capped_size(trg_size, max_side)
@@ -104,24 +100,22 @@ def pck(pred: np.ndarray, true: np.ndarray, box_side: np.ndarray, alpha: float) 
 # -- task entry point -----------------------------------------------------------------------------
 
 def _check_params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.keypoints.{unknown[0]}: unknown parameter; known: "
-                          f"{', '.join(sorted(DEFAULT_PARAMS))}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, "tasks.keypoints.params")
     al = p["alphas"]
     if isinstance(al, (int, float)) and not isinstance(al, bool):
         al = [al]
     if not isinstance(al, (list, tuple)) or not al or not all(
             isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in al):
-        raise ConfigError(f"tasks.keypoints.alphas: expected a non-empty list of numbers > 0, "
-                          f"got {p['alphas']!r}")
+        raise ConfigError("tasks.keypoints.params.alphas: expected a non-empty list of numbers "
+                          f"> 0, got {p['alphas']!r}")
     p["alphas"] = [float(a) for a in al]
     ms = p["max_side"]
     if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms < 1):
-        raise ConfigError(f"tasks.keypoints.max_side: expected null or an integer >= 1, got {ms!r}")
+        raise ConfigError("tasks.keypoints.params.max_side: expected null or an integer >= 1, "
+                          f"got {ms!r}")
     if not isinstance(p["split"], str):
-        raise ConfigError(f"tasks.keypoints.split: expected a split name, got {p['split']!r}")
+        raise ConfigError("tasks.keypoints.params.split: expected a split name, "
+                          f"got {p['split']!r}")
     return p
 
 
@@ -147,7 +141,7 @@ def _pairs(dataset, split: str) -> tuple[pd.DataFrame, int]:
     kp = kp[kp.src_image.isin(in_split) & kp.trg_image.isin(in_split)].copy()
     if kp.empty:
         raise DataError(f"{where}: no pair has both images in split {split!r}; set "
-                        "tasks.keypoints.split to the split of the pair images")
+                        "tasks.keypoints.params.split to the split of the pair images")
     num = ["src_x", "src_y", "trg_x", "trg_y", "trg_x0", "trg_y0", "trg_x1", "trg_y1"]
     try:
         kp[num] = kp[num].apply(pd.to_numeric, errors="coerce").astype(float)

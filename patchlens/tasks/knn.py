@@ -1,14 +1,14 @@
 """Cosine k-nearest-neighbour search (faiss) and DINO's temperature-weighted vote.
 
 Cosine similarity is the inner product of L2-normalised float32 vectors, searched exactly with
-``faiss.IndexFlatIP`` (BLAS-bound; no torch). The vote follows the weighted k-NN classifier of
-DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised Vision Transformers",
-``eval_knn.py``; after Wu et al. 2018): each of the k nearest support items votes for its label(s)
-with weight ``exp(sim / T)``.
+``faiss.IndexFlatIP`` (BLAS-bound; no torch; faiss is imported when the first index is built,
+so modules that only need :func:`l2_normalize` do not pay for it). The vote follows the
+weighted k-NN classifier of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised
+Vision Transformers", ``eval_knn.py``; after Wu et al. 2018): each of the k nearest support
+items votes for its label(s) with weight ``exp(sim / T)``.
 """
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 from patchlens.errors import ConfigError
@@ -27,6 +27,8 @@ class CosineIndex:
     """Exact cosine-similarity search over a support bank (n, C) with ``faiss.IndexFlatIP``."""
 
     def __init__(self, bank: np.ndarray):
+        import faiss
+
         bank = l2_normalize(bank)
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"support bank must be a non-empty (n, C) array, got {bank.shape}")

@@ -25,7 +25,8 @@ import pandas as pd
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
-from patchlens.tasks.fewshot_seg import sample_support
+from patchlens.params import merge_params
+from patchlens.tasks.fewshot_seg import check_seeds, sample_support
 from patchlens.tasks.knn import CosineIndex, check_vote_params, weighted_vote
 from patchlens.tasks.metrics import accuracy, multilabel_map
 
@@ -47,21 +48,14 @@ _CHUNK = 128  # images read per batch
 
 
 def _params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
-                          f"known: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     check_vote_params(p, TASK)
     shots = p["n_shots"] if isinstance(p["n_shots"], (list, tuple)) else [p["n_shots"]]
     if not shots or not all(isinstance(s, int) and s >= 1 for s in shots):
         raise ConfigError(f"tasks.{TASK}.params.n_shots = {p['n_shots']!r}: expected a list of "
                           "integers >= 1")
     p["n_shots"] = list(shots)
-    if not isinstance(p["seeds"], (list, tuple)) or not p["seeds"] \
-            or not all(isinstance(s, int) for s in p["seeds"]):
-        raise ConfigError(f"tasks.{TASK}.params.seeds = {p['seeds']!r}: expected a non-empty "
-                          "list of integers")
+    check_seeds(p["seeds"], f"tasks.{TASK}.params.seeds")
     if not p["features"] or any(f not in FEATURES for f in p["features"]):
         raise ConfigError(f"tasks.{TASK}.params.features = {p['features']!r}: choose from "
                           f"{list(FEATURES)}")

@@ -24,6 +24,7 @@ import pandas as pd
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
+from patchlens.params import merge_params
 from patchlens.tasks.instance_id import object_weights, pooled_features
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.metrics import average_precision
@@ -44,11 +45,7 @@ _CHUNK = 32  # gallery images per batch
 
 
 def _params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.{TASK}.params: unknown key(s) {unknown}; "
-                          f"known: {sorted(DEFAULT_PARAMS)}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     if p["pool"] not in POOLS:
         raise ConfigError(f"tasks.{TASK}.params.pool = {p['pool']!r}: choose from {list(POOLS)}")
     if not isinstance(p["pool_k"], int) or p["pool_k"] < 1:

@@ -54,7 +54,9 @@ import pandas as pd
 
 from patchlens.data.dataset import VOID
 from patchlens.errors import ConfigError, DataError
+from patchlens.params import merge_params
 from patchlens.tasks.davis_metrics import jf_labels
+from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.upsample import resize_bilinear, resize_nearest
 
 log = logging.getLogger("patchlens")
@@ -76,12 +78,6 @@ _BAND_BUDGET = 1 << 24  # similarity entries per band (64 MB of float32)
 
 
 # -- protocol pieces (pure numpy) ---------------------------------------------------------------
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows of ``x`` (..., C) scaled to unit L2 norm (zero rows stay zero), float32."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
-
 
 @lru_cache(maxsize=8)
 def window_mask(h: int, w: int, radius: int) -> np.ndarray:
@@ -204,11 +200,11 @@ def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7
     first = next(it)
     h, w, _ = first.shape
     K = seed.shape[-1]
-    f0 = l2_normalise(first).reshape(h * w, -1)
+    f0 = l2_normalize(first).reshape(h * w, -1)
     l0 = np.asarray(seed, np.float32).reshape(h * w, K)
     queue: deque = deque(maxlen=n_last_frames)
     for frame in it:
-        ft = l2_normalise(frame).reshape(h * w, -1)
+        ft = l2_normalize(frame).reshape(h * w, -1)
         feats = np.stack([f0] + [f for f, _ in queue])
         labels = np.stack([l0] + [lab for _, lab in queue])
         lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
@@ -219,25 +215,23 @@ def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7
 # -- task entry point -----------------------------------------------------------------------------
 
 def _check_params(params: dict) -> dict:
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise ConfigError(f"tasks.tracking.{unknown[0]}: unknown parameter; known: "
-                          f"{', '.join(sorted(DEFAULT_PARAMS))}")
-    p = {**DEFAULT_PARAMS, **params}
+    p = merge_params(params, DEFAULT_PARAMS, "tasks.tracking.params")
     ints = {"n_last_frames": 0, "size_mask_neighborhood": 0, "topk": 1}
     for key, lo in ints.items():
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise ConfigError(f"tasks.tracking.{key}: expected an integer >= {lo}, got {v!r}")
+            raise ConfigError(f"tasks.tracking.params.{key}: expected an integer >= {lo}, "
+                              f"got {v!r}")
     for key in ("temperature", "bound_th"):
         v = p[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-            raise ConfigError(f"tasks.tracking.{key}: expected a number > 0, got {v!r}")
+            raise ConfigError(f"tasks.tracking.params.{key}: expected a number > 0, got {v!r}")
     for key in ("norm_mask", "skip_last_frame"):
         if not isinstance(p[key], bool):
-            raise ConfigError(f"tasks.tracking.{key}: expected true or false, got {p[key]!r}")
+            raise ConfigError(f"tasks.tracking.params.{key}: expected true or false, "
+                              f"got {p[key]!r}")
     if p["average"] not in ("objects", "sequences"):
-        raise ConfigError(f"tasks.tracking.average: expected 'objects' or 'sequences', "
+        raise ConfigError(f"tasks.tracking.params.average: expected 'objects' or 'sequences', "
                           f"got {p['average']!r}")
     return p
 
@@ -247,8 +241,9 @@ def _sequences(dataset, split: str) -> dict[str, list[str]]:
     seqs = {s: [f for f in frames if f in in_split] for s, frames in dataset.sequences.items()}
     seqs = {s: f for s, f in seqs.items() if f}
     if not seqs:
-        raise DataError(f"{dataset.root / 'manifest.csv'}: no video frames (sequence set) in split "
-                        f"{split!r}; set tasks.tracking.split to the split holding the videos")
+        raise DataError(f"{dataset.root / 'manifest.csv'}: no video frames (sequence set) in "
+                        f"split {split!r}; set tasks.tracking.params.split to the split holding "
+                        "the videos")
     return seqs
 
 

@@ -1,8 +1,10 @@
-"""Bilinear resizing of patch-grid maps to pixels without torch (evaluators must not import it).
+"""Resizing between the patch grid and pixels without torch (evaluators must not import it).
 
-``resize_bilinear`` matches ``torch.nn.functional.interpolate(mode="bilinear",
+Up to pixels: ``resize_bilinear`` matches ``torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)``: separable interpolation matrices, so (h, w, K) -> (H, W, K) costs two
-small matrix products.
+small matrix products; ``resize_nearest`` for label maps. Down to the grid: ``grid_fraction``
+resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
+every pixel with every cell), with the separable weights of ``area_matrix``.
 """
 from __future__ import annotations
 
@@ -39,3 +41,21 @@ def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ys = np.minimum(((np.arange(H) + 0.5) * a.shape[0] / H).astype(int), a.shape[0] - 1)
     xs = np.minimum(((np.arange(W) + 0.5) * a.shape[1] / W).astype(int), a.shape[1] - 1)
     return a[ys[:, None], xs[None, :]]
+
+
+@lru_cache(maxsize=64)
+def area_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) weights of area resizing: row i holds the overlap of each input pixel
+    [j, j+1) with output cell i, [i, i+1) * n_in / n_out, divided by the cell length (rows sum
+    to 1). ``A_y @ M @ A_x.T`` resizes an (H, W) map to (h, w) by area."""
+    scale = n_in / n_out
+    start = np.arange(n_out)[:, None] * scale
+    pix = np.arange(n_in)[None, :]
+    overlap = np.minimum(start + scale, pix + 1) - np.maximum(start, pix)
+    return (np.clip(overlap, 0, None) / scale).astype(np.float32)
+
+
+def grid_fraction(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Fraction (h, w) of each grid cell covered by a (H, W) mask (bool or weights in [0, 1])."""
+    ay, ax = area_matrix(grid[0], mask.shape[0]), area_matrix(grid[1], mask.shape[1])
+    return ay @ mask.astype(np.float32) @ ax.T

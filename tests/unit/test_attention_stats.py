@@ -1,5 +1,4 @@
 """Attention statistics on constructed maps with known answers, and on a tiny real ViT."""
-import itertools
 import math
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import pytest
 from patchlens.analysis.attention_stats import (
     AttentionAccumulator, attention_table, centred_table, read_attention, write_attention)
 from patchlens.errors import DataError
+from attention_maps import shift_rows
 
 K, PS = 4, 16  # 4 x 4 grid of 16-pixel patches
 P = K * K
@@ -25,17 +25,6 @@ def _maps(rows, prefix=1, cls_mass=0.0, b=2):
         a[:, h, prefix:, :prefix] = cls_mass / prefix
         a[:, h, prefix:, prefix:] = (1 - cls_mass) * r
     return a.astype(np.float32)
-
-
-def _shift(dy, dx):
-    """Each query attends to (row+dy, col+dx); where that leaves the grid, to (row-dy, col-dx)."""
-    r = np.zeros((P, P))
-    for y, x in itertools.product(range(K), range(K)):
-        ty, tx = y + dy, x + dx
-        if not (0 <= ty < K and 0 <= tx < K):
-            ty, tx = y - dy, x - dx
-        r[y * K + x, ty * K + tx] = 1
-    return r
 
 
 def _stats(rows, **kw):
@@ -65,21 +54,21 @@ def test_identity_attention_has_zero_distance_and_entropy():
 
 
 def test_right_looking_head_distance_is_one_patch_and_map_peaks_right():
-    ds = _stats([_shift(0, 1)], cls_mass=0.1)
+    ds = _stats([shift_rows(K, 0, 1)], cls_mass=0.1)
     assert ds.distance.item() == pytest.approx(PS, rel=1e-5)
     c = ds.centred.isel(head=0)
     assert c.sel(dy=0, dx=1).item() == pytest.approx((K - 1) / K, rel=1e-5)
     assert c.sel(dy=0, dx=-1).item() == pytest.approx(1 / K, rel=1e-5)  # last column looks left
-    down = _stats([_shift(1, 0)]).centred.isel(head=0)
+    down = _stats([shift_rows(K, 1, 0)]).centred.isel(head=0)
     assert down.sel(dy=1, dx=0).item() == pytest.approx((K - 1) / K, rel=1e-5)
 
 
 def test_diversity_of_opposite_heads_and_identical_heads():
-    same = _stats([_shift(0, 1), _shift(0, 1)])
+    same = _stats([shift_rows(K, 0, 1), shift_rows(K, 0, 1)])
     assert same.diversity.item() == pytest.approx(0.0, abs=1e-9)
     # right vs left: disjoint point masses (JS = log 2) except in the first and last column,
     # where both fall back onto the same neighbour (JS = 0)
-    opp = _stats([_shift(0, 1), _shift(0, -1)])
+    opp = _stats([shift_rows(K, 0, 1), shift_rows(K, 0, -1)])
     assert opp.diversity.item() == pytest.approx(math.log(2) * (K - 2) / K, rel=1e-6)
 
 

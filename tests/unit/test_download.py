@@ -15,6 +15,7 @@ from patchlens.data.download import (SourceUnreachable, extract, extraction_mark
                                      place_file)
 from patchlens.data.recipes import Archive, obtain
 from patchlens.errors import DataError
+from patchlens.io import digest, sha256sum
 
 NAME = "archive.tar.gz"
 
@@ -257,3 +258,14 @@ def test_place_file_links_or_copies(tmp_path):
     assert dst.read_bytes() == b"jpeg"
     with pytest.raises(DataError, match="missing"):
         place_file(tmp_path / "nope.jpg", dst)
+
+
+def test_file_digests_stream_in_chunks(tmp_path):
+    """One hashing implementation (patchlens.io) serves downloads and weights: several
+    algorithms in one pass, equal to hashlib on the whole bytes whatever the chunk size."""
+    data = np.random.default_rng(0).bytes(10_000)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    want = {"sha256": hashlib.sha256(data).hexdigest(), "md5": hashlib.md5(data).hexdigest()}
+    assert digest(path, ("sha256", "md5"), chunk=999) == want
+    assert sha256sum(path) == want["sha256"]

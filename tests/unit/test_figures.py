@@ -368,3 +368,50 @@ def test_style_families():
     assert st["d"].color == style.FAMILY_COLORS["unknown"]
     assert len(set(style.FAMILY_COLORS.values())) == len(style.FAMILY_COLORS)
     assert st == style.model_styles({"d": "novel", "c": "mim", "b": "mim", "a": "contrastive"})
+
+
+def test_block_axes_have_integer_ticks(tmp_path):
+    """With 3 blocks matplotlib's default locator ticks 0, 0.25, 0.5, ...: block axes must not."""
+    shallow = {m: dict(e, n_layers=min(e["n_layers"], 3)) for m, e in MODELS.items()}
+    tabs = T.load_tables(synthetic_tables(tmp_path / "tables", shallow))
+    axes = [ax for fn in (F.fig_instance_id, F.fig_fewshot_seg, F.fig_attention_stats,
+                          F.fig_attention_distance) for ax in fn.draw(tabs).axes]
+    colorbars = [ax for ax in F.fig_variance_spectra.draw(tabs).axes
+                 if ax.get_ylabel() == "block"]
+    assert len(axes) >= 8 and len(colorbars) == 3
+    for ticks in [ax.get_xticks() for ax in axes] + [ax.get_yticks() for ax in colorbars]:
+        inside = ticks[(ticks >= 0) & (ticks <= 2)]
+        assert len(inside) >= 2 and np.array_equal(inside, np.round(inside)), ticks
+
+
+def test_baseline_is_one_reference_line_at_its_raw_score(tables):
+    """A single-layer baseline that was also run with drop{m} gets one dotted line per panel,
+    at its raw score, not one line per variant."""
+    s = tables["scores"]
+    raw = s.query("task == 'fewshot_seg' and model == 'pixels'")
+    dropped = raw.assign(variant="drop1", value=raw["value"] - 0.1)
+    tabs = dict(tables, scores=pd.concat([s, dropped], ignore_index=True))
+    want = {F.metric_title(r.metric_label): r.value
+            for r in T.overall(raw).itertuples(index=False)}
+    colour = style.model_styles({m: e["family"] for m, e in MODELS.items()})["pixels"].color
+    fig = F.fig_fewshot_seg.draw(tabs)
+    assert sorted(ax.get_title() for ax in fig.axes) == sorted(want)
+    for ax in fig.axes:
+        ref = [line for line in ax.get_lines() if line.get_color() == colour]
+        assert len(ref) == 1 and ref[0].get_linestyle() == ":", ax.get_title()
+        np.testing.assert_allclose(ref[0].get_ydata(), want[ax.get_title()])
+
+
+def test_best_layer_rows_have_a_fixed_height(tmp_path, tables):
+    """One model is a strip of the same row height as in a many-model heatmap, not a block."""
+    one = T.load_tables(synthetic_tables(tmp_path / "tables",
+                                         {m: MODELS[m] for m in ("dino", "pixels")}))
+    row = {}
+    for n, tabs in ((1, one), (3, tables)):
+        fig = F.fig_best_layer.draw(tabs)
+        fig.draw_without_rendering()  # run the constrained layout
+        heatmap = fig.axes[0]
+        assert len(heatmap.get_yticklabels()) == n
+        row[n] = heatmap.get_position().height * fig.get_size_inches()[1] / n
+    assert row[1] <= 0.35 and row[3] <= 0.35
+    assert row[1] == pytest.approx(row[3], rel=0.2)

@@ -162,10 +162,16 @@ def test_empty_box_skips_pair_and_no_pairs_in_split_is_an_error(tmp_path, caplog
 
 
 @pytest.mark.parametrize("key,bad", [("alphas", []), ("alphas", [0.1, -1]), ("max_side", 0),
-                                     ("max_side", 12.5), ("seeds", [0])])
+                                     ("max_side", 12.5)])
 def test_bad_params_raise_config_error(key, bad):
-    with pytest.raises(ConfigError, match=f"tasks.keypoints.{key}"):
+    with pytest.raises(ConfigError, match=rf"tasks\.keypoints\.params\.{key}"):
         K._check_params({key: bad})
+
+
+def test_unknown_param_raises_config_error():
+    msg = r"tasks\.keypoints\.params: unknown parameter\(s\) seeds;"
+    with pytest.raises(ConfigError, match=msg):
+        K._check_params({"seeds": [0]})
 
 
 def test_prediction_is_invariant_to_per_patch_feature_scale():

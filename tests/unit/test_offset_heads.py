@@ -1,6 +1,4 @@
 """Offset local heads on constructed attention maps."""
-import itertools
-
 import numpy as np
 import pytest
 import xarray as xr
@@ -8,20 +6,10 @@ import xarray as xr
 from patchlens.analysis.attention_stats import AttentionAccumulator
 from patchlens.analysis.offset_heads import find_offset_heads
 from patchlens.errors import ConfigError
+from attention_maps import shift_rows
 
 K = 5
 P = K * K
-
-
-def _shift_rows(dy, dx):
-    """Each query attends to (row+dy, col+dx); where that leaves the grid, to (row-dy, col-dx)."""
-    r = np.zeros((P, P))
-    for y, x in itertools.product(range(K), range(K)):
-        ty, tx = y + dy, x + dx
-        if not (0 <= ty < K and 0 <= tx < K):
-            ty, tx = y - dy, x - dx
-        r[y * K + x, ty * K + tx] = 1
-    return r
 
 
 def _centred(head_rows):
@@ -49,8 +37,8 @@ def _canvas(cells, r=2):
 
 
 def test_shift_heads_are_flagged_with_their_direction_and_self_is_not():
-    heads = [_shift_rows(0, 1), np.eye(P), _shift_rows(-1, 0), _shift_rows(1, 1),
-             _shift_rows(0, 2)]
+    heads = [shift_rows(K, 0, 1), np.eye(P), shift_rows(K, -1, 0), shift_rows(K, 1, 1),
+             shift_rows(K, 0, 2)]
     df = find_offset_heads(_centred(heads))
     assert list(df.layer) == [3] * 5 and list(df["head"]) == [0, 1, 2, 3, 4]
     assert list(df.direction) == ["right", "self", "up", "down-right", "far"]

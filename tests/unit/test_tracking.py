@@ -9,6 +9,7 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import tracking
 from patchlens.tasks.davis_metrics import jf_labels
+from patchlens.tasks.knn import l2_normalize
 from video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
 # Bilinear upsampling of one-hot label maps rounds every convex corner off (about 0.097 p^2
@@ -92,7 +93,7 @@ def test_window_mask_counts():
 def test_banded_propagation_equals_dense_reference(monkeypatch, radius):
     rng = np.random.default_rng(radius)
     h, w, n, C, K = 9, 11, 4, 16, 3
-    l2 = tracking.l2_normalise
+    l2 = l2_normalize
     tgt = l2(rng.standard_normal((h * w, C)))
     feats = l2(rng.standard_normal((n, h * w, C)))
     labels = rng.dirichlet(np.ones(K), size=(n, h * w)).astype(np.float32)
@@ -189,10 +190,16 @@ def test_overall_average_pools_objects_or_sequences(tmp_path):
 
 @pytest.mark.parametrize("key,bad", [("topk", 0), ("temperature", 0), ("n_last_frames", -1),
                                      ("size_mask_neighborhood", 1.5), ("average", "frames"),
-                                     ("norm_mask", "yes"), ("seeds", [0])])
+                                     ("norm_mask", "yes")])
 def test_bad_params_raise_config_error(key, bad):
-    with pytest.raises(ConfigError, match=f"tasks.tracking.{key}"):
+    with pytest.raises(ConfigError, match=rf"tasks\.tracking\.params\.{key}"):
         tracking._check_params({key: bad})
+
+
+def test_unknown_param_raises_config_error():
+    msg = r"tasks\.tracking\.params: unknown parameter\(s\) seeds;"
+    with pytest.raises(ConfigError, match=msg):
+        tracking._check_params({"seeds": [0]})
 
 
 @pytest.mark.parametrize("m,block", [(600, 20), (600, 7), (30, 10)])
@@ -215,7 +222,7 @@ def test_track_uses_first_frame_plus_last_n_frames():
     frames = rng.standard_normal((7, h, w, C)).astype(np.float32)
     seed = rng.dirichlet(np.ones(3), size=(h, w)).astype(np.float32)
     got = list(tracking.track(frames, seed, n_last, radius=2, topk=4, temperature=0.2))
-    f = tracking.l2_normalise(frames).reshape(7, h * w, C)
+    f = l2_normalize(frames).reshape(7, h * w, C)
     labels = [seed.reshape(h * w, 3)]
     for t in range(1, 7):
         ctx = [0] + list(range(max(1, t - n_last), t))
