@@ -103,16 +103,21 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
     load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
     with FeatureWriter(out_path, images, idx, grid, channels, spec["has_cls"], meta) as w, \
-            torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as prefetch:
+            torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader, \
+            ThreadPoolExecutor(max_workers=1) as writer:
         chunks = list(_batches(images, batch_size))
-        pending = prefetch.submit(load, chunks[0]) if chunks else None
+        pending, written = (reader.submit(load, chunks[0]) if chunks else None), None
         for i, chunk in enumerate(chunks):
             x = torch.from_numpy(pending.result())
             if i + 1 < len(chunks):  # decode the next batch while this one runs
-                pending = prefetch.submit(load, chunks[i + 1])
+                pending = reader.submit(load, chunks[i + 1])
             tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"])
-            w.write(tok, cls)
+            if written is not None:  # one write in flight at a time, in batch order
+                written.result()
+            written = writer.submit(w.write, tok, cls)
             bar.update(len(chunk))
+        if written is not None:
+            written.result()
     bar.close()
 
 
@@ -124,8 +129,13 @@ def forward_layers(model, x, layers: list[int], has_cls: bool):
                                       output_fmt="NLC", intermediates_only=True)
     if isinstance(out[0], torch.Tensor):  # no prefix tokens at all: bare tensors, not pairs
         out = [(t, None) for t in out]
-    tok = torch.stack([t for t, _ in out], 1).half().cpu().numpy()
-    cls = torch.stack([p[:, 0] for _, p in out], 1).half().cpu().numpy() if has_cls else None
+    b, P, C = out[0][0].shape
+    tok = np.empty((b, len(out), P, C), np.float16)  # one float16 copy, no float32 stack
+    cls = np.empty((b, len(out), C), np.float16) if has_cls else None
+    for li, (t, p) in enumerate(out):
+        tok[:, li] = t.half().cpu().numpy()
+        if has_cls:
+            cls[:, li] = p[:, 0].half().cpu().numpy()
     return tok, cls
 
 
