@@ -64,6 +64,8 @@ def check_references(config: dict) -> None:
                     raise ConfigError(f"{section}.{name}.models: unknown model {m!r}")
     for task in config["tasks"]:
         task_params(config, task)  # unknown parameter names fail here, before any job runs
+    for name in config.get("analyses") or {}:
+        analysis_params(config, name)
 
 
 def task_module(task: str):
@@ -76,6 +78,23 @@ def task_params(config: dict, task: str) -> dict:
     """The task module's defaults updated with the config's ``tasks.<task>.params``."""
     return merge_params(config["tasks"][task].get("params"), task_module(task).DEFAULT_PARAMS,
                         f"tasks.{task}.params")
+
+
+# Workflow-level parameters of the analyses (which images), beside the protocol parameters that
+# the analysis modules define and validate themselves.
+ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "offset_heads": {}},
+                     "cka": {"split": None}}
+
+
+def analysis_params(config: dict, name: str) -> dict:
+    """``analyses.<name>.params`` with every default filled (unknown names fail here)."""
+    if name == "attention":
+        from patchlens.analysis.attention_stats import DEFAULTS
+    else:
+        from patchlens.analysis.cka import DEFAULTS
+    given = config["analyses"][name].get("params")
+    return merge_params(given, {**ANALYSIS_SAMPLING[name], **DEFAULTS},
+                        f"analyses.{name}.params")
 
 
 def model_datasets(config: dict, model: str) -> list[str]:

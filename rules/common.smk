@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-from patchlens.config import (analysis_models, evaluation_jobs, model_datasets, task_params,
-                              task_variants)
+from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
+                              task_params, task_variants)
 from patchlens.features.variants import needs_stats
 
 RESULTS = "results"
@@ -26,10 +26,11 @@ def canonical(obj):
 
 
 def settings(section, name):
-    """Canonical params of an analysis (``analyses.<name>.params``) or task (defaults filled)."""
-    if section == "tasks":
-        return canonical(task_params(config, name))
-    return canonical(config[section].get(name, {}).get("params", {}))
+    """Canonical params of a task or an analysis, defaults filled ({} if not configured)."""
+    if name not in (config.get(section) or {}):
+        return {}
+    params = task_params if section == "tasks" else analysis_params
+    return canonical(params(config, name))
 
 
 def manifest(dataset):

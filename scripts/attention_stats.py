@@ -11,9 +11,8 @@ from patchlens.workflow import run
 def main(snakemake):
     torch.set_num_threads(snakemake.threads)
     settings = dict(snakemake.params.settings)
-    split = settings.pop("split", None)
-    max_images = settings.pop("max_images", 64)
-    settings = {k: v for k, v in settings.items() if k in ("radius", "layers")}
+    split, max_images = settings.pop("split"), settings.pop("max_images")
+    settings.pop("offset_heads")  # used by attention_tables
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
     images = (dataset.split(*split) if split else dataset.images)[:max_images]

@@ -8,7 +8,7 @@ from patchlens.workflow import run
 
 
 def main(snakemake):
-    offset_params = snakemake.params.settings.get("offset_heads", {})
+    offset_params = snakemake.params.settings["offset_heads"]
     stats, heads, maps = [], [], []
     for path in snakemake.input:  # results/attention/{model}/{dataset}.h5
         ds = read_attention(path)

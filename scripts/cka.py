@@ -12,7 +12,7 @@ from patchlens.workflow import run
 
 def main(snakemake):
     settings = dict(snakemake.params.settings)
-    split = settings.pop("split", None)
+    split = settings.pop("split")
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
     images = dataset.split(*split) if split else dataset.images
     paths = {k: v for k, v in snakemake.input.items() if k != "manifest"}

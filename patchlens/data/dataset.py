@@ -5,7 +5,8 @@ A data set lives in one directory (``results/data/{dataset}/`` by default)::
     manifest.csv    one row per image (required)
         image      unique string id
         path       image file, relative to the directory (RGB PNG/JPEG)
-        split      free string; tasks name the splits they use (scenes: train, val, crop, video, pair)
+        split      free string; tasks name the splits they use
+                   (scenes: train, val, crop, gallery, video, pair)
         semantic   relative path of a class-id PNG (uint8, 0 = background, 255 = void) or empty
         instance   relative path of an instance-id PNG (uint8, 0 = none, 1..N, 255 = void) or empty
         sequence   video id for video frames, else empty
