@@ -24,7 +24,8 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 class CosineIndex:
-    """Exact cosine-similarity search over a support bank (n, C) with ``faiss.IndexFlatIP``."""
+    """Exact cosine-similarity search over a support bank (n, C) with ``faiss.IndexFlatIP``;
+    on the GPUs when the installed faiss has them (faiss-gpu), on the CPU otherwise."""
 
     def __init__(self, bank: np.ndarray):
         import faiss
@@ -34,6 +35,8 @@ class CosineIndex:
             raise ValueError(f"support bank must be a non-empty (n, C) array, got {bank.shape}")
         self.dim = bank.shape[1]
         self.index = faiss.IndexFlatIP(self.dim)
+        if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:  # same exact search, on the GPUs
+            self.index = faiss.index_cpu_to_all_gpus(self.index)
         self.index.add(bank)
 
     @property
