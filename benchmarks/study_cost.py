@@ -9,7 +9,7 @@ as 2 FLOPs). Disk = images x layers x patches x channels x 2 bytes (float16 toke
 ``results/features``. Image counts come from each data set's ``params`` (max_images...) or the
 official split sizes below.
 
-    python benchmarks/study_cost.py --config config.yaml --gflops 80
+    python benchmarks/study_cost.py --config config.yaml --gflops 136
 """
 import argparse
 
