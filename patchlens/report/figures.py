@@ -533,7 +533,8 @@ def fig_attention_stats(tables):
     Offset local attention heads: the query-centred average attention map of every head flagged
     as offset (peak one patch from the centre in a fixed direction with a clear share of the
     mass), strongest first within each model; a white cross marks the query patch (Walmer et
-    al. 2023, "Teaching Matters").""")
+    al. 2023, "Teaching Matters"). Where no head passes the thresholds, the heads with the most
+    mass on one neighbouring patch are shown instead, and the title says so.""")
 def fig_offset_heads(tables):
     """Grid of the flagged heads' centred attention maps."""
     h, maps = _table(tables, "offset_heads"), _table(tables, "offset_maps")
@@ -542,8 +543,12 @@ def fig_offset_heads(tables):
     flagged = h[T.flag_mask(h["flagged"])]
     keys = ["model", "layer", "head"]
     flagged = flagged.merge(maps[keys].drop_duplicates(), on=keys)
+    note = None
     if not len(flagged):
-        return None
+        flagged = offset_candidates(maps)
+        note = "no head passes the offset thresholds: strongest one-patch neighbours"
+        if not len(flagged):
+            return None
     n_all = len(flagged)
     ctx = _Ctx(tables)
     flagged = flagged.sort_values("strength", ascending=False).head(MAX_OFFSET_PANELS)
@@ -568,9 +573,26 @@ def fig_offset_heads(tables):
         ax.grid(False)
     for ax in axes.ravel()[len(flagged):]:
         ax.set_visible(False)
-    if n_all > len(flagged):
+    if note:
+        fig.suptitle(note)
+    elif n_all > len(flagged):
         fig.suptitle(f"{len(flagged)} strongest of {n_all} offset heads")
     return fig
+
+
+NEIGHBOURS = {(0, 1): "right", (0, -1): "left", (-1, 0): "up", (1, 0): "down"}
+
+
+def offset_candidates(maps: pd.DataFrame, per_model: int = 6) -> pd.DataFrame:
+    """Per model the ``per_model`` heads with the most attention mass on one of the four
+    neighbouring patches of the query: model, layer, head, direction, strength."""
+    nb = maps[(maps["dy"].abs() + maps["dx"].abs()) == 1]
+    best = nb.sort_values("value", ascending=False, kind="stable").drop_duplicates(
+        ["model", "layer", "head"])
+    best = best.assign(direction=[NEIGHBOURS[(int(a), int(b))] for a, b in zip(best.dy, best.dx)],
+                       strength=best["value"])
+    return best.groupby("model").head(per_model)[["model", "layer", "head", "direction",
+                                                  "strength"]]
 
 
 def _cka_figure(tables, level: str):

@@ -223,10 +223,12 @@ def test_skip_when_rows_are_for_other_tasks(tables):
     for fn in (F.fig_tracking, F.fig_instance_id, F.fig_keypoints, F.fig_lowshot_cls,
                F.fig_retrieval_scale):
         assert fn.draw(only_fewshot) is None, fn.__name__
+    # no flagged head: the figure shows the strongest neighbours and says so in its title
     no_flag = dict(tables, offset_heads=tables["offset_heads"].assign(flagged=False))
-    assert F.fig_offset_heads.draw(no_flag) is None
+    assert "no head passes" in F.fig_offset_heads.draw(no_flag)._suptitle.get_text()
     as_text = dict(tables, offset_heads=tables["offset_heads"].assign(flagged="False"))
-    assert F.fig_offset_heads.draw(as_text) is None  # "False" read from a CSV is not a flag
+    fig = F.fig_offset_heads.draw(as_text)  # "False" read from a CSV is not a flag
+    assert "no head passes" in fig._suptitle.get_text()
     assert F.fig_cka_image.draw(dict(tables, cka=tables["cka"].query("level == 'patch'"))) is None
 
 
@@ -415,3 +417,24 @@ def test_best_layer_rows_have_a_fixed_height(tmp_path, tables):
         row[n] = heatmap.get_position().height * fig.get_size_inches()[1] / n
     assert row[1] <= 0.35 and row[3] <= 0.35
     assert row[1] == pytest.approx(row[3], rel=0.2)
+
+
+def test_offset_heads_without_flagged_head_shows_strongest_neighbours(tmp_path):
+    """A model with no flagged head still gets its offset-head panel: the heads with the most mass
+    one patch away, here a head built to put 0.4 of its mass on the patch to its left."""
+    rows = []
+    for head, (ly, lx, mass) in enumerate([(0, -1, 0.4), (1, 0, 0.2), (0, 0, 0.0)]):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                v = mass if (dy, dx) == (ly, lx) else (1 - mass) / 8
+                rows.append(dict(model="m", layer=0, head=head, dy=dy, dx=dx, value=v))
+    maps = pd.DataFrame(rows)
+    cand = F.offset_candidates(maps)
+    assert cand.iloc[0][["head", "direction"]].tolist() == [0, "left"]
+    assert cand.iloc[0]["strength"] == pytest.approx(0.4)
+    heads = pd.DataFrame([dict(model="m", layer=0, head=h, direction="self", dy=0, dx=0,
+                               strength=0.1, flagged=False) for h in range(3)])
+    tables = {k: T.empty_table(k) for k in T.TABLE_FILES}
+    tables.update(offset_heads=heads, offset_maps=maps)
+    assert F.FIGURES["offset_heads"].fn(tables, tmp_path / "offset_heads") is not None
+    assert (tmp_path / "offset_heads.png").exists()
