@@ -22,7 +22,7 @@ demo: $(PY)
 
 ## redraw every figure and the report from existing tables (no evaluator reruns)
 figures: $(PY)
-	$(VENV)/bin/snakemake --cores 1 --configfile config/demo.yaml --forcerun figures -- report
+	$(VENV)/bin/snakemake --cores 1 --configfile config/demo.yaml --forcerun figures report
 
 lint: $(PY)
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml

@@ -46,9 +46,10 @@ def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_c
         raise DataError(f"task {task} on {features}: non-finite score (see the log)")
     table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
                          n_layers=n_layers, **(labels or {}))
-    for col in ("n_eval", "n_skipped"):
-        if col not in table:
-            table[col] = -1
+    missing = [c for c in ("layer", "seed", "metric", "value", "n_eval", "n_skipped")
+               if c not in table]
+    if missing:
+        raise RuntimeError(f"task {task} returned no {', '.join(missing)} column(s)")
     extra = [c for c in table.columns if c not in ID_COLUMNS]
     table = table[ID_COLUMNS + extra]
     write_csv(table, out_csv)

@@ -41,9 +41,12 @@ def features(model, dataset):
     return f"{RESULTS}/features/{model}/{dataset}.h5"
 
 
-def score_files(task=None):
-    return [f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
-            for t, m, d, v in evaluation_jobs(config) if task in (None, t)]
+def variance(model, dataset):
+    return f"{RESULTS}/variance/{model}/{dataset}.h5"
+
+
+def score_files():
+    return [f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(config)]
 
 
 def evaluator_inputs(wildcards):
@@ -51,7 +54,7 @@ def evaluator_inputs(wildcards):
     inputs = {"features": features(wildcards.model, wildcards.dataset),
               "manifest": manifest(wildcards.dataset)}
     if needs_stats(wildcards.variant):
-        inputs["variance"] = f"{RESULTS}/variance/{wildcards.model}/{wildcards.dataset}.h5"
+        inputs["variance"] = variance(wildcards.model, wildcards.dataset)
     return inputs
 
 
@@ -94,7 +97,7 @@ def extraction_resources():
 
 def variance_files():
     pairs = sorted({(m, d) for _, m, d, _ in evaluation_jobs(config)})
-    return [f"{RESULTS}/variance/{m}/{d}.h5" for m, d in pairs]
+    return [variance(m, d) for m, d in pairs]
 
 
 def table_files():

@@ -4,7 +4,7 @@ import torch
 from patchlens.analysis.attention_stats import attention_statistics, write_attention
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import load_batch
-from patchlens.models.registry import build_timm, input_size, resolve_model
+from patchlens.models.registry import build_timm, input_geometry, resolve_model
 from patchlens.workflow import run
 
 
@@ -16,8 +16,7 @@ def main(snakemake):
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
     images = (dataset.split(*split) if split else dataset.images)[:max_images]
-    size = input_size(snakemake.params.img_size, spec["patch_size"])
-    grid = (size[0] // spec["patch_size"], size[1] // spec["patch_size"])
+    size, grid = input_geometry(snakemake.params.img_size, spec["patch_size"])
     bs = snakemake.params.batch_size
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))

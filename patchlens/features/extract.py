@@ -17,7 +17,7 @@ from PIL import Image
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
-from patchlens.models.registry import input_size
+from patchlens.models.registry import input_geometry
 
 
 def load_batch(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std) -> np.ndarray:
@@ -44,8 +44,7 @@ def select_layers(layers, n_blocks: int) -> list[int]:
     """``all`` or a list of block indices (negative counts from the end) -> sorted indices."""
     if layers in (None, "all"):
         return list(range(n_blocks))
-    out = sorted({int(i) % n_blocks for i in layers})
-    return out
+    return sorted({int(i) % n_blocks for i in layers})
 
 
 def _batches(items: list, size: int):
@@ -60,8 +59,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     from tqdm import tqdm
 
     images = dataset.images
-    size = input_size(img_size, spec["patch_size"])
-    grid = (size[0] // spec["patch_size"], size[1] // spec["patch_size"])
+    size, grid = input_geometry(img_size, spec["patch_size"])
     meta = {"model": spec["key"], "kind": spec["kind"], "source": spec.get("timm", spec["kind"]),
             "weights": str(spec.get("weights") or ("timm-hub" if spec.get("pretrained") else
                                                    "random-init")),
@@ -73,13 +71,14 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
                unit="img")
 
     if spec["kind"] == "oracle":
-        from patchlens.models.oracle import oracle_tokens
+        from patchlens.models.oracle import oracle_channels, oracle_tokens
 
-        first = oracle_tokens(dataset, images[:1], grid)
-        with FeatureWriter(out_path, images, [0], grid, first.shape[-1], False, meta) as w:
+        with FeatureWriter(out_path, images, [0], grid, oracle_channels(dataset), False,
+                           meta) as w:
             for chunk in _batches(images, batch_size):
                 w.write(oracle_tokens(dataset, chunk, grid))
                 bar.update(len(chunk))
+        bar.close()
         return
 
     if spec["kind"] == "pixels":
@@ -89,6 +88,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
                 x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
                 w.write(pixel_tokens(x, spec["patch_size"]))
                 bar.update(len(chunk))
+        bar.close()
         return
 
     import torch

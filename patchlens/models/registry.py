@@ -65,11 +65,11 @@ def _timm_facts(key: str, spec: dict) -> dict:
         raise ConfigError(f"models.{key}.timm: {name!r} is not a timm architecture "
                           "(see timm.list_models())")
     with torch.device("meta"):
-        m = timm.create_model(name, pretrained=False, **spec["kwargs"])
         try:  # most ViTs take any input size; BEiT's relative position bias fixes it at build
-            timm.create_model(name, pretrained=False, dynamic_img_size=True, **spec["kwargs"])
+            m = timm.create_model(name, pretrained=False, dynamic_img_size=True, **spec["kwargs"])
             dynamic = True
         except TypeError:
+            m = timm.create_model(name, pretrained=False, **spec["kwargs"])
             dynamic = False
     cfg = m.pretrained_cfg or {}
     return {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
@@ -83,6 +83,12 @@ def input_size(img_size, patch_size: int) -> tuple[int, int]:
     """A data set's requested (H, W) rounded to the nearest multiple of the patch size."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     return (max(1, round(h / patch_size)) * patch_size, max(1, round(w / patch_size)) * patch_size)
+
+
+def input_geometry(img_size, patch_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Model input size (H, W) for a data set's ``img_size``, and its patch grid (h, w)."""
+    size = input_size(img_size, patch_size)
+    return size, (size[0] // patch_size, size[1] // patch_size)
 
 
 def _hub_cached(name: str) -> bool:

@@ -9,21 +9,12 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import h5py
+import numpy
+import pandas
 
 from patchlens import __version__
+from patchlens.features.store import FeatureStore
 from patchlens.io import sha256sum
-
-
-def _attrs(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        out = {}
-        for k in ("source", "weights", "weights_sha256", "patch_size", "input_size"):
-            if k in f.attrs:
-                v = f.attrs[k]
-                v = v.decode() if isinstance(v, bytes) else v
-                out[k] = v.tolist() if hasattr(v, "tolist") else v
-        return out
 
 
 def collect_provenance(config: dict, results_dir="results") -> dict:
@@ -31,7 +22,8 @@ def collect_provenance(config: dict, results_dir="results") -> dict:
     models = {}
     for key in config.get("models", {}):
         for path in sorted((results_dir / "features" / key).glob("*.h5")):
-            a = _attrs(path)
+            with FeatureStore(path) as store:
+                a = store.attrs
             models[f"{key} / {path.stem}"] = {
                 "source": a.get("source", ""), "weights": a.get("weights", ""),
                 "sha256": str(a.get("weights_sha256", ""))[:16] + "…",
@@ -42,9 +34,6 @@ def collect_provenance(config: dict, results_dir="results") -> dict:
         if manifest.exists():
             datasets[name] = {"source": entry.get("source", ""),
                               "manifest_sha256": sha256sum(manifest)[:16] + "…"}
-    import numpy
-    import pandas
-
     return {"patchlens_version": __version__, "python": platform.python_version(),
             "numpy": numpy.__version__, "pandas": pandas.__version__,
             "feature files": models, "data sets": datasets}
