@@ -6,6 +6,24 @@ tokens of every selected block come from timm's ``forward_intermediates`` (one p
 before the final norm, prefix tokens split off: class token kept, register tokens dropped). The
 baselines need no forward pass: ``pixels`` = the normalised pixels of each patch flattened,
 ``oracle`` = features built from the ground truth (:mod:`patchlens.models.oracle`).
+
+Final norm (``docs/protocols.md#final_norm``): the published evaluations of DINO
+(``get_intermediate_layers`` in facebookresearch/dino) read the *normalised* output of the last
+block. Whenever the selected layers include the last block (``n_blocks - 1``) and the model has a
+final norm (``model.norm`` is not ``Identity``), the file holds one more entry on the layer axis,
+``layer = n_blocks``: the model's final norm applied to the last block's output, i.e. what timm's
+``forward_features`` returns, prefix tokens split off as for the other layers. The file attribute
+``norm_layer`` names it (``n_blocks``, or -1 when there is none) and ``final_norm`` is 1 when the
+entry exists. Models without a final norm (``Identity``, e.g. timm configs with ``fc_norm``) and
+the baselines have no such entry.
+
+LayerNorm parameters (``docs/protocols.md#cka``): for every block layer ``l`` the file also holds
+the affine parameters of the LayerNorm that reads that block's output -- ``blocks[l + 1].norm1``
+for ``l < n_blocks - 1`` and the final norm for the last block -- as variables
+``ln_weight``/``ln_bias`` (layer, channel) with attribute ``ln_eps``, so that the LayerNorm-normalised
+tokens of Teaching Matters' CKA setting can be computed from the stored block outputs without a
+second forward pass (:func:`layer_norm_params`; zeros and ``ln_layers`` = -1 where a layer has
+no such LayerNorm, e.g. the norm entry itself).
 """
 from __future__ import annotations
 
@@ -47,6 +65,39 @@ def select_layers(layers, n_blocks: int) -> list[int]:
     return sorted({int(i) % n_blocks for i in layers})
 
 
+def has_final_norm(model) -> bool:
+    """True when the timm model applies a final norm to its tokens (``model.norm`` not Identity)."""
+    import torch
+
+    norm = getattr(model, "norm", None)
+    return norm is not None and not isinstance(norm, torch.nn.Identity)
+
+
+def norm_entry(layers: list[int], n_blocks: int, final_norm: bool) -> list[int]:
+    """The layer axis of a timm feature file: the selected blocks, plus ``n_blocks`` (the final
+    norm output) when the last block is selected and the model has a final norm."""
+    return list(layers) + ([n_blocks] if final_norm and n_blocks - 1 in layers else [])
+
+
+def layer_norm_params(model, layers: list[int], n_blocks: int):
+    """Per layer entry: weight (L, C), bias (L, C), eps and which entries have one (bool (L,)):
+    the LayerNorm that reads block ``l``'s output (``blocks[l+1].norm1``; the final norm for the
+    last block). Entries without a plain LayerNorm there get zeros and ``False``."""
+    import torch
+
+    C = model.embed_dim
+    w, b = np.zeros((len(layers), C), np.float32), np.zeros((len(layers), C), np.float32)
+    ok, eps = np.zeros(len(layers), bool), 1e-6
+    for i, l in enumerate(layers):
+        ln = (model.blocks[l + 1].norm1 if l < n_blocks - 1 else
+              getattr(model, "norm", None) if l == n_blocks - 1 else None)
+        if isinstance(ln, torch.nn.LayerNorm) and ln.elementwise_affine:
+            w[i] = ln.weight.detach().float().cpu().numpy()
+            b[i] = (ln.bias.detach().float().cpu().numpy() if ln.bias is not None else 0.0)
+            ok[i], eps = True, float(ln.eps)
+    return w, b, eps, ok
+
+
 def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -66,7 +117,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             "weights_sha256": str(spec.get("sha256") or ""), "patch_size": spec["patch_size"],
             "input_size": list(size), "n_blocks": spec["n_blocks"], "mean": list(spec["mean"]),
             "std": list(spec["std"]), "dataset": str(dataset.root.name), "final_norm": 0,
-            **(attrs or {})}
+            "norm_layer": -1, **(attrs or {})}
     bar = tqdm(total=len(images), desc=f"features {spec['key']}", disable=not progress,
                unit="img")
 
@@ -99,10 +150,18 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
                        ("cpu" if device == "auto" else device))
     model = build_timm(spec, weights_dir, size).to(dev)
     idx = select_layers(layers, spec["n_blocks"])
+    final = has_final_norm(model)
+    entries = norm_entry(idx, spec["n_blocks"], final)
+    norm_layer = spec["n_blocks"] if len(entries) > len(idx) else -1
     channels = model.embed_dim
     meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
+    meta["final_norm"], meta["norm_layer"] = int(norm_layer >= 0), norm_layer
+    ln_w, ln_b, ln_eps, ln_ok = layer_norm_params(model, entries, spec["n_blocks"])
+    meta["ln_eps"], meta["ln_layers"] = ln_eps, [l if o else -1 for l, o in zip(entries, ln_ok)]
+    extra = {"ln_weight": ln_w, "ln_bias": ln_b}
     load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
-    with FeatureWriter(out_path, images, idx, grid, channels, spec["has_cls"], meta) as w, \
+    with FeatureWriter(out_path, images, entries, grid, channels, spec["has_cls"], meta,
+                       extra) as w, \
             torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader, \
             ThreadPoolExecutor(max_workers=1) as writer:
         chunks = list(_batches(images, batch_size))
@@ -111,7 +170,8 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             x = torch.from_numpy(pending.result())
             if i + 1 < len(chunks):  # decode the next batch while this one runs
                 pending = reader.submit(load, chunks[i + 1])
-            tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"])
+            tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"],
+                                      norm=norm_layer >= 0)
             if written is not None:  # one write in flight at a time, in batch order
                 written.result()
             written = writer.submit(w.write, tok, cls)
@@ -121,14 +181,24 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     bar.close()
 
 
-def forward_layers(model, x, layers: list[int], has_cls: bool):
-    """One forward pass -> tokens (b, L, P, C) float16 numpy and cls (b, L, C) or None."""
+def forward_layers(model, x, layers: list[int], has_cls: bool, norm: bool = False):
+    """One forward pass -> tokens (b, L, P, C) float16 numpy and cls (b, L, C) or None.
+
+    ``norm``: append one more entry, the model's final norm applied to the output of the last
+    entry of ``layers`` (the last block; prefix and patch tokens normalised together, as timm's
+    ``forward_features`` does, then split)."""
     import torch
 
     out = model.forward_intermediates(x, indices=layers, return_prefix_tokens=True, norm=False,
                                       output_fmt="NLC", intermediates_only=True)
     if isinstance(out[0], torch.Tensor):  # no prefix tokens at all: bare tensors, not pairs
         out = [(t, None) for t in out]
+    out = list(out)
+    if norm:
+        t, p = out[-1]
+        full = model.norm(t if p is None else torch.cat([p, t], dim=1))
+        k = 0 if p is None else p.shape[1]
+        out.append((full[:, k:], None if p is None else full[:, :k]))
     b, P, C = out[0][0].shape
     tok = np.empty((b, len(out), P, C), np.float16)  # one float16 copy, no float32 stack
     cls = np.empty((b, len(out), C), np.float16) if has_cls else None

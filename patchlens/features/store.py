@@ -5,7 +5,8 @@ Variables (dims):
     tokens (image, layer, patch, channel) float16, one chunk per (image, layer)
     cls    (image, layer, channel)        float16, only for models with a class token
     image  (image,)  string ids matching the data set manifest
-    layer  (layer,)  block index, 0-based
+    layer  (layer,)  block index, 0-based; ``n_blocks`` = the final-norm output (attr norm_layer)
+    ln_weight, ln_bias (layer, channel) float32, timm models only: the LayerNorm reading each layer
 Attributes: model, dataset, source, weights_sha256, patch_size, input_size (H, W), grid (h, w),
 n_blocks (blocks in the network), mean, std (input normalisation), patchlens_version, ...
 
@@ -33,8 +34,9 @@ class FeatureWriter:
     """
 
     def __init__(self, path, images: list[str], layers: list[int], grid: tuple[int, int],
-                 channels: int, has_cls: bool, attrs: dict):
+                 channels: int, has_cls: bool, attrs: dict, extra: dict | None = None):
         self.path = Path(path)
+        self.extra = dict(extra or {})  # small (layer, channel) float32 variables, e.g. ln_weight
         self.images, self.layers = list(images), [int(x) for x in layers]
         self.grid, self.channels, self.has_cls = tuple(grid), int(channels), has_cls
         self.attrs = dict(attrs)
@@ -53,6 +55,8 @@ class FeatureWriter:
                           chunks=(1, 1, P, C))
         if self.has_cls:
             f.create_variable("cls", ("image", "layer", "channel"), dtype="f2", chunks=(1, L, C))
+        for name, arr in self.extra.items():
+            f.create_variable(name, ("layer", "channel"), data=np.asarray(arr, np.float32))
         attrs = {"patchlens_version": __version__, **self.attrs,
                  "grid": np.array(self.grid, dtype="int32")}
         for k, v in attrs.items():
@@ -129,6 +133,16 @@ class FeatureStore:
 
     def close(self) -> None:
         self._f.close()
+
+    @property
+    def norm_layer(self) -> int | None:
+        """The layer entry holding the model's final-norm output, or None (no such entry)."""
+        v = int(self.attrs.get("norm_layer", -1))
+        return v if v >= 0 and v in self.layers else None
+
+    def variable(self, name: str) -> np.ndarray | None:
+        """A small per-layer variable (layer, channel) as float32, or None if the file lacks it."""
+        return self._f[name][:].astype(np.float32) if name in self._f else None
 
     @property
     def patch_size(self) -> int:

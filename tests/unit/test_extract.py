@@ -34,7 +34,7 @@ def test_tiny_vit_extraction_equals_one_forward_pass(tmp_path, image_dataset):
     out = tmp_path / "f.h5"
     extract(spec, ds, out, img_size=[48, 64], batch_size=3, progress=False)
     x = xr.open_dataset(out, engine="h5netcdf")
-    assert x["tokens"].shape == (4, 3, 12, 48) and x["tokens"].dtype == np.float16
+    assert x["tokens"].shape == (4, 4, 12, 48)   # 3 blocks + the final-norm entry and x["tokens"].dtype == np.float16
     assert x.attrs["model"] == "tiny" and list(x.attrs["grid"]) == [3, 4]
     assert len(x.attrs["weights_sha256"]) == 64
     # reference: the same model called directly on the same normalised images
@@ -95,3 +95,62 @@ def test_uncached_hub_weights_fail_with_one_line(monkeypatch):
         build_timm(resolve_model("dino", {"timm": "vit_small_patch16_224.dino"}))
     msg = str(err.value)
     assert "\n" not in msg and "'dino'" in msg and "weights:" in msg
+
+
+def test_norm_entry_equals_timm_forward_features(tmp_path, image_dataset, monkeypatch):
+    """layer n_blocks = timm's forward_features (final norm applied), prefix tokens split off."""
+    spec = resolve_model("tiny", TINY)
+    ds = Dataset(image_dataset)
+    out = tmp_path / "f.h5"
+    extract(spec, ds, out, img_size=[48, 64], batch_size=3, progress=False)
+    model = build_timm(spec)
+    torch.manual_seed(0)
+    for p in model.norm.parameters():   # random-init norm is (1, 0); make the affine part matter
+        p.data.normal_()
+    batch = torch.from_numpy(load_batch(ds, ds.images, (48, 64), spec["mean"], spec["std"]))
+    with torch.no_grad():
+        ref_block = model.forward_intermediates(batch, indices=[2], output_fmt="NLC",
+                                                intermediates_only=True)[0]
+    out2 = tmp_path / "g.h5"
+    import patchlens.models.registry as reg
+    monkeypatch.setattr(reg, "build_timm", lambda *a, **k: model)
+    extract(spec, ds, out2, img_size=[48, 64], batch_size=3, progress=False)
+    with torch.no_grad():
+        ref = model.forward_features(batch)                       # (4, 1 + 12, 48)
+    with FeatureStore(out2) as s:
+        assert s.layers == [0, 1, 2, 3] and s.norm_layer == 3
+        assert s.attrs["final_norm"] == 1 and s.attrs["norm_layer"] == 3
+        np.testing.assert_allclose(s.tokens(3).reshape(4, 12, 48), ref[:, 1:].numpy(),
+                                   rtol=5e-3, atol=5e-3)
+        np.testing.assert_allclose(s.cls(3), ref[:, 0].numpy(), rtol=5e-3, atol=5e-3)
+        # the norm entry is not the last block: the test would fail if the norm were skipped
+        assert np.abs(s.tokens(3).reshape(4, 12, 48) - ref_block.numpy()).max() > 0.1
+        # LayerNorm reading each layer: blocks[l+1].norm1, the final norm for the last block
+        w, b = s.variable("ln_weight"), s.variable("ln_bias")
+        np.testing.assert_allclose(w[1], model.blocks[2].norm1.weight.detach().numpy())
+        np.testing.assert_allclose(w[2], model.norm.weight.detach().numpy())
+        np.testing.assert_allclose(b[2], model.norm.bias.detach().numpy())
+        assert s.attrs["ln_layers"] == [0, 1, 2, -1]
+    with FeatureStore(out) as s:    # the random-init file also holds the entry
+        assert s.layers == [0, 1, 2, 3]
+
+
+def test_no_norm_entry_without_final_norm_or_last_block(tmp_path, image_dataset):
+    ds = Dataset(image_dataset)
+    # timm's fc_norm configuration (global_pool avg): model.norm is Identity
+    spec = resolve_model("gap", {**TINY, "kwargs": {**TINY["kwargs"], "global_pool": "avg",
+                                                     "fc_norm": True}})
+    extract(spec, ds, tmp_path / "a.h5", img_size=[48, 64], progress=False)
+    with FeatureStore(tmp_path / "a.h5") as s:
+        assert s.layers == [0, 1, 2] and s.norm_layer is None
+        assert s.attrs["final_norm"] == 0 and s.attrs["norm_layer"] == -1
+    # last block not selected: no norm entry
+    spec = resolve_model("tiny", TINY)
+    extract(spec, ds, tmp_path / "b.h5", img_size=[48, 64], layers=[0, 1], progress=False)
+    with FeatureStore(tmp_path / "b.h5") as s:
+        assert s.layers == [0, 1] and s.norm_layer is None
+    # baselines: one entry, no norm
+    extract(resolve_model("pixels", {"baseline": "pixels", "patch_size": 16}), ds,
+            tmp_path / "p.h5", img_size=[48, 64], progress=False)
+    with FeatureStore(tmp_path / "p.h5") as s:
+        assert s.layers == [0] and s.norm_layer is None
