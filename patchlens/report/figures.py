@@ -297,7 +297,8 @@ def fig_fewshot_seg(tables):
 
 @_figure("tracking", ("scores",), """
     Video object segmentation by label propagation (DINO protocol) from each layer's patch tokens:
-    J&F mean over sequences per layer. Dotted horizontal lines: single-layer baselines.""")
+    J&F mean over objects (all sequences pooled, as the official DAVIS J&F-Mean) per layer.
+    Dotted horizontal lines: single-layer baselines.""")
 def fig_tracking(tables):
     """Tracking J&F vs layer (raw features)."""
     return _raw_score_figure(tables, "tracking", metrics=("jf",))

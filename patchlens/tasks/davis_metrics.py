@@ -23,10 +23,15 @@ The disk dilation is evaluated exactly as a radius query on the boundary pixel c
 as the dilation of the boundary by the disk, at a cost that grows with the boundary length instead
 of the image area (unit tests check equality with the morphological dilation).
 
-Void handling: the reference's semi-supervised path computes its void masks after binarising the
-annotations, so void (255) pixels end up counted as background there; here void pixels are
-excluded from both J and F, as the metric functions of the reference intend (for DAVIS-2017 val
-annotations, which carry no void label, the two agree).
+Void handling: the reference's semi-supervised evaluation (``davis2017/evaluation.py``,
+``DAVISEvaluation.evaluate``) sets void (255) pixels of the annotations to 0 in
+``DAVIS.get_all_masks`` and then calls ``_evaluate_semisupervised(..., None, ...)``, i.e. it passes
+*no* void mask to ``db_eval_iou``/``db_eval_boundary``: void pixels count as background, so an
+object predicted on them is a false positive. The metric functions of the reference do accept a
+void mask and exclude those pixels (its unsupervised path passes one); the functions here do the
+same when ``void`` is given, and :mod:`patchlens.tasks.tracking` passes the void mask, so void
+pixels are excluded. On annotations without void pixels the two agree; where they differ is
+listed in ``docs/protocols.md#tracking``.
 """
 from __future__ import annotations
 

@@ -5,8 +5,12 @@ reference code ``eval_video_segmentation.py`` of github.com/facebookresearch/din
 Jabri et al., NeurIPS 2020 "Space-Time Correspondence as a Contrastive Random Walk" and UVC),
 used per layer by Walmer et al. (CVPR 2023, "Teaching Matters") and Vanyan et al. (2024):
 
-1. Objects are the instance ids present in the first frame (1..N; 0 background; 255 void is
-   treated as background for the seed). The seed label map is the first frame's instance mask
+1. Objects are the ids 1..N, N = the largest instance id of the first frame (0 background; 255
+   void is treated as background for the seed), as the official toolkit scores them
+   (``davis2017/davis.py`` ``get_all_masks``: ``num_objects = max(first mask)``): an id below N
+   that is absent from the first frame has an empty seed, is never predicted, and scores as the
+   toolkit scores a result without it (J = F = 1 on frames where it is absent from the ground
+   truth too, 0 where it is present); ids above N in later frames count as background. The seed label map is the first frame's instance mask
    resized to the patch grid by nearest neighbour (pixel centres), one-hot over
    (background, object 1..N): ``(h, w, N+1)``.
 2. Frames are processed in ``frame`` order. The context of target frame t is the first frame plus
@@ -30,8 +34,10 @@ used per layer by Walmer et al. (CVPR 2023, "Teaching Matters") and Vanyan et al
    evaluation drops the first and the last frame; ``skip_last_frame: false`` scores 1..T-1).
    Per object the mean over frames; per sequence the mean over its objects. The overall row
    (``sequence = "all"``) averages objects pooled over all sequences, as the official
-   ``J&F-Mean`` does (``average: objects``), or the per-sequence means (``average: sequences``);
-   ``jf = (j + f) / 2``.
+   ``J&F-Mean`` does (``average: objects``, the default), or the per-sequence means
+   (``average: sequences``); ``jf = (j + f) / 2``. Void (255) pixels are excluded from J and F
+   here; the toolkit's semi-supervised path counts them as background (see
+   :mod:`patchlens.tasks.davis_metrics` and ``docs/protocols.md#tracking``).
 
 Cost: per target frame one (P x C) by (C x n_ctx P) product, done in bands of target rows whose
 sources are only the rows within the radius (never quadratic in the video length); memory is a few
@@ -250,8 +256,8 @@ def _sequences(dataset, split: str) -> dict[str, list[str]]:
 def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
     """Per layer: (J (n_obj,), F (n_obj,), n_frames) of one sequence, or None if skipped."""
     first = masks[0]
-    ids = np.setdiff1d(np.unique(first), [0, VOID])
-    if len(ids) == 0:
+    present = np.setdiff1d(np.unique(first), [0, VOID])
+    if len(present) == 0:
         log.warning("tracking: sequence %r skipped: its first frame %r has no object "
                     "(empty instance mask)", name, frames[0])
         return None
@@ -261,8 +267,13 @@ def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
                     "(the first%s is not scored)", name, len(frames),
                     " and the last" if p["skip_last_frame"] else "")
         return None
+    ids = np.arange(1, int(present.max()) + 1)         # 1..max id, as the DAVIS toolkit
+    absent = np.setdiff1d(ids, present)
+    if len(absent):
+        log.warning("tracking: sequence %r: object id(s) %s absent from the first frame are "
+                    "scored as the DAVIS toolkit does (never predicted)", name, absent.tolist())
     seed = seed_labels(first, ids, grid)
-    lost = ids[seed.reshape(-1, len(ids) + 1)[:, 1:].sum(0) == 0]
+    lost = np.setdiff1d(ids[seed.reshape(-1, len(ids) + 1)[:, 1:].sum(0) == 0], absent)
     if len(lost):
         log.warning("tracking: sequence %r: object(s) %s cover no patch centre of the %dx%d grid "
                     "in the first frame; they cannot be propagated and score 0",

@@ -8,7 +8,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import tracking
-from patchlens.tasks.davis_metrics import jf_labels
+from patchlens.tasks.davis_metrics import jf_labels, region_similarity
 from patchlens.tasks.knn import l2_normalize
 from video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
@@ -240,3 +240,21 @@ def test_labels_to_mask_norm_mask_rescales_weak_channels():
     normed = tracking.labels_to_mask(probs, (4, 4), norm_mask=True)
     assert raw.sum() == 0
     assert np.array_equal(normed, (np.arange(4)[:, None] % 3 > 0) & (np.arange(4) % 3 > 0))
+
+
+def test_ids_absent_from_first_frame_are_scored_as_the_toolkit(tmp_path):
+    """Objects are 1..max(first-frame id) (davis2017 get_all_masks): id 1, absent from frame 0 and
+    entering at frame 3, is never predicted and scores J = F = 1 where it is absent, 0 where not."""
+    masks = moving_boxes(T, H, W, ALIGNED)
+    masks[masks == 1] = 0                       # object 1 only from frame 3 on
+    masks[3:, 8:40, 8:48] = 1
+    ds, store = build(tmp_path, {"a": masks}, oracle)
+    df = tracking.run(store, ds, identity, dict(tracking.DEFAULT_PARAMS))
+    scored = range(1, T - 1)                    # frames 1..T-2
+    obj1_j = np.mean([float(not (masks[t] == 1).any()) for t in scored])
+    # object 2 is grid-aligned and far from object 1: it reaches its reconstruction J
+    j2 = np.mean([region_similarity(m == 2, tracking.labels_to_mask(
+        tracking.seed_labels(m, [2], GRID), m.shape) == 1) for m in masks[1:T - 1]])
+    assert obj1_j == pytest.approx(0.5)         # frames 1, 2 absent; 3, 4 present
+    assert value(df, "j", "a") == pytest.approx((obj1_j + j2) / 2, abs=0.02)
+    assert value(df, "j") == pytest.approx((obj1_j + j2) / 2, abs=0.02)   # 2 objects pooled
