@@ -18,14 +18,29 @@ Protocol (SPair-71k, Min et al. 2019, arXiv 1908.10543; per-layer use in Walmer 
    quantises predictions to about max(H, W) / max_side pixels.
 4. A keypoint is correct when the Euclidean distance between prediction and true trg point is
    <= alpha * max(height, width) of the trg bounding box (SPair's PCK@alpha_bbox;
-   ``trg_x1 - trg_x0`` and ``trg_y1 - trg_y0``). PCK@alpha = correct / evaluated, pooled over
-   all keypoints of all pairs (per-keypoint average, as the reference computes it within a
-   category; the layout has no categories, so there is no per-category mean).
+   ``trg_x1 - trg_x0`` and ``trg_y1 - trg_y0``).
+5. Averaging (the SPair convention, as ``run_kp_analysis.py`` computes it): within a category
+   PCK@alpha = correct / evaluated over all keypoints of all its pairs (per-keypoint average);
+   the overall row (``category = "all"``) is the unweighted mean of the category PCKs. A pair's
+   category is the class (``classes.csv`` name) of the first label of its source image in the
+   manifest (SPair: the pair's category; ``scenes``: the pair's object class); pairs whose source
+   image has no label form the category ``"none"``.
+6. Pair sampling (``sampling``): ``all`` (default) scores every pair of the split;
+   ``teaching_matters`` scores ``pairs_per_category`` (20) pairs per category drawn at random
+   with ``seed`` (Walmer et al.'s ``--pairs_per_category 20``; drawn without replacement here,
+   the reference draws with replacement), categories in sorted order from one seeded generator.
+
+Defaults: alphas {0.01, 0.05, 0.1} as in Teaching Matters (``run_kp_analysis.py``); other
+thresholds (e.g. 0.15) may be added. The reference counts ``err < threshold`` (strict); here
+``<=`` as in SPair's own evaluation; the two differ only on exact ties. Every known difference
+from the papers: ``docs/protocols.md#keypoints``.
 
 Keypoints with a non-finite coordinate or outside either image ([0, W-1] x [0, H-1]) and pairs
-whose trg box is empty are skipped with a warning naming the pair, and counted in ``n_skipped``.
-Output rows per layer and alpha: metric ``pck@{alpha:g}``, ``n_eval`` = keypoints scored,
-``n_skipped`` = keypoints skipped; ``seed`` is 0 (nothing is sampled).
+whose trg box is empty are skipped with a warning naming the pair, and counted in ``n_skipped``
+(of their category; the ``all`` row counts every skipped keypoint).
+Output rows per layer, category and alpha: metric ``pck@{alpha:g}``, column ``category``,
+``n_eval`` = keypoints scored (``all``: over every category), ``n_skipped`` = keypoints skipped;
+``seed`` is the sampling seed (0 for ``sampling: all``, where nothing is sampled).
 """
 from __future__ import annotations
 
@@ -43,9 +58,13 @@ log = logging.getLogger("patchlens")
 
 DEFAULT_PARAMS: dict = {
     "split": "pair",                  # manifest split of the keypoint pair images
-    "alphas": [0.05, 0.1, 0.15],      # PCK thresholds as fractions of the trg box's longer side
+    "alphas": [0.01, 0.05, 0.1],      # PCK thresholds as fractions of the trg box's longer side
     "max_side": None,                 # cap on the trg score map's longer side (None: full size)
+    "sampling": "all",                # "all" pairs, or "teaching_matters": k random per category
+    "pairs_per_category": 20,         # k of sampling: teaching_matters
+    "seed": 0,                        # seed of sampling: teaching_matters
 }
+SAMPLINGS = ("all", "teaching_matters")
 REQUIRES: tuple[str, ...] = ("keypoints",)
 
 _CHUNK_BYTES = 256 << 20  # feature bytes read at once (images of a group of pairs)
@@ -113,6 +132,14 @@ def _check_params(params: dict) -> dict:
     if ms is not None and (isinstance(ms, bool) or not isinstance(ms, (int, np.integer)) or ms < 1):
         raise ConfigError("tasks.keypoints.params.max_side: expected null or an integer >= 1, "
                           f"got {ms!r}")
+    if p["sampling"] not in SAMPLINGS:
+        raise ConfigError(f"tasks.keypoints.params.sampling: expected one of {list(SAMPLINGS)}, "
+                          f"got {p['sampling']!r}")
+    for key, lo in (("pairs_per_category", 1), ("seed", 0)):
+        v = p[key]
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"tasks.keypoints.params.{key}: expected an integer >= {lo}, "
+                              f"got {v!r}")
     if not isinstance(p["split"], str):
         raise ConfigError("tasks.keypoints.params.split: expected a split name, "
                           f"got {p['split']!r}")
@@ -174,6 +201,37 @@ def _pairs(dataset, split: str) -> tuple[pd.DataFrame, int]:
     return kp, int((~kp.valid).sum())
 
 
+def pair_categories(dataset, kp: pd.DataFrame) -> pd.Series:
+    """Category name per keypoint row: the class name of the source image's first label
+    (``"none"`` when it has no label; the class id itself when classes.csv lacks it)."""
+    names = dict(zip(dataset.classes["class"].astype(int), dataset.classes["name"].astype(str)))
+    first = {}
+    for im in kp.src_image.unique():
+        lab = dataset.labels(im)
+        first[im] = names.get(lab[0], str(lab[0])) if lab else "none"
+    return kp.src_image.map(first).astype(str)
+
+
+def sample_pairs(kp: pd.DataFrame, per_category: int, seed: int) -> pd.DataFrame:
+    """Teaching Matters' sampling: ``per_category`` pairs of every category (all when fewer),
+    drawn without replacement by one generator seeded with ``seed``, categories in sorted order."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for cat in sorted(kp.category.unique()):
+        pairs = np.array(sorted(kp.loc[kp.category == cat, "pair"].unique()))
+        keep += list(rng.choice(pairs, min(per_category, len(pairs)), replace=False))
+    return kp[kp.pair.isin(set(keep))]
+
+
+def category_means(per_category: pd.DataFrame) -> pd.DataFrame:
+    """The overall rows (``category = "all"``) from per-category rows: per (layer, metric) the
+    unweighted mean of the category PCKs, keypoints and skips summed (step 5)."""
+    g = per_category.groupby(["layer", "seed", "metric"], sort=False)
+    out = g.agg(value=("value", "mean"), n_eval=("n_eval", "sum"),
+                n_skipped=("n_skipped", "sum")).reset_index()
+    return out.assign(category="all")
+
+
 def _chunks(kp: pd.DataFrame, per_chunk: int):
     """Groups of pairs whose images number at most ``per_chunk`` (at least one pair each)."""
     chunk, images = [], set()
@@ -189,19 +247,27 @@ def _chunks(kp: pd.DataFrame, per_chunk: int):
 
 
 def run(store, dataset, transform, params: dict, layers: list[int] | None = None) -> pd.DataFrame:
-    """PCK@alpha per layer of nearest-neighbour keypoint transfer (see the module docstring)."""
+    """PCK@alpha per layer and category of nearest-neighbour keypoint transfer, plus the mean
+    over categories (``category = "all"``; see the module docstring)."""
     p = _check_params(params)
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
-    kp, n_skipped = _pairs(dataset, p["split"])
+    kp, _ = _pairs(dataset, p["split"])
+    kp["category"] = pair_categories(dataset, kp)
+    seed = 0
+    if p["sampling"] == "teaching_matters":
+        kp, seed = sample_pairs(kp, p["pairs_per_category"], p["seed"]), p["seed"]
+    skipped = (~kp.valid).groupby(kp.category).sum()
     kp = kp[kp.valid]
     if kp.empty:
         raise DataError(f"{dataset.root / 'keypoints.csv'}: no valid keypoint left in split "
-                        f"{p['split']!r} ({n_skipped} skipped, see the warnings)")
+                        f"{p['split']!r} ({int(skipped.sum())} skipped, see the warnings)")
+    cats = sorted(kp.category.unique())
+    counts = kp.groupby("category").size()
     h, w = store.grid
     per_chunk = max(2, _CHUNK_BYTES // max(1, h * w * store.channels * 4))
     rows = []
     for layer in layers:
-        correct = {a: 0 for a in p["alphas"]}
+        correct = {(c, a): 0 for c in cats for a in p["alphas"]}
         for groups, images in _chunks(kp, per_chunk):
             feats = transform(layer, store.tokens(layer, images))
             pos = {im: i for i, im in enumerate(images)}
@@ -213,7 +279,13 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                p["max_side"])
                 true = g[["trg_x", "trg_y"]].to_numpy()
                 for a in p["alphas"]:
-                    correct[a] += int(pck(pred, true, g.box.to_numpy(), a).sum())
-        for a in p["alphas"]:
-            rows.append((layer, 0, f"pck@{a:g}", correct[a] / len(kp), len(kp), n_skipped))
-    return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped"])
+                    correct[r.category, a] += int(pck(pred, true, g.box.to_numpy(), a).sum())
+        for c in cats:
+            for a in p["alphas"]:
+                rows.append((layer, seed, f"pck@{a:g}", correct[c, a] / counts[c], int(counts[c]),
+                             int(skipped.get(c, 0)), c))
+    cols = ["layer", "seed", "metric", "value", "n_eval", "n_skipped", "category"]
+    per_cat = pd.DataFrame(rows, columns=cols)
+    overall = category_means(per_cat)
+    overall["n_skipped"] = int(skipped.sum())     # also categories with no valid keypoint left
+    return pd.concat([per_cat, overall[cols]], ignore_index=True)

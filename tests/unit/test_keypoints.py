@@ -72,23 +72,26 @@ def chance_pck(kp, alpha):
 
 def test_oracle_coordinates_are_exact_and_random_is_chance(uv_pairs):
     ds, store, kp = uv_pairs
-    df = K.run(store, ds, identity, dict(K.DEFAULT_PARAMS))
-    v = df.set_index(["layer", "metric"]).value
+    df = K.run(store, ds, identity, {**K.DEFAULT_PARAMS, "alphas": [0.05, 0.1, 0.15]})
+    assert set(df.category) == {"none", "all"}      # unlabelled images: one category
+    v = df[df.category == "all"].set_index(["layer", "metric"]).value
     assert v[0, "pck@0.1"] >= 0.99 and v[0, "pck@0.15"] >= 0.99
     assert (df.n_eval == len(kp)).all() and (df.n_skipped == 0).all()
     for alpha in (0.1, 0.15):
         chance = chance_pck(kp, alpha)
         tol = 4 * np.sqrt(chance * (1 - chance) / len(kp))       # 4 binomial standard errors
         assert abs(v[1, f"pck@{alpha:g}"] - chance) <= tol
-    assert list(df.columns) == ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
+    assert list(df.columns) == ["layer", "seed", "metric", "value", "n_eval", "n_skipped",
+                                "category"]
     assert set(df.metric) == {"pck@0.05", "pck@0.1", "pck@0.15"}
+    assert set(K.run(store, ds, identity, {}).metric) == {"pck@0.01", "pck@0.05", "pck@0.1"}
 
 
 def test_capped_resolution_keeps_oracle_exact(uv_pairs):
     ds, store, _ = uv_pairs
     df = K.run(store, ds, identity, {**K.DEFAULT_PARAMS, "max_side": 48, "alphas": [0.1]},
                layers=[0])
-    assert df.layer.tolist() == [0] and df.value.iloc[0] >= 0.99
+    assert df.layer.tolist() == [0, 0] and (df.value >= 0.99).all()
 
 
 def test_known_displacements_give_the_computed_fraction(tmp_path, caplog):
@@ -119,7 +122,7 @@ def test_known_displacements_give_the_computed_fraction(tmp_path, caplog):
     assert "'hand'" in caplog.text and "[99]" in caplog.text
     dist = np.hypot(disp[:, 0], disp[:, 1])             # 0, 2, 4, 5, 6, 9, 13, 5
     for a in alphas:
-        row = df[df.metric == f"pck@{a:g}"].iloc[0]
+        row = df[(df.metric == f"pck@{a:g}") & (df.category == "all")].iloc[0]
         assert row.value == pytest.approx(np.mean(dist <= a * 50))
         assert row.n_eval == len(disp) and row.n_skipped == 1
 
@@ -182,3 +185,52 @@ def test_prediction_is_invariant_to_per_patch_feature_scale():
     ref = K.predict(src, (48, 50), xy, trg, (45, 72))
     scale = lambda a: a * rng.uniform(0.2, 5, a.shape[:2] + (1,)).astype(np.float32)  # noqa: E731
     np.testing.assert_array_equal(K.predict(scale(src), (48, 50), xy, scale(trg), (45, 72)), ref)
+
+
+def _labelled(root, labels: dict[str, str], names: dict[int, str]):
+    """Give manifest images labels and classes.csv names (categories of the pairs)."""
+    man = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    man["labels"] = man["image"].map(labels).fillna("")
+    man.to_csv(root / "manifest.csv", index=False)
+    pd.DataFrame({"class": list(names), "name": list(names.values())}).to_csv(
+        root / "classes.csv", index=False)
+
+
+def test_pck_is_averaged_per_category_then_over_categories(uv_pairs, tmp_path):
+    """Category 'cat' = 15 pairs of oracle features (PCK 1), 'dog' = 5 pairs whose trg points
+    are moved far off (PCK 0): keypoint pooling would give 0.75, the SPair mean gives 0.5."""
+    ds0, store, kp = uv_pairs
+    kp = kp.copy()
+    far = kp.pair.isin([f"p{i}" for i in range(15, 20)])
+    kp.loc[far, "trg_x"] = np.where(kp.loc[far, "trg_x"] < 72, 140.0, 2.0)
+    root = tmp_path / "ds"
+    import shutil
+    shutil.copytree(ds0.root, root)
+    kp.to_csv(root / "keypoints.csv", index=False)
+    _labelled(root, {f"s{i}": ("1" if i < 15 else "2") for i in range(20)}, {1: "cat", 2: "dog"})
+    df = K.run(store, Dataset(root), identity, {"alphas": [0.1]}, layers=[0])
+    v = df.set_index("category").value
+    assert v["cat"] >= 0.99 and v["dog"] == 0
+    assert v["all"] == pytest.approx((v["cat"] + v["dog"]) / 2)      # not the keypoint mean
+    n = df.set_index("category").n_eval
+    assert (n["cat"], n["dog"], n["all"]) == (300, 100, 400)
+
+
+def test_teaching_matters_sampling_draws_k_pairs_per_category(uv_pairs, tmp_path):
+    ds0, store, kp = uv_pairs
+    root = tmp_path / "ds"
+    import shutil
+    shutil.copytree(ds0.root, root)
+    _labelled(root, {f"s{i}": ("1" if i < 12 else "2") for i in range(20)}, {1: "cat", 2: "dog"})
+    p = {"alphas": [0.1], "sampling": "teaching_matters", "pairs_per_category": 5, "seed": 3}
+    df = K.run(store, Dataset(root), identity, p, layers=[1])
+    n = df.set_index("category").n_eval
+    assert (n["cat"], n["dog"]) == (5 * 20, 5 * 20) and (df.seed == 3).all()
+    again = K.run(store, Dataset(root), identity, p, layers=[1])
+    pd.testing.assert_frame_equal(df, again)                          # seeded
+    other = K.run(store, Dataset(root), identity, {**p, "seed": 4}, layers=[1])
+    assert not np.allclose(other.value, df.value)                     # a different draw
+    few = K.run(store, Dataset(root), identity, {**p, "pairs_per_category": 10}, layers=[1])
+    assert few.set_index("category").n_eval["dog"] == 8 * 20          # all 8 'dog' pairs
+    with pytest.raises(ConfigError, match=r"tasks\.keypoints\.params\.sampling"):
+        K._check_params({"sampling": "random"})
