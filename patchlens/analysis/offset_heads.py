@@ -25,6 +25,19 @@ Defaults and why:
       blob centred on the query that leans slightly to one side is not called an offset head.
   diagonals = false: Walmer et al. report axis-aligned offsets; diagonal peaks are reported with
       their direction but flagged only on request.
+
+Average attention offset (Walmer et al. 2023, Sec. 4.1; ``average_att_offset`` in
+``analysis/attention_metrics.py`` of github.com/mwalmer-umd/vit_analysis), the paper's continuous
+statistic next to the threshold rule above (which is this project's own): the centroid of the
+query-aligned map m(dy, dx) normalised to sum 1, in the *unit canvas* where the offset of a
+whole grid side maps to 1 (x = dx / (w - 1), y = dy / (h - 1); the reference's templates
+``2 i / (2K - 2) - 1`` on the (2K-1)-wide canvas of a K x K grid), and its length
+``avg_offset = ||(x, y)||``. A head that always looks one patch right on a K x K grid has
+(x, y) = (1 / (K - 1), 0); a head centred on its query (or symmetric around it) has 0. The
+values go into the attention table as metrics ``avg_offset``, ``offset_x`` and ``offset_y``
+(:func:`offset_table`). With ``radius`` cropping the canvas the mass beyond it is lost and the
+centroid is taken over the crop (the reference always uses the whole canvas).
+See ``docs/protocols.md#offset_heads``.
 No torch import: this runs on the stored ``centred`` variable.
 """
 from __future__ import annotations
@@ -115,3 +128,42 @@ def find_offset_heads(centred: xr.DataArray | xr.Dataset,
         if k in out:
             out[k] = out[k].astype(int)
     return out
+
+
+def average_offset(centred: xr.DataArray, grid: tuple[int, int]) -> xr.Dataset:
+    """Walmer et al.'s average attention offset of query-aligned maps (module docstring).
+
+    ``centred`` has dims (..., dy, dx) with integer patch offsets as coordinates; ``grid`` is the
+    (h, w) patch grid the offsets are normalised by. Returns a Dataset with ``offset_x``,
+    ``offset_y`` (centroid in the unit canvas) and ``avg_offset`` (its length), dims (...);
+    NaN where a map has no mass.
+    """
+    h, w = int(grid[0]), int(grid[1])
+    m = centred.fillna(0.0).astype(np.float64)
+    total = m.sum(("dy", "dx"))
+    ux = centred["dx"].astype(np.float64) / max(w - 1, 1)
+    uy = centred["dy"].astype(np.float64) / max(h - 1, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = (m * ux).sum(("dy", "dx")) / total.where(total > 0)
+        cy = (m * uy).sum(("dy", "dx")) / total.where(total > 0)
+    return xr.Dataset({"offset_x": cx, "offset_y": cy, "avg_offset": np.hypot(cx, cy)})
+
+
+OFFSET_METRICS = ("avg_offset", "offset_x", "offset_y")
+
+
+def offset_table(ds: xr.Dataset, model: str, dataset: str) -> pd.DataFrame:
+    """Rows of the attention table (model, dataset, layer, head, metric, value) with the average
+    attention offset per layer x head of an attention statistics file (metrics
+    :data:`OFFSET_METRICS`; the grid comes from the file's ``grid`` attribute)."""
+    grid = tuple(int(x) for x in np.atleast_1d(ds.attrs["grid"]))
+    off = average_offset(ds["centred"], grid)
+    parts = []
+    for name in OFFSET_METRICS:
+        df = off[name].to_dataframe(name="value").reset_index()[["layer", "head", "value"]]
+        parts.append(df.assign(metric=name))
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(0, "dataset", dataset)
+    out.insert(0, "model", model)
+    out[["layer", "head"]] = out[["layer", "head"]].astype(int)
+    return out[["model", "dataset", "layer", "head", "metric", "value"]]

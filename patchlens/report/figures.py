@@ -722,6 +722,32 @@ def fig_best_layer(tables):
     return fig
 
 
+@_figure("attention_offset", ("attention",), """
+    Average attention offset of every head (dots) per layer, one panel per model; the line is the
+    mean over heads: the length of the centroid of the head's query-aligned average attention map,
+    in the unit canvas where a whole grid side is 1 (Walmer et al. 2023, "Teaching Matters",
+    Sec. 4.1). Heads that attend to a fixed neighbour sit above 0; heads centred on their query sit
+    at 0.""")
+def fig_attention_offset(tables):
+    """Per-head average attention offset vs layer, scatter, one panel per model."""
+    a = _table(tables, "attention")
+    a = a[a["metric"] == "avg_offset"] if len(a) else a
+    if not len(a):
+        return None
+    ctx = _Ctx(tables)
+    fig, axes, panels = _model_panels(a, ctx, sharey=True)
+    for ax, m, ds in panels:
+        d = a[(a["model"] == m) & (a["dataset"] == ds) & (a["head"] >= 0)]
+        ax.scatter(d["layer"], d["value"], s=4, color=ctx.color(m), alpha=0.6, linewidths=0)
+        mean = d.groupby("layer")["value"].mean()
+        ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
+        ax.set_xlabel("block")
+        _integer_ticks(ax.xaxis)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("average attention offset")
+    return fig
+
+
 # ------------------------------------------------------------------------------------ drivers
 def make_figure(name: str, tables: dict, out_dir) -> Path | None:
     """Draw catalogue figure ``name`` into ``out_dir/name.{png,pdf}``; stale files of a figure

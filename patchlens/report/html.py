@@ -38,7 +38,8 @@ SECTIONS = [
     ("keypoints", TASK_TITLES["keypoints"], ["keypoints"], "keypoints"),
     ("lowshot_cls", TASK_TITLES["lowshot_cls"], ["lowshot_cls"], "lowshot_cls"),
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
-    ("attention", "Attention", ["attention_distance", "attention_stats", "offset_heads"], None),
+    ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
+                            "offset_heads"], None),
     ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image"], None),
 ]
 

@@ -119,7 +119,8 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
                 local = 20 + 10 * h if m == "mae" else 20 + 25 * layer + 8 * h
                 att += [(m, "scenes", layer, h, "distance", float(local)),
                         (m, "scenes", layer, h, "entropy", 2 + 0.2 * layer + 0.1 * h),
-                        (m, "scenes", layer, h, "cls_share", 0.05 * layer / n)]
+                        (m, "scenes", layer, h, "cls_share", 0.05 * layer / n),
+                        (m, "scenes", layer, h, "avg_offset", 0.1 * h / (layer + 1))]
             att.append((m, "scenes", layer, -1, "diversity", 1.0 - 0.1 * layer))
     pd.DataFrame(att, columns=T.TABLE_COLUMNS["attention"]).to_parquet(
         tables_dir / "attention.parquet")

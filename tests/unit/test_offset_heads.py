@@ -97,3 +97,66 @@ def test_bad_params_and_canvas():
         find_offset_heads(_canvas({}), {"min_sahre": 0.3})
     with pytest.raises(ConfigError, match="centre"):
         find_offset_heads(_canvas({}).isel(dy=slice(0, 2)))
+
+
+def _reference_offset(canvas: np.ndarray) -> tuple[float, float]:
+    """Walmer et al.'s average_att_offset on one (2K-1) x (2K-1) map: templates
+    v_i = 2 i / (nt - 1) - 1 along x (columns) and y (rows), centroid of the normalised map."""
+    nt = canvas.shape[0]
+    v = 2 * np.arange(nt) / (nt - 1) - 1
+    att = canvas / canvas.sum()
+    return float((att * v[None, :]).sum()), float((att * v[:, None]).sum())
+
+
+def test_average_offset_of_shift_heads_matches_the_reference_formula():
+    from patchlens.analysis.offset_heads import average_offset
+
+    heads = [shift_rows(K, 0, 1), np.eye(P), shift_rows(K, -1, 0), shift_rows(K, 1, 1),
+             np.full((P, P), 1 / P)]
+    cen = _centred(heads)
+    off = average_offset(cen, (K, K))
+    # right shift: (K-1)/K of the queries look one patch right, the last column one patch left
+    x_right = ((K - 1) / K - 1 / K) / (K - 1)
+    np.testing.assert_allclose(off["offset_x"].sel(layer=3).values[0], x_right, atol=1e-9)
+    np.testing.assert_allclose(off["avg_offset"].sel(layer=3).values[[0, 1, 2, 4]],
+                               [x_right, 0, x_right, 0], atol=1e-9)
+    assert off["offset_y"].sel(layer=3).values[2] == pytest.approx(-x_right)    # up = -y
+    for h in range(len(heads)):
+        cx, cy = _reference_offset(cen.sel(layer=3, head=h).values)
+        assert off["offset_x"].sel(layer=3, head=h) == pytest.approx(cx, abs=1e-9)
+        assert off["offset_y"].sel(layer=3, head=h) == pytest.approx(cy, abs=1e-9)
+
+
+def test_pure_shift_by_one_has_offset_one_over_grid_side():
+    """All mass one patch right on a K x K canvas: (1 / (K - 1), 0), length 1 / (K - 1); the same
+    canvas cropped to radius 1 gives the same centroid (units follow the grid, not the crop)."""
+    from patchlens.analysis.offset_heads import average_offset
+
+    full = _canvas({(0, 1): 1.0}, r=K - 1).where(lambda m: m > 1e-12, 0.0)
+    crop = full.sel(dy=slice(-1, 1), dx=slice(-1, 1))
+    for m in (full, crop):
+        off = average_offset(m, (K, K))
+        assert float(off["avg_offset"][0, 0]) == pytest.approx(1 / (K - 1))
+        assert float(off["offset_y"][0, 0]) == pytest.approx(0.0)
+    # non-square grid: x and y normalised by their own side
+    down = _canvas({(1, 0): 1.0}, r=2).where(lambda m: m > 1e-12, 0.0)
+    assert float(average_offset(down, (3, 9))["offset_y"][0, 0]) == pytest.approx(1 / 2)
+
+
+def test_offset_table_rows_in_the_attention_table_format():
+    from patchlens.analysis.attention_stats import attention_table
+    from patchlens.analysis.offset_heads import OFFSET_METRICS, offset_table
+
+    H = 2
+    a = np.zeros((1, H, 1 + P, 1 + P), np.float32)
+    a[0, 0, 1:, 1:] = shift_rows(K, 0, 1)
+    a[0, 1, 1:, 1:] = np.eye(P)
+    acc = AttentionAccumulator([0], (K, K), 16, 1)
+    acc.add(0, a)
+    ds = acc.result()
+    t = offset_table(ds, "m", "d")
+    assert list(t.columns) == list(attention_table(ds, "m", "d").columns)
+    assert set(t.metric) == set(OFFSET_METRICS) and len(t) == 3 * H
+    v = t.set_index(["metric", "head"]).value
+    assert v["avg_offset", 0] == pytest.approx(((K - 1) / K - 1 / K) / (K - 1))
+    assert v["avg_offset", 1] == pytest.approx(0.0)
