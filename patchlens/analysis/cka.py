@@ -16,6 +16,27 @@ Raghu et al. 2021 "Do Vision Transformers See Like Convolutional Neural Networks
   Each minibatch term is unbiased, so the ratio is consistent and does not depend on the batch
   size the way the biased estimator does; no n x n Gram over the whole sample set is ever built.
 
+Which representation is compared (``mode``, ``docs/protocols.md#cka``):
+
+* ``residual`` (default; Raghu et al. 2021, Sec. 3): the residual stream as stored in the feature
+  files -- the output of each block before any LayerNorm, plus the final-norm entry
+  (``layer = n_blocks``) where the file has one. ``levels``: ``patch`` (patch tokens are the
+  samples, ``max_patches_per_image`` per image) and/or ``image`` (mean-pooled patch tokens).
+* ``teaching_matters`` (Walmer et al., CVPR 2023, Sec. 3.3; ``cka/cka_main.py`` with
+  ``layer_jsons/cka_all`` of github.com/mwalmer-umd/vit_analysis, mode ``all``): LayerNorm-
+  normalised tokens, *all tokens of an image* (class token and patches) flattened into one
+  sample vector, the linear Gram of each minibatch min-max scaled (``K - min K``, then
+  ``/ max``) with its diagonal zeroed, and the unbiased HSIC averaged over minibatches of
+  ``batch_size`` images. The reference hooks ``blocks.i.norm1`` and ``blocks.i.norm2``; here the
+  LayerNorm outputs are computed from the stored block outputs with the parameters stored at
+  extraction (:func:`patchlens.features.extract.layer_norm_params`): layer ``l`` is
+  ``blocks[l+1].norm1(x_l)``, i.e. the reference's ``blocks.(l+1).norm1``, and the last block is
+  normalised by the final norm (the reference's ``blocks.0.norm1`` on the embeddings and every
+  ``norm2`` are not available; the final-norm entry itself is not repeated). Output level
+  ``tokens_ln``. Baselines (``pixels``, ``oracle``) have no LayerNorm: their tokens are used as
+  stored. The min-max scaling does not change a single-minibatch value (HSIC_1 ignores a constant
+  added to the off-diagonal kernel, and CKA a common scale), but it reweights minibatches.
+
 HSIC_1 with a linear kernel is invariant to translating the features, so every block of samples is
 centred (float64) before its Gram is formed, which only improves the numerics.
 
@@ -37,8 +58,10 @@ from patchlens.params import merge_params
 from patchlens.tasks.upsample import resize_bilinear
 
 DEFAULTS = {"batch_size": 256, "levels": ["patch", "image"], "max_patches_per_image": 16,
-            "set_size": 4096, "read_chunk": 64, "seed": 0}
+            "set_size": 4096, "read_chunk": 64, "seed": 0, "mode": "residual"}
 LEVELS = ("patch", "image")
+MODES = ("residual", "teaching_matters")
+TM_LEVEL = "tokens_ln"  # the level name of mode teaching_matters
 WHERE = "analyses.cka.params"  # where the parameters live in the config (error messages)
 
 
@@ -98,6 +121,32 @@ def _gram(x: np.ndarray) -> np.ndarray:
     return k
 
 
+def _gram_minmax(x) -> np.ndarray:
+    """Teaching Matters' minibatch kernel (``cka_main.py``): K = X X^T of the *uncentred*
+    features, ``K - min(K)``, then ``/ max(K)`` (over the whole matrix, diagonal included), then
+    the diagonal set to zero; float64."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"CKA expects (samples, features) arrays, got shape {x.shape}")
+    _check_n(x.shape[0])
+    k = (x @ x.T).astype(np.float64)
+    k -= k.min()
+    top = k.max()
+    if top > 0:
+        k /= top
+    np.fill_diagonal(k, 0.0)
+    return k
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """LayerNorm over the last axis (biased variance, as torch): (x - mu) / sqrt(var + eps) * w
+    + b, float32."""
+    x = np.asarray(x, np.float32)
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return ((x - mu) / np.sqrt(var + eps) * weight + bias).astype(np.float32)
+
+
 class _Grams:
     """The zero-diagonal Grams of several layers on one minibatch, stacked for pairing:
     F (layers, n*n) flattened K~, R (layers, n) = K~ 1, S (layers,) = 1^T K~ 1."""
@@ -155,7 +204,7 @@ _PAIR_BLOCK = 4  # B layers whose Grams are paired with A's in one matrix produc
 
 
 def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
-                         batch_size: int = 256, seed: int = 0) -> np.ndarray:
+                         batch_size: int = 256, seed: int = 0, gram=None) -> np.ndarray:
     """Layer x layer minibatch CKA (LA, LB) over minibatch sets.
 
     ``sets`` yields ``(layers_a, layers_b)``: iterables over the layers of each model, each giving
@@ -164,8 +213,10 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
     into ceil(m / batch_size) near-equal minibatches; A's layers are consumed one at a time into
     their minibatch Grams (memory: (LA + 4) x m x batch_size float64), then B's layers stream past
     them, 4 at a time, and are paired with every A layer by one matrix product per minibatch.
-    Every minibatch weighs equally.
+    Every minibatch weighs equally. ``gram`` (default: the centred zero-diagonal linear Gram)
+    maps a minibatch (n, C) to its zero-diagonal kernel matrix.
     """
+    gram = _gram if gram is None else gram
     kl = kk = ll = None
     count = 0
     for si, (layers_a, layers_b) in enumerate(sets):
@@ -180,7 +231,7 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
             elif len(xa) != sum(len(s) for s in splits):
                 raise DataError(f"CKA set {si}: layers have different sample counts")
             for j, idx in enumerate(splits):
-                grams_a[j].append(_gram(xa[idx]))
+                grams_a[j].append(gram(xa[idx]))
         if splits is None:
             continue
         batches_a = []
@@ -212,7 +263,7 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
                 if len(xb) != n_a:
                     raise DataError(f"CKA set {si}: model B has {len(xb)} samples, model A {n_a}")
                 for j, idx in enumerate(splits):
-                    pending[j].append(_gram(xb[idx]))
+                    pending[j].append(gram(xb[idx]))
                 if len(pending[0]) == _PAIR_BLOCK:
                     flush()
             flush()
@@ -240,6 +291,8 @@ def cka_params(params: dict | None) -> dict:
     for key in ("batch_size", "max_patches_per_image", "set_size", "read_chunk"):
         if not isinstance(p[key], (int, np.integer)) or isinstance(p[key], bool) or p[key] < 1:
             raise ConfigError(f"{WHERE}.{key} = {p[key]!r}: expected a positive integer")
+    if p["mode"] not in MODES:
+        raise ConfigError(f"{WHERE}.mode = {p['mode']!r}: expected one of {list(MODES)}")
     if p["batch_size"] < 4:
         raise ConfigError(f"{WHERE}.batch_size = {p['batch_size']}: the unbiased estimator "
                           "needs >= 4")
@@ -284,22 +337,89 @@ def _set_plan(images: list[str], level: str, grid, p: dict):
     return plan, len(order) * s
 
 
+def ln_layers(store) -> list[int]:
+    """The layers compared in mode ``teaching_matters``: every stored layer that has a LayerNorm
+    reading it (attribute ``ln_layers``), or every layer of a baseline (no LayerNorm at all)."""
+    if store.attrs.get("kind") in ("pixels", "oracle"):
+        return list(store.layers)
+    have = store.attrs.get("ln_layers")
+    if have is None or store.variable("ln_weight") is None:
+        raise DataError(f"{store.path}: no LayerNorm parameters (ln_weight, ln_bias); the file "
+                        "predates them: delete it and rerun extract_features, or set "
+                        f"{WHERE}.mode: residual")
+    have = [int(x) for x in np.atleast_1d(have)]
+    return [l for l in have if l >= 0]
+
+
+def _tm_samples(store, layer: int, images: list[str], chunk: int) -> np.ndarray:
+    """(n, T * C) samples of one layer in mode teaching_matters: the LayerNorm output of all
+    tokens of each image (class token first, then patches), flattened."""
+    ln = None
+    if store.attrs.get("kind") not in ("pixels", "oracle"):
+        li = store.layers.index(int(layer))
+        ln = (store.variable("ln_weight")[li], store.variable("ln_bias")[li],
+              float(store.attrs.get("ln_eps", 1e-6)))
+    out = []
+    for lo in range(0, len(images), chunk):
+        ims = images[lo:lo + chunk]
+        t = store.tokens(layer, ims)
+        t = t.reshape(t.shape[0], -1, t.shape[-1])
+        if store.has_cls:
+            t = np.concatenate([store.cls(layer, ims)[:, None], t], axis=1)
+        if ln is not None:
+            t = layer_norm(t, *ln)
+        out.append(t.reshape(t.shape[0], -1))
+    return np.concatenate(out)
+
+
+def _cka_teaching_matters(store_a, store_b, images, p, same) -> pd.DataFrame:
+    """Mode teaching_matters (module docstring): the images shuffled with ``seed`` and split into
+    max(1, n // batch_size) near-equal minibatches (one minibatch set each), min-max scaled
+    Grams; every minibatch weighs equally."""
+    la, lb = ln_layers(store_a), ln_layers(store_b)
+    rng = np.random.default_rng(p["seed"])
+    order = [images[i] for i in rng.permutation(len(images))]
+    if len(order) < 4:
+        raise DataError(f"CKA ({TM_LEVEL}): {len(order)} images; the unbiased estimator needs "
+                        "at least 4")
+    # near-equal minibatches of at least batch_size images (each >= 4, as the estimator needs)
+    k = max(1, len(order) // p["batch_size"])
+    plan = [[order[i] for i in s] for s in np.array_split(np.arange(len(order)), k)]
+
+    def layer_iter(store, layers, ims):
+        for layer in layers:
+            yield _tm_samples(store, layer, ims, p["read_chunk"])
+
+    sets = ((layer_iter(store_a, la, ims), None if same else layer_iter(store_b, lb, ims))
+            for ims in plan)
+    mat = minibatch_cka_matrix(sets, len(order), p["seed"], gram=_gram_minmax)  # 1 batch / set
+    rows = [(_model_name(store_a), _model_name(store_b), a, b, TM_LEVEL, float(mat[i, j]),
+             len(order)) for i, a in enumerate(la) for j, b in enumerate(lb)]
+    return pd.DataFrame(rows, columns=["model_a", "model_b", "layer_a", "layer_b", "level",
+                                       "value", "n_samples"])
+
+
 def cka_layers(store_a, store_b, images: list[str] | None = None,
                params: dict | None = None) -> pd.DataFrame:
     """Minibatch linear CKA between every layer of ``store_a`` and every layer of ``store_b``.
 
-    Levels: ``patch`` -- patch tokens are the samples, ``max_patches_per_image`` patches per image
+    Mode ``residual`` (default), levels: ``patch`` -- patch tokens are the samples,
+    ``max_patches_per_image`` patches per image
     drawn without replacement with a fixed ``seed`` (the same patches for both models; if the grids
     differ, both are bilinearly resampled to the smaller grid, assuming both models saw the same
     crop); ``image`` -- mean-pooled patch tokens are the samples. Images are shuffled (``seed``)
     and grouped into minibatch sets of about ``set_size`` samples; each layer of each store is read
     once per set (``read_chunk`` images at a time) and shuffled into ``batch_size`` minibatches
     (Nguyen et al. 2021). Passing the same store twice gives the within-model matrix from one read.
+    Mode ``teaching_matters``: see the module docstring (level ``tokens_ln``; ``levels``,
+    ``max_patches_per_image`` and ``set_size`` do not apply).
     Returns columns model_a, model_b, layer_a, layer_b, level, value, n_samples.
     """
     p = cka_params(params)
     images = list(store_a.images if images is None else images)
     same = store_b is store_a or store_b.path.resolve() == store_a.path.resolve()
+    if p["mode"] == "teaching_matters":
+        return _cka_teaching_matters(store_a, store_b, images, p, same)
     grid = (min(store_a.grid[0], store_b.grid[0]), min(store_a.grid[1], store_b.grid[1]))
     rows = []
     for level in p["levels"]:

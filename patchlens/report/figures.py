@@ -748,6 +748,16 @@ def fig_attention_offset(tables):
     return fig
 
 
+@_figure("cka_tokens_ln", ("cka",), """
+    Linear CKA in Teaching Matters' setting (Walmer et al. 2023; analyses.cka.params.mode:
+    teaching_matters): LayerNorm-normalised tokens of each block, all tokens of an image
+    flattened as one sample, min-max scaled minibatch Grams, unbiased HSIC; laid out as the
+    patch version: row model's layers (vertical) against column model's layers (horizontal).""")
+def fig_cka_tokens_ln(tables):
+    """Layer x layer CKA heatmaps per model pair, Teaching Matters' setting."""
+    return _cka_figure(tables, "tokens_ln")
+
+
 # ------------------------------------------------------------------------------------ drivers
 def make_figure(name: str, tables: dict, out_dir) -> Path | None:
     """Draw catalogue figure ``name`` into ``out_dir/name.{png,pdf}``; stale files of a figure

@@ -40,7 +40,7 @@ SECTIONS = [
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
     ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
                             "offset_heads"], None),
-    ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image"], None),
+    ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image", "cka_tokens_ln"], None),
 ]
 
 CSS = """

@@ -155,3 +155,86 @@ def test_cka_errors(tmp_path):
         cka_layers(a, a, params={"levels": ["pixel"]})
     with pytest.raises(ConfigError, match="batch_size"):
         cka_layers(a, a, params={"batch_size": 0})
+
+
+# ----------------------------------------------------------------------------- teaching matters
+
+def _tm_reference(xs, ys):
+    """Teaching Matters' cka_main.py on paired minibatches, written out: K = X X^T of the
+    flattened tokens, K - min, / max, zero diagonal, unbiased HSIC (Nguyen et al. Eq. 3 with
+    ones vectors), averaged over batches; CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))."""
+    def kern(x):
+        k = x @ x.T
+        k = k - k.min()
+        k = k / k.max()
+        np.fill_diagonal(k, 0.0)
+        return k
+
+    def hsic(K, L):
+        n = len(K)
+        one = np.ones((n, 1))
+        r = np.trace(K @ L) + (one.T @ K @ one @ one.T @ L @ one).item() / ((n - 1) * (n - 2))
+        r -= (one.T @ K @ L @ one).item() * 2 / (n - 2)
+        return r / (n * (n - 3))
+
+    kl = kk = ll = 0.0
+    for x, y in zip(xs, ys):
+        K, L = kern(x), kern(y)
+        kl, kk, ll = kl + hsic(K, L), kk + hsic(K, K), ll + hsic(L, L)
+    return kl / np.sqrt(kk * ll)
+
+
+def _ln_store(path, tokens, cls, w, b, eps=1e-6, model="m"):
+    from patchlens.features.store import FeatureWriter
+
+    n, L, P, C = tokens.shape
+    attrs = {"model": model, "kind": "timm", "ln_eps": eps, "ln_layers": list(range(L))}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FeatureWriter(path, [f"im{i}" for i in range(n)], list(range(L)), (P // 2, 2), C, True,
+                       attrs, {"ln_weight": w, "ln_bias": b}) as wr:
+        wr.write(tokens, cls)
+    return FeatureStore(path)
+
+
+def test_teaching_matters_mode_normalises_tokens_and_matches_the_reference(tmp_path):
+    """Layer 1 = every token of layer 0 scaled and shifted by its own random (a, b): LayerNorm
+    undoes that, so in mode teaching_matters CKA(0, 1) = 1, while the residual stream differs.
+    Layer 2 is independent noise. Values equal the reference formula on the LayerNorm outputs."""
+    from patchlens.analysis.cka import layer_norm
+
+    r = np.random.default_rng(0)
+    n, P, C = 12, 8, 16
+    x0 = r.normal(size=(n, 1 + P, C))                       # class token + patches
+    a = r.uniform(0.5, 3, size=(n, 1 + P, 1))
+    shift = r.normal(size=(n, 1 + P, 1)) * 3
+    x1 = a * x0 + shift
+    x2 = r.normal(size=(n, 1 + P, C))
+    allt = np.stack([x0, x1, x2], 1).astype(np.float16).astype(np.float64)   # (n, L, T, C)
+    w = r.uniform(0.5, 1.5, size=(3, C)).astype(np.float32)
+    w[1] = w[0]
+    bias = r.normal(size=(3, C)).astype(np.float32) * 0.1
+    bias[1] = bias[0]
+    s = _ln_store(tmp_path / "a.h5", allt[:, :, 1:], allt[:, :, 0], w, bias)
+    params = {"mode": "teaching_matters", "batch_size": 6, "seed": 1}
+    df = cka_layers(s, s, params=params)
+    assert set(df.level) == {"tokens_ln"} and (df.n_samples == n).all()
+    v = df.set_index(["layer_a", "layer_b"]).value
+    assert v[0, 1] == pytest.approx(1.0, abs=1e-5)
+    res = cka_layers(s, s, params={"levels": ["image"], "batch_size": 6})
+    assert res.set_index(["layer_a", "layer_b"]).value[0, 1] < 0.99   # residual stream differs
+    # reference: the same two shuffled minibatches of 6 images, LayerNorm computed here
+    order = np.random.default_rng(1).permutation(n)
+    feats = [layer_norm(allt[:, l], w[l], bias[l], 1e-6).reshape(n, -1).astype(np.float64)
+             for l in range(3)]
+    batches = np.array_split(order, 2)
+    for la, lb in ((0, 2), (1, 2), (0, 1)):
+        ref = _tm_reference([feats[la][i] for i in batches], [feats[lb][i] for i in batches])
+        assert v[la, lb] == pytest.approx(ref, abs=2e-4), (la, lb)
+
+
+def test_teaching_matters_mode_needs_layer_norm_parameters(tmp_path):
+    a = _store(tmp_path / "a.h5", np.ones((6, 1, 4, 2)), "a", (2, 2))
+    with pytest.raises(DataError, match="ln_weight.*mode: residual"):
+        cka_layers(a, a, params={"mode": "teaching_matters"})
+    with pytest.raises(ConfigError, match="mode"):
+        cka_layers(a, a, params={"mode": "tm"})

@@ -148,7 +148,8 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
             for la in range(na):
                 for lb in range(nb):
                     v = np.exp(-abs((la + 1) / na - (lb + 1) / nb) * 3) * (1 if a == b else 0.8)
-                    cka += [(a, b, la, lb, "patch", v), (a, b, la, lb, "image", v ** 0.5)]
+                    cka += [(a, b, la, lb, "patch", v), (a, b, la, lb, "image", v ** 0.5),
+                            (a, b, la, lb, "tokens_ln", v ** 2)]
     pd.DataFrame(cka, columns=T.TABLE_COLUMNS["cka"]).to_parquet(tables_dir / "cka.parquet")
 
     bl = T.best_layers(T.overall(df))
