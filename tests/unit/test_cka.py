@@ -238,3 +238,21 @@ def test_teaching_matters_mode_needs_layer_norm_parameters(tmp_path):
         cka_layers(a, a, params={"mode": "teaching_matters"})
     with pytest.raises(ConfigError, match="mode"):
         cka_layers(a, a, params={"mode": "tm"})
+
+
+def test_unknown_cka_mode_fails_at_config_validation():
+    """The config alone shows a bad mode: the schema rejects it before any job runs."""
+    from pathlib import Path
+
+    import yaml
+
+    from patchlens.config import validate
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    validate(dict(cfg, analyses={**cfg["analyses"],
+                                 "cka": {"datasets": ["scenes"],
+                                         "params": {"mode": "teaching_matters"}}}))
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    cfg["analyses"]["cka"]["params"] = {"mode": "tm"}
+    with pytest.raises(ConfigError, match="mode"):
+        validate(cfg)

@@ -234,3 +234,16 @@ def test_teaching_matters_sampling_draws_k_pairs_per_category(uv_pairs, tmp_path
     assert few.set_index("category").n_eval["dog"] == 8 * 20          # all 8 'dog' pairs
     with pytest.raises(ConfigError, match=r"tasks\.keypoints\.params\.sampling"):
         K._check_params({"sampling": "random"})
+
+
+def test_unknown_sampling_fails_at_config_validation():
+    from pathlib import Path
+
+    import yaml
+
+    from patchlens.config import validate
+
+    cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
+    cfg["tasks"]["keypoints"]["params"] = {"sampling": "random"}
+    with pytest.raises(ConfigError, match="sampling|random"):
+        validate(cfg)
