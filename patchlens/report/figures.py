@@ -743,6 +743,8 @@ def fig_attention_offset(tables):
         ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
         ax.set_xlabel("block")
         _integer_ticks(ax.xaxis)
+    for ax in axes.flat:
+        ax.set_ylim(bottom=0)
     for ax in axes[:, 0]:
         ax.set_ylabel("average attention offset")
     return fig

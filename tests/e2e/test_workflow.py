@@ -101,3 +101,60 @@ def test_workflow_report_in_browser(workdir):
     if "1 skipped" in proc.stdout:
         pytest.skip(proc.stdout.strip().splitlines()[-2])
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_final_norm_layer_present_for_timm_absent_for_baselines(workdir):
+    """The feature file of tiny_vit holds layer n_blocks = timm's forward_features (final norm
+    applied, prefix tokens dropped) within float16 tolerance; the baselines have no such entry,
+    and every task scored the norm layer of tiny_vit."""
+    import numpy as np
+    import timm
+    import torch
+
+    from patchlens.data.dataset import Dataset
+    from patchlens.features.extract import load_batch
+    from patchlens.features.store import FeatureStore
+
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    entry = cfg["models"]["tiny_vit"]
+    depth = entry["kwargs"]["depth"]
+    res = workdir / "results"
+    with FeatureStore(res / "features" / "tiny_vit" / "scenes.h5") as s:
+        assert s.layers == list(range(depth + 1)) and s.norm_layer == depth
+        assert s.attrs["norm_layer"] == depth and s.attrs["final_norm"] == 1
+        images = s.images[:4]
+        got, got_cls = s.tokens(depth, images), s.cls(depth, images)
+        size = tuple(s.attrs["input_size"])
+        mean, std = s.attrs["mean"], s.attrs["std"]
+    torch.manual_seed(int(entry.get("seed", 0)))
+    model = timm.create_model(entry["timm"], pretrained=False, num_classes=0,
+                              dynamic_img_size=True, **entry["kwargs"]).eval()
+    x = torch.from_numpy(load_batch(Dataset(res / "data" / "scenes"), images, size, mean, std))
+    with torch.no_grad():
+        ref = model.forward_features(x)
+    prefix = model.num_prefix_tokens
+    np.testing.assert_allclose(got.reshape(len(images), -1, got.shape[-1]),
+                               ref[:, prefix:].numpy(), rtol=5e-3, atol=5e-3)
+    np.testing.assert_allclose(got_cls, ref[:, 0].numpy(), rtol=5e-3, atol=5e-3)
+    for base in ("pixels", "oracle"):
+        with FeatureStore(res / "features" / base / "scenes.h5") as s:
+            assert s.layers == [0] and s.norm_layer is None
+    scores = pd.read_parquet(res / "tables" / "scores.parquet")
+    tiny = scores[scores.model == "tiny_vit"]
+    assert set(tiny.loc[tiny.layer == depth, "task"]) == set(cfg["tasks"])
+
+
+def test_keypoints_all_row_is_the_mean_of_the_category_rows(workdir):
+    scores = pd.read_parquet(workdir / "results" / "tables" / "scores.parquet")
+    kp = scores[scores.task == "keypoints"]
+    assert {"pck@0.01", "pck@0.05", "pck@0.1"} <= set(kp.metric)
+    keys = ["model", "dataset", "variant", "layer", "seed", "metric"]
+    cats = kp[kp.category != "all"]
+    assert cats.category.nunique() >= 2          # the scenes pairs span several classes
+    mean = {}
+    for k, g in cats.groupby(keys):
+        mean[k] = sum(g.value) / len(g)          # unweighted over categories
+    overall = kp[kp.category == "all"].set_index(keys).value
+    assert len(overall) == len(mean)
+    for k, v in mean.items():
+        assert abs(overall[k] - v) < 1e-9, k
