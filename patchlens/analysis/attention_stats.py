@@ -26,6 +26,10 @@ Matters", whose ``AvgAlignedAttentionOnToken`` removes the CLS token and renorma
               it is a lower bound of the per-image mean JS: it counts heads that look at
               *different places on average*, not per-image variation.
 
+References, parameters and every known difference from the papers: ``docs/protocols.md#attention``
+(and ``#offset_heads`` for Walmer et al.'s average attention offset, computed from ``centred`` in
+:mod:`patchlens.analysis.offset_heads`).
+
 Rows whose whole mass sits on prefix tokens (patch mass exactly 0) cannot be renormalised; they are
 left out of ``distance`` and ``entropy`` and contribute zeros to ``centred`` and ``diversity``.
 
