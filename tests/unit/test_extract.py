@@ -154,3 +154,29 @@ def test_no_norm_entry_without_final_norm_or_last_block(tmp_path, image_dataset)
             tmp_path / "p.h5", img_size=[48, 64], progress=False)
     with FeatureStore(tmp_path / "p.h5") as s:
         assert s.layers == [0] and s.norm_layer is None
+
+
+@pytest.mark.parametrize("kwargs", [{"reg_tokens": 2}, {"class_token": False, "global_pool": "avg",
+                                                        "fc_norm": False}])
+def test_norm_entry_with_register_tokens_or_without_class_token(kwargs):
+    """forward_layers' norm entry = forward_features with every prefix token dropped (registers
+    too); the class token, where there is one, is forward_features' token 0."""
+    from patchlens.features.extract import forward_layers
+
+    torch.manual_seed(1)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                              dynamic_img_size=True, **TINY["kwargs"], **kwargs).eval()
+    for p in model.norm.parameters():
+        p.data.normal_()
+    x = torch.randn(2, 3, 32, 48)
+    has_cls = model.cls_token is not None
+    with torch.no_grad():
+        tok, cls = forward_layers(model, x, [1, 2], has_cls, norm=True)
+        ref = model.forward_features(x)
+    assert tok.shape == (2, 3, 6, 48)
+    np.testing.assert_allclose(tok[:, 2], ref[:, model.num_prefix_tokens:].numpy(),
+                               rtol=5e-3, atol=5e-3)
+    if has_cls:
+        np.testing.assert_allclose(cls[:, 2], ref[:, 0].numpy(), rtol=5e-3, atol=5e-3)
+    else:
+        assert cls is None
