@@ -10,9 +10,9 @@ used per layer by Walmer et al. (CVPR 2023, "Teaching Matters") and Vanyan et al
    (``davis2017/davis.py`` ``get_all_masks``: ``num_objects = max(first mask)``): an id below N
    that is absent from the first frame has an empty seed, is never predicted, and scores as the
    toolkit scores a result without it (J = F = 1 on frames where it is absent from the ground
-   truth too, 0 where it is present); ids above N in later frames count as background. The seed label map is the first frame's instance mask
-   resized to the patch grid by nearest neighbour (pixel centres), one-hot over
-   (background, object 1..N): ``(h, w, N+1)``.
+   truth too, 0 where it is present); ids above N in later frames count as background. The
+   seed label map is the first frame's instance mask resized to the patch grid by nearest
+   neighbour (pixel centres), one-hot over (background, object 1..N): ``(h, w, N+1)``.
 2. Frames are processed in ``frame`` order. The context of target frame t is the first frame plus
    the ``n_last_frames`` (7) preceding frames, each with its *soft* propagated label map (the
    first frame with its one-hot seed).

@@ -34,7 +34,8 @@ def test_tiny_vit_extraction_equals_one_forward_pass(tmp_path, image_dataset):
     out = tmp_path / "f.h5"
     extract(spec, ds, out, img_size=[48, 64], batch_size=3, progress=False)
     x = xr.open_dataset(out, engine="h5netcdf")
-    assert x["tokens"].shape == (4, 4, 12, 48)   # 3 blocks + the final-norm entry and x["tokens"].dtype == np.float16
+    assert x["tokens"].shape == (4, 4, 12, 48)   # 3 blocks + the final-norm entry
+    assert x["tokens"].dtype == np.float16
     assert x.attrs["model"] == "tiny" and list(x.attrs["grid"]) == [3, 4]
     assert len(x.attrs["weights_sha256"]) == 64
     # reference: the same model called directly on the same normalised images
