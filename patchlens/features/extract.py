@@ -22,8 +22,8 @@ the affine parameters of the LayerNorm that reads that block's output -- ``block
 for ``l < n_blocks - 1`` and the final norm for the last block -- as variables
 ``ln_weight``/``ln_bias`` (layer, channel) with attribute ``ln_eps``, so that the
 LayerNorm-normalised tokens of Teaching Matters' CKA setting can be computed from the stored
-block outputs without a second forward pass (:func:`layer_norm_params`; zeros and ``ln_layers`` = -1 where a layer has
-no such LayerNorm, e.g. the norm entry itself).
+block outputs without a second forward pass (:func:`layer_norm_params`; zeros, and -1 in the
+attribute ``ln_layers``, where a layer has no such LayerNorm, e.g. the norm entry itself).
 """
 from __future__ import annotations
 
