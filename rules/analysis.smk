@@ -10,7 +10,7 @@ rule attention_stats:
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
-        settings=settings("analyses", "attention"),
+        settings=attention_forward_settings(),
         weights_dir=config["weights_dir"],
         batch_size=config["extraction"]["batch_size"],
     log:

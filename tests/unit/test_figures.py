@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from patchlens.analysis.best_layer import best_layer_table
+from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
@@ -63,7 +65,8 @@ def synthetic_scores(models=MODELS):
                                   fn=lambda l, n, m=m, g=gain: _curve(m, l, n, 0.6) + g)
         for metric in ("top1", "map"):
             rows += _rows("instance_id", m, metric)
-        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0)):
+        # as the retrieval evaluator writes it: per bin and the overall "all" row
+        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0), ("all", 0.9)):
             rows += _rows("retrieval", m, "map", scale_bin=b,
                           fn=lambda l, n, m=m, s=scale: s * _curve(m, l, n, 0.8))
         for seq in ("bear", "car", "all"):
@@ -150,9 +153,8 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
                     cka += [(a, b, la, lb, "patch", v), (a, b, la, lb, "image", v ** 0.5)]
     pd.DataFrame(cka, columns=T.TABLE_COLUMNS["cka"]).to_parquet(tables_dir / "cka.parquet")
 
-    bl = T.best_layers(T.overall(df))
-    bl["depth_frac"] = (bl["best_layer"] + 1) / bl["n_layers"]
-    bl[T.TABLE_COLUMNS["best_layer"]].to_csv(tables_dir / "best_layer.csv", index=False)
+    # as the best_layer rule writes it
+    write_csv(best_layer_table(df), tables_dir / "best_layer.csv")
     return tables_dir
 
 
@@ -303,7 +305,7 @@ def test_retrieval_uses_each_models_best_layer(tables):
     for line in ax.get_lines():
         model = line.get_label().split(" ")[0]
         pm = per_layer.loc[model]
-        best = pm.mean(axis=1).idxmax()
+        best = pm["all"].idxmax()  # the best layer of the overall mAP (best-layer table)
         np.testing.assert_allclose(line.get_ydata(), pm.loc[best, ["small", "medium", "large"]])
         if model != "pixels":
             assert line.get_label() == f"{model} (L{best})"
