@@ -89,3 +89,22 @@ def real_scores(tmp_path_factory):
         _CACHE["scores"] = collect_scores(real_score_files(root), MODELS)
         _CACHE["root"] = root
     return _CACHE["scores"].copy(), MODELS
+
+
+def real_tables_dir(tmp_path_factory) -> Path:
+    """results/tables/ as the rules write it from the real score table: scores.parquet and
+    models.csv (collect_scores), best_layer.csv (best_layer)."""
+    if "tables" not in _CACHE:
+        from patchlens.analysis.best_layer import best_layer_table
+        from patchlens.io import write_csv, write_parquet
+        from patchlens.report.tables import write_models
+
+        scores, models = real_scores(tmp_path_factory)
+        out = tmp_path_factory.mktemp("real_tables")
+        write_parquet(scores, out / "scores.parquet")
+        depth = scores.groupby("model")["n_layers"].max().to_dict()  # as scripts/collect_scores
+        write_models({m: {**e, "n_layers": depth.get(m)} for m, e in models.items()},
+                     out / "models.csv")
+        write_csv(best_layer_table(scores), out / "best_layer.csv")
+        _CACHE["tables"] = out
+    return _CACHE["tables"]

@@ -440,3 +440,41 @@ def test_offset_heads_without_flagged_head_shows_strongest_neighbours(tmp_path):
     tables.update(offset_heads=heads, offset_maps=maps)
     assert F.FIGURES["offset_heads"].fn(tables, tmp_path / "offset_heads") is not None
     assert (tmp_path / "offset_heads.png").exists()
+
+
+# ------------------------------------------- on the real producers' output (real_scores.py)
+@pytest.fixture(scope="module")
+def real_tables(tmp_path_factory):
+    from real_scores import real_tables_dir
+    return T.load_tables(real_tables_dir(tmp_path_factory))
+
+
+def test_final_norm_entry_is_labelled_out(real_tables):
+    """The deep model's features carry layer == n_blocks (the final-norm output): the block
+    axis labels it 'out', the blocks keep their index."""
+    fig = F.fig_tracking.draw(real_tables)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    n = int(real_tables["models"].set_index("model").loc["deep", "n_layers"])
+    assert labels[-1] == "out" and labels[:-1] == [str(i) for i in range(n)]
+    line = next(l for l in ax.get_lines() if l.get_label() == "Deep (noisy oracle)")
+    assert list(line.get_xdata()) == list(range(n + 1))
+
+
+def test_best_layer_figure_from_the_best_layer_table(real_tables):
+    fig = F.fig_best_layer.draw(real_tables)
+    ax = fig.axes[0]
+    b = real_tables["best_layer"]
+    b = b[(b.model == "deep") & (b.variant == "raw") & (b.metric == b.task.map(T.HEADLINE_METRIC))]
+    b = b.loc[b.groupby(["task", "dataset", "metric"])["best_value"].idxmax()]
+    want = sorted("out" if r.best_layer == r.n_layers else str(r.best_layer)
+                  for r in b.itertuples())
+    assert sorted(t.get_text() for t in ax.texts) == want and "out" in want
+    # the config label names the row, not the key
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Deep (noisy oracle)"]
+
+
+def test_legends_show_config_labels(real_tables):
+    fig = F.fig_fewshot_seg.draw(real_tables)
+    texts = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
+    assert {"Deep (noisy oracle)", "oracle", "pixels"} <= texts and "deep" not in texts
