@@ -26,6 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # entry fields that only say how a model is shown or where it runs, never what its features are
 PRESENTATION_FIELDS = ("label", "family", "datasets")
+DEFAULT_FAMILY = "other"  # a timm model without a family (and any model no table knows)
 
 
 def model_label(key: str, entry: dict | None) -> tuple[str, str]:
@@ -33,7 +34,7 @@ def model_label(key: str, entry: dict | None) -> tuple[str, str]:
     table and the HTML report. Label defaults to the key; family to ``baseline`` for the
     weight-free baselines (grey in figures) and ``other`` for a timm model without one."""
     entry = entry or {}
-    family = entry.get("family") or ("baseline" if "baseline" in entry else "other")
+    family = entry.get("family") or ("baseline" if "baseline" in entry else DEFAULT_FAMILY)
     return str(entry.get("label") or key), str(family)
 
 

@@ -91,7 +91,7 @@ class _Ctx:
 
     def color(self, model: str) -> str:
         s = self.styles.get(model)
-        return s.color if s else style.family_color("unknown")
+        return s.color if s else style.family_color(style.DEFAULT_FAMILY)
 
     def marker(self, model: str) -> str:
         s = self.styles.get(model)
@@ -451,7 +451,7 @@ def fig_drop_sweep(tables):
             (h,) = ax.plot(dl["m"], dl["value"], marker="o",
                            color=style.TASK_COLORS.get(task, "0.3"), label=name)
             handles.setdefault(name, h)
-        ax.set_title(f"{ctx.label(m)} ({ctx.families.get(m, 'unknown')})", color=ctx.color(m))
+        ax.set_title(f"{ctx.label(m)} ({ctx.families.get(m, style.DEFAULT_FAMILY)})", color=ctx.color(m))
         ax.set_xscale("symlog", linthresh=1)
         ms = sorted({int(v) for line in ax.get_lines() for v in line.get_xdata()})
         ax.set_xticks(ms, [str(v) for v in ms])

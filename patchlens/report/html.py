@@ -139,7 +139,7 @@ def score_summary_html(summary: pd.DataFrame, task: str, families: dict,
     d = summary[summary["task"] == task]
     if not len(d):
         return ""
-    models = model_order({m: families.get(m, "unknown") for m in d["model"].unique()})
+    models = model_order({m: families.get(m, T.DEFAULT_FAMILY) for m in d["model"].unique()})
     rows = []
     keys = sorted(set(zip(d["dataset"], d["metric"])), key=lambda k: (k[0], panel_key(k[1])))
     for ds, metric in keys:
@@ -236,7 +236,7 @@ def provenance_html(provenance: dict, models: pd.DataFrame) -> str:
             mt = mt.merge(extra, on="model", how="outer", suffixes=("_cfg", ""))
             for c in both:  # the provenance wins where it has a value
                 mt[c] = mt[c].where(mt[c].notna(), mt.pop(f"{c}_cfg"))
-        fam = dict(zip(mt["model"], mt["family"].fillna("unknown")))
+        fam = dict(zip(mt["model"], mt["family"].fillna(T.DEFAULT_FAMILY)))
         mt = mt.set_index("model").loc[model_order(fam)].reset_index()
         mt = mt.astype(object).where(mt.notna(), "")
         out.append("<h3>Models</h3>" + frame_table(mt))

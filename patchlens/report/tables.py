@@ -25,7 +25,7 @@ import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
-from patchlens.models.registry import model_label
+from patchlens.models.registry import DEFAULT_FAMILY, model_label
 
 SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
                  "n_eval", "n_skipped", "params"]
@@ -36,7 +36,7 @@ EXTRA_DEFAULTS = {"scale_bin": "", "sequence": "", "shots": -1, "feature": "", "
 MODEL_COLUMNS = ["family", "n_layers", "depth_frac"]
 
 # model families (config ``family``), in the order figures and tables list them
-FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", "unknown"]
+FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", DEFAULT_FAMILY]
 
 # primary metric of each task: the one the overview figures and the drop sweep use
 HEADLINE_METRIC = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
@@ -315,7 +315,8 @@ def flag_mask(col: pd.Series) -> pd.Series:
 
 
 def model_families(tables: dict) -> dict[str, str]:
-    """model -> family over every table: models.csv first, then scores; others 'unknown'."""
+    """model -> family over every table: models.csv first, then scores; others
+    ``DEFAULT_FAMILY`` (as :func:`patchlens.models.registry.model_label` defaults it)."""
     fam: dict[str, str] = {}
     for name in ("scores", "models"):
         df = tables.get(name)
@@ -328,7 +329,7 @@ def model_families(tables: dict) -> dict[str, str]:
         if df is not None and len(df):
             for c in cols:
                 for m in df[c].astype(str).unique():
-                    fam.setdefault(m, "unknown")
+                    fam.setdefault(m, DEFAULT_FAMILY)
     return fam
 
 
@@ -469,7 +470,7 @@ def best_layer_rows(scores: pd.DataFrame) -> pd.DataFrame:
     bl["metric_label"] = [metric_label(m, f, s, h) for m, f, s, h in
                           zip(bl["metric"], bl["feature"], bl["shots"], bl["head"])]
     fam = dict(zip(scores["model"], scores["family"])) if "family" in scores else {}
-    bl["family"] = bl["model"].map(lambda m: fam.get(m, "unknown"))
+    bl["family"] = bl["model"].map(lambda m: fam.get(m, DEFAULT_FAMILY))
     return bl
 
 

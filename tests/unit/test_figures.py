@@ -369,7 +369,7 @@ def test_style_families():
     st = style.model_styles({"a": "contrastive", "b": "mim", "c": "mim", "d": "novel"})
     assert st["a"].color == style.FAMILY_COLORS["contrastive"]
     assert st["b"].color != st["c"].color and st["b"].marker != st["c"].marker
-    assert st["d"].color == style.FAMILY_COLORS["unknown"]
+    assert st["d"].color == style.FAMILY_COLORS["other"]
     assert len(set(style.FAMILY_COLORS.values())) == len(style.FAMILY_COLORS)
     assert st == style.model_styles({"d": "novel", "c": "mim", "b": "mim", "a": "contrastive"})
 
