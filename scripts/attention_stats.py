@@ -22,10 +22,10 @@ def main(snakemake):
     strata = [(dataset.labels(im) or [""])[0] for im in pool]
     images = stratified_sample(pool, strata, max_images, seed)
     size, grid = input_geometry(snakemake.params.img_size, spec["patch_size"])
-    bs = snakemake.params.batch_size
+    bs = snakemake.config["extraction"]["batch_size"]
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))
-    model = build_timm(spec, snakemake.params.weights_dir, size)
+    model = build_timm(spec, snakemake.config["weights_dir"], size)
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     ds = ds.assign_coords(image=("image", list(images)))  # the images the statistics are over

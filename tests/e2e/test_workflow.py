@@ -175,6 +175,11 @@ PRESENTATION_ONLY = {"collect_scores", "best_layer", "attention_tables", "varian
      {"collect_scores", "figures", "report"}),
     ("offset_heads", lambda c: c["analyses"]["attention"]["params"].update(
         offset_heads={"min_share": 0.2}), {"attention_tables", "figures", "report"}),
+    # where weights and downloads are cached, and the batch size, change no output
+    ("caches and batch size", lambda c: c.update(weights_dir="elsewhere/weights",
+                                                 data_dir="elsewhere/data",
+                                                 extraction={**c["extraction"], "batch_size": 3}),
+     {"report"}),
 ])
 def test_presentation_edits_plan_only_tables_figures_report(workdir, what, edit, must):
     with edited_config(workdir, edit):
