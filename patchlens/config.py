@@ -82,7 +82,8 @@ def task_params(config: dict, task: str) -> dict:
 
 # Workflow-level parameters of the analyses (which images), beside the protocol parameters that
 # the analysis modules define and validate themselves.
-ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "offset_heads": {}},
+ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "seed": 0,
+                                   "offset_heads": {}},
                      "cka": {"split": None}}
 
 

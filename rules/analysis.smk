@@ -10,9 +10,9 @@ rule attention_stats:
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
-        settings=settings("analyses", "attention"),
-        weights_dir=config["weights_dir"],
-        batch_size=config["extraction"]["batch_size"],
+        settings=attention_forward_settings(),
+        # weights_dir and extraction.batch_size are read from the config by the script: where
+        # weights are cached and how many images go per batch do not change the statistics
     log:
         f"{RESULTS}/logs/attention_stats/{{model}}/{{dataset}}.log",
     benchmark:

@@ -5,6 +5,7 @@ from pathlib import Path
 from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
                               task_params, task_variants)
 from patchlens.features.variants import needs_stats
+from patchlens.models.registry import feature_entry, model_label
 
 RESULTS = "results"
 EXTRACT_ENV = "../envs/extract.yaml"
@@ -64,7 +65,14 @@ def dataset_entry(wildcards):
 
 
 def model_entry(wildcards):
-    return canonical(config["models"][wildcards.model])
+    """The fields of the model entry that change features (no label, family, datasets)."""
+    return canonical(feature_entry(config["models"][wildcards.model]))
+
+
+def attention_forward_settings():
+    """Attention settings that reach the forward pass: not the offset-head thresholds, which
+    only attention_tables applies."""
+    return {k: v for k, v in settings("analyses", "attention").items() if k != "offset_heads"}
 
 
 def attention_files():
@@ -114,7 +122,7 @@ def table_files():
 
 
 def model_labels():
-    return canonical({m: {"family": e.get("family", "other"), "label": e.get("label", m),
+    return canonical({m: {"family": model_label(m, e)[1], "label": model_label(m, e)[0],
                           "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
                       for m, e in config["models"].items()})
 

@@ -6,7 +6,8 @@ rule prepare_dataset:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
     params:
         entry=dataset_entry,
-        data_dir=config["data_dir"],
+        # data_dir (the download cache) is read from the config by the script: it does not
+        # change the prepared data set
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:

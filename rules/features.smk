@@ -9,8 +9,8 @@ rule extract_features:
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
-        batch_size=config["extraction"]["batch_size"],
-        weights_dir=config["weights_dir"],
+        # weights_dir and extraction.batch_size are read from the config by the script: where
+        # weights are cached and how many images go per batch do not change the features
     log:
         f"{RESULTS}/logs/extract_features/{{model}}/{{dataset}}.log",
     benchmark:

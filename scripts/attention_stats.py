@@ -1,7 +1,8 @@
 """Rule attention_stats: per layer x head attention statistics, streamed over the data set."""
 import torch
 
-from patchlens.analysis.attention_stats import attention_statistics, write_attention
+from patchlens.analysis.attention_stats import (attention_statistics, stratified_sample,
+                                                write_attention)
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import load_batch
 from patchlens.models.registry import build_timm, input_geometry, resolve_model
@@ -12,19 +13,25 @@ def main(snakemake):
     torch.set_num_threads(snakemake.threads)
     settings = dict(snakemake.params.settings)
     split, max_images = settings.pop("split"), settings.pop("max_images")
-    settings.pop("offset_heads")  # used by attention_tables
+    seed = settings.pop("seed")
+    settings.pop("offset_heads", None)  # thresholds reach attention_tables only
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
-    images = (dataset.split(*split) if split else dataset.images)[:max_images]
+    pool = dataset.split(*split) if split else dataset.images
+    # stratified over the primary label (first manifest label) where the data set has labels
+    strata = [(dataset.labels(im) or [""])[0] for im in pool]
+    images = stratified_sample(pool, strata, max_images, seed)
     size, grid = input_geometry(snakemake.params.img_size, spec["patch_size"])
-    bs = snakemake.params.batch_size
+    bs = snakemake.config["extraction"]["batch_size"]
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))
-    model = build_timm(spec, snakemake.params.weights_dir, size)
+    model = build_timm(spec, snakemake.config["weights_dir"], size)
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
+    ds = ds.assign_coords(image=("image", list(images)))  # the images the statistics are over
     write_attention(snakemake.output[0], ds, model=spec["key"], dataset=snakemake.wildcards.dataset,
-                    n_images=len(images), patch_size=spec["patch_size"], grid=list(grid))
+                    n_images=len(images), sample_seed=int(seed), patch_size=spec["patch_size"],
+                    grid=list(grid))
 
 
 run(snakemake, main)  # noqa: F821

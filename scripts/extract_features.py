@@ -12,9 +12,9 @@ def main(snakemake):
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
     extract(spec, dataset, snakemake.output[0], snakemake.params.img_size,
-            batch_size=snakemake.params.batch_size,
+            batch_size=snakemake.config["extraction"]["batch_size"],
             layers=snakemake.params.model.get("layers", "all"),
-            weights_dir=snakemake.params.weights_dir)
+            weights_dir=snakemake.config["weights_dir"])
 
 
 run(snakemake, main)  # noqa: F821

@@ -14,7 +14,7 @@ def main(snakemake):
     else:
         from patchlens.data.recipes import prepare
 
-        prepare(entry["source"], Path(snakemake.params.data_dir), out_dir, entry["params"])
+        prepare(entry["source"], Path(snakemake.config["data_dir"]), out_dir, entry["params"])
 
 
 run(snakemake, main)  # noqa: F821

@@ -24,6 +24,27 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# entry fields that only say how a model is shown or where it runs, never what its features are
+PRESENTATION_FIELDS = ("label", "family", "datasets")
+DEFAULT_FAMILY = "other"  # a timm model without a family (and any model no table knows)
+
+
+def model_label(key: str, entry: dict | None) -> tuple[str, str]:
+    """(label, family) of config entry ``models.<key>``: the one source for every figure legend,
+    table and the HTML report. Label defaults to the key; family to ``baseline`` for the
+    weight-free baselines (grey in figures) and ``other`` for a timm model without one."""
+    entry = entry or {}
+    family = entry.get("family") or ("baseline" if "baseline" in entry else DEFAULT_FAMILY)
+    return str(entry.get("label") or key), str(family)
+
+
+def feature_entry(entry: dict) -> dict:
+    """The fields of a model entry that change its features (or attention maps): the entry
+    without :data:`PRESENTATION_FIELDS`. Rules pass this as ``params`` so relabelling or
+    recolouring a model reruns only tables, figures and the report."""
+    return {k: v for k, v in entry.items() if k not in PRESENTATION_FIELDS}
+
+
 def resolve_model(key: str, entry: dict) -> dict:
     """Normalise a config entry into a spec with every field the extractor needs."""
     if "baseline" in entry:
@@ -33,7 +54,7 @@ def resolve_model(key: str, entry: dict) -> dict:
         return {"key": key, "kind": kind, "patch_size": int(entry.get("patch_size", 16)),
                 "mean": list(entry.get("mean", IMAGENET_MEAN)),
                 "std": list(entry.get("std", IMAGENET_STD)), "n_blocks": 1,
-                "family": entry.get("family", "baseline")}
+                "family": model_label(key, entry)[1]}
     if "timm" not in entry:
         raise ConfigError(f"models.{key}: needs either 'timm: <architecture>' or 'baseline: "
                           "pixels|oracle'")
@@ -42,7 +63,7 @@ def resolve_model(key: str, entry: dict) -> dict:
             "weights": entry.get("weights"), "sha256": entry.get("sha256"),
             "key_map": dict(entry.get("key_map", {})), "kwargs": dict(entry.get("kwargs", {})),
             "state_key": entry.get("state_key"),
-            "family": entry.get("family", "other"), "seed": int(entry.get("seed", 0))}
+            "family": model_label(key, entry)[1], "seed": int(entry.get("seed", 0))}
     if spec["weights"] and not spec["pretrained"]:
         raise ConfigError(f"models.{key}: 'weights' given but 'pretrained: false'; drop one")
     spec.update(_timm_facts(key, spec))

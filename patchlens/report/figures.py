@@ -52,6 +52,7 @@ METRIC_TITLES = {"miou_knn": "mIoU (k-NN)", "miou_linear": "mIoU (linear probe)"
                  "f": "F (boundary)", "jf": "J&F", "acc": "accuracy",
                  "mlmap": "multi-label mAP"}
 MAX_OFFSET_PANELS = 24
+BEST_DROP = "best drop{m} (m chosen on eval. split)"  # the legend says how m was picked
 BEST_LAYER_ROW = 0.3      # in, height of one model row of the best-layer heatmap
 BEST_LAYER_MARGIN = 0.7   # in, colour bar above and task labels below it
 _BIN_WORDS = ["tiny", "xs", "small", "s", "medium", "m", "large", "l", "xl", "huge"]
@@ -77,6 +78,7 @@ class _Ctx:
 
     def __init__(self, tables: dict):
         self.families = T.model_families(tables)
+        self.labels = T.model_labels(tables)  # config label: the name in every legend / title
         self.styles = style.model_styles(self.families)
         self.depths = T.model_depths(tables)
         self._order = {m: i for i, m in enumerate(style.model_order(self.families))}
@@ -84,9 +86,12 @@ class _Ctx:
     def order(self, models) -> list[str]:
         return sorted(set(models), key=lambda m: (self._order.get(m, 1 << 30), m))
 
+    def label(self, model: str) -> str:
+        return self.labels.get(model, model)
+
     def color(self, model: str) -> str:
         s = self.styles.get(model)
-        return s.color if s else style.family_color("unknown")
+        return s.color if s else style.family_color(style.DEFAULT_FAMILY)
 
     def marker(self, model: str) -> str:
         s = self.styles.get(model)
@@ -102,7 +107,7 @@ class _Ctx:
         return "depth_frac", "relative depth (block + 1) / blocks"
 
     def legend(self, fig: Figure, models, extra: list | None = None) -> None:
-        handles = [Line2D([], [], color=self.color(m), label=m,
+        handles = [Line2D([], [], color=self.color(m), label=self.label(m),
                           marker=None if self.is_flat(m) else self.marker(m),
                           linestyle=":" if self.is_flat(m) else "-")
                    for m in self.order(models)]
@@ -167,7 +172,7 @@ def _model_panels(df: pd.DataFrame, ctx: _Ctx, **kw):
     multi_ds = df["dataset"].nunique() > 1
     panels = [(ax, m, ds) for ax, (m, ds) in zip(axes.ravel(), groups)]
     for ax, m, ds in panels:
-        ax.set_title(m + (f" — {ds}" if multi_ds else ""), color=ctx.color(m))
+        ax.set_title(ctx.label(m) + (f" — {ds}" if multi_ds else ""), color=ctx.color(m))
     for ax in axes.ravel()[len(groups):]:
         ax.set_visible(False)
     return fig, axes, panels
@@ -178,6 +183,23 @@ def _integer_ticks(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
+def layer_name(layer: int, n_blocks: int) -> str:
+    """Block index as text; ``layer == n_blocks`` is the output after the final norm: 'out'."""
+    return "out" if int(layer) == int(n_blocks) else str(int(layer))
+
+
+def _out_ticks(ax, d: pd.DataFrame) -> None:
+    """Block-index axis whose models have a final-norm entry (layer == n_layers): integer ticks
+    at the blocks, and the last tick labelled 'out' (it is not a block)."""
+    if "n_layers" not in d or not len(d) or not (d["layer"] == d["n_layers"]).any():
+        _integer_ticks(ax.xaxis)
+        return
+    n = int(d["n_layers"].max())
+    ticks = list(MaxNLocator(integer=True, nbins=6).tick_values(0, n - 1))
+    ticks = [int(t) for t in ticks if 0 <= t <= n - 1] + [n]
+    ax.set_xticks(ticks, [layer_name(t, n) for t in ticks])
+
+
 # --------------------------------------------------------------------------- score-vs-layer core
 def _lines(ax, d: pd.DataFrame, ctx: _Ctx, x: str, linestyle: str = "-") -> None:
     """One line per (deep) model: value vs ``x`` with a +-std band."""
@@ -185,7 +207,7 @@ def _lines(ax, d: pd.DataFrame, ctx: _Ctx, x: str, linestyle: str = "-") -> None
         dm = d[d["model"] == m].sort_values("layer")
         c = ctx.color(m)
         xs, ys, sd = dm[x].to_numpy(float), dm["value"].to_numpy(float), dm["std"].to_numpy(float)
-        ax.plot(xs, ys, color=c, marker=ctx.marker(m), linestyle=linestyle, label=m,
+        ax.plot(xs, ys, color=c, marker=ctx.marker(m), linestyle=linestyle, label=ctx.label(m),
                 markevery=max(1, len(xs) // 12), markersize=2.5)
         if (sd > 0).any():
             ax.fill_between(xs, ys - sd, ys + sd, color=c, alpha=0.15, linewidth=0)
@@ -233,7 +255,7 @@ def _score_figure(ov: pd.DataFrame, ctx: _Ctx, styles: dict | None = None,
                          + (f" — {ds}" if len(datasets) > 1 else ""))
             ax.set_xlabel(xlabel)
             if x == "layer":
-                _integer_ticks(ax.xaxis)
+                _out_ticks(ax, d[~flat])
             if j == 0:
                 ax.set_ylabel(ylabel)
     extra = [Line2D([], [], color="0.3", linestyle=ls, label=k) for k, ls in styles.items()
@@ -278,8 +300,9 @@ def _raw_score_figure(tables: dict, task: str, metrics: tuple | None = None) -> 
 @_figure("fewshot_seg", ("scores",), """
     Few-shot semantic segmentation mIoU per layer with a cosine k-NN classifier on patch tokens
     (left) and a linear probe (right). Solid: raw features; dashed: the same model after removing
-    its best number m of highest-variance channels (drop{m}). Dotted horizontal lines: single-layer
-    baselines. Bands: ±1 s.d. over support-set seeds.""")
+    its best number m of highest-variance channels (drop{m}; m chosen on the evaluation split, so
+    the dashed line is optimistic). Dotted horizontal lines: single-layer baselines. Bands: ±1
+    s.d. over support-set seeds.""")
 def fig_fewshot_seg(tables):
     """mIoU vs layer, k-NN and linear panels; raw solid, best drop{m} dashed."""
     ov = _task_overall(tables, "fewshot_seg")
@@ -288,10 +311,10 @@ def fig_fewshot_seg(tables):
     raw = ov[ov["variant"] == "raw"].assign(ls="raw")
     best = T.best_drop_variant(ov)
     key = ["task", "model", "dataset", "metric_label", "variant"]
-    drop = ov.merge(best[key], on=key).assign(ls="best drop{m}")
+    drop = ov.merge(best[key], on=key).assign(ls=BEST_DROP)
     d = pd.concat([raw, drop], ignore_index=True)
     d["panel"] = d["metric_label"]
-    return _score_figure(d, _Ctx(tables), {"raw": "-", "best drop{m}": "--"},
+    return _score_figure(d, _Ctx(tables), {"raw": "-", BEST_DROP: "--"},
                          "Few-shot segmentation")
 
 
@@ -351,7 +374,8 @@ def _bin_key(b: str):
 
 @_figure("retrieval_scale", ("scores",), """
     Object retrieval mAP per object-scale bin (smallest objects left), each model at its best
-    layer (the layer with the highest mean mAP over bins, given in the legend).""")
+    layer (the layer with the highest overall mAP, from the best-layer table, given in the
+    legend).""")
 def fig_retrieval_scale(tables):
     """Retrieval mAP vs object scale bin at each model's best layer (raw features)."""
     s = _table(tables, "scores")
@@ -362,10 +386,12 @@ def fig_retrieval_scale(tables):
     if not len(s) or (s["scale_bin"] == "").all():
         return None
     ctx = _Ctx(tables)
-    ov = T.overall(s)
-    best = T.best_layers(ov)[["model", "dataset", "best_layer"]]
+    sc = _table(tables, "scores")
+    best = T.best_layer_rows(sc[(sc["task"] == "retrieval") & (sc["variant"] == "raw")
+                                & (sc["metric"] == "map")])[["model", "dataset", "best_layer"]]
     per_bin = (s.merge(best, on=["model", "dataset"]).query("layer == best_layer")
-               .groupby(["model", "dataset", "best_layer", "scale_bin"])["value"].mean()
+               .groupby(["model", "dataset", "best_layer", "n_layers", "scale_bin"])["value"]
+               .mean()
                .reset_index())
     datasets = sorted(per_bin["dataset"].unique())
     fig, axes = _new(len(datasets), extra_h=0.6)
@@ -376,8 +402,8 @@ def fig_retrieval_scale(tables):
         pos = {b: i for i, b in enumerate(bins)}
         for m in ctx.order(d["model"]):
             dm = d[d["model"] == m].sort_values("scale_bin", key=lambda c: c.map(pos))
-            layer = int(dm["best_layer"].iloc[0])
-            lab = m if ctx.is_flat(m) else f"{m} (L{layer})"
+            layer = layer_name(dm["best_layer"].iloc[0], dm["n_layers"].iloc[0])
+            lab = ctx.label(m) if ctx.is_flat(m) else f"{ctx.label(m)} (L{layer})"
             (h,) = ax.plot(dm["scale_bin"].map(pos), dm["value"], color=ctx.color(m),
                            marker=ctx.marker(m), linestyle=":" if ctx.is_flat(m) else "-",
                            label=lab)
@@ -408,7 +434,8 @@ def fig_drop_sweep(tables):
     ctx = _Ctx(tables)
     models = ctx.order(models)
     key = ["task", "model", "dataset", "metric_label"]
-    best = T.best_layers(ov[ov["variant"] == "raw"])[key + ["best_layer"]]
+    sc = _table(tables, "scores")
+    best = T.best_layer_rows(sc[sc["variant"] == "raw"])[key + ["best_layer"]]
     ncols, nrows = _grid(len(models))
     fig, axes = _new(ncols, nrows, extra_h=0.55)
     handles = {}
@@ -425,7 +452,7 @@ def fig_drop_sweep(tables):
             (h,) = ax.plot(dl["m"], dl["value"], marker="o",
                            color=style.TASK_COLORS.get(task, "0.3"), label=name)
             handles.setdefault(name, h)
-        ax.set_title(f"{m} ({ctx.families.get(m, 'unknown')})", color=ctx.color(m))
+        ax.set_title(f"{ctx.label(m)} ({ctx.families.get(m, style.DEFAULT_FAMILY)})", color=ctx.color(m))
         ax.set_xscale("symlog", linthresh=1)
         ms = sorted({int(v) for line in ax.get_lines() for v in line.get_xdata()})
         ax.set_xticks(ms, [str(v) for v in ms])
@@ -567,7 +594,8 @@ def fig_offset_heads(tables):
         ax.imshow(grid.to_numpy(), origin="upper", interpolation="nearest",
                   extent=(dx.min() - 0.5, dx.max() + 0.5, dy.max() + 0.5, dy.min() - 0.5))
         ax.plot([0], [0], marker="+", color="white", markersize=5, markeredgewidth=0.8)
-        ax.set_title(f"{r['model']} L{int(r['layer'])} H{int(r['head'])}\n{r['direction']} "
+        ax.set_title(f"{ctx.label(r['model'])} L{int(r['layer'])} H{int(r['head'])}\n"
+                     f"{r['direction']} "
                      f"{float(r['strength']):.2f}", color=ctx.color(r["model"]), fontsize=6)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -623,9 +651,9 @@ def _cka_figure(tables, level: str):
             ax.set_yticks([0, mat.shape[0] - 1], [mat.index[0], mat.index[-1]])
             ax.tick_params(labelsize=5, length=1.5, pad=1)
             if i == n - 1:
-                ax.set_xlabel(mb, color=ctx.color(mb), fontsize=6)
+                ax.set_xlabel(ctx.label(mb), color=ctx.color(mb), fontsize=6)
             if j == 0:
-                ax.set_ylabel(ma, color=ctx.color(ma), fontsize=6)
+                ax.set_ylabel(ctx.label(ma), color=ctx.color(ma), fontsize=6)
     if im is not None:
         fig.colorbar(im, ax=axes, shrink=0.6, label="linear CKA")
     fig.suptitle(f"CKA between layers ({level} tokens)" if level == "patch"
@@ -663,8 +691,9 @@ def fig_cka_image(tables):
 
 @_figure("best_layer", ("best_layer",), """
     Best layer per model and task (primary metric, raw features): colour is the relative depth
-    (block + 1) / blocks of the best layer, the number its block index. The best layer depends on
-    the task and on the supervision (Walmer et al. 2023).""")
+    (block + 1) / blocks of the best layer, the number its block index ("out": the output after
+    the model's final norm). The best layer depends on the task and on the supervision (Walmer
+    et al. 2023).""")
 def fig_best_layer(tables):
     """Heatmap models x tasks, colour = depth_frac, annotated with the best block."""
     b = _table(tables, "best_layer")
@@ -690,10 +719,12 @@ def fig_best_layer(tables):
     models = ctx.order(b["model"])
     frac = np.full((len(models), len(cols)), np.nan)
     layer = np.full((len(models), len(cols)), -1)
+    blocks = np.full((len(models), len(cols)), -1)
     ri, ci = {m: i for i, m in enumerate(models)}, {k: j for j, k in enumerate(cols)}
     for r in b.itertuples(index=False):
         i, j = ri[r.model], ci[(r.task, r.dataset, r.metric)]
-        frac[i, j], layer[i, j] = float(r.depth_frac), int(r.best_layer)
+        frac[i, j], layer[i, j] = min(float(r.depth_frac), 1.0), int(r.best_layer)
+        blocks[i, j] = int(r.n_layers)
     width = style.SINGLE if len(cols) <= 4 else style.DOUBLE
     multi_ds = len({c[1] for c in cols}) > 1
     # fixed row height: one model is a strip, not a block stretched to a minimum figure height
@@ -706,12 +737,13 @@ def fig_best_layer(tables):
     for i in range(len(models)):
         for j in range(len(cols)):
             if layer[i, j] >= 0:
-                ax.text(j, i, str(layer[i, j]), ha="center", va="center", fontsize=6,
+                ax.text(j, i, layer_name(layer[i, j], blocks[i, j]), ha="center", va="center",
+                        fontsize=6,
                         color="white" if frac[i, j] < 0.6 else "black")
     ax.set_xticks(range(len(cols)), [
         style.TASK_TITLES.get(t, t).replace(" ", "\n", 1) + ("\n" + ds if multi_ds else "")
         for t, ds, _ in cols], fontsize=5.5)
-    ax.set_yticks(range(len(models)), models)
+    ax.set_yticks(range(len(models)), [ctx.label(m) for m in models])
     for tick, m in zip(ax.get_yticklabels(), models):
         tick.set_color(ctx.color(m))
     ax.tick_params(length=0)

@@ -132,13 +132,15 @@ def _png_width(png: Path) -> int | None:
 
 
 # -------------------------------------------------------------------------------- table views
-def score_summary_html(summary: pd.DataFrame, task: str, families: dict) -> str:
-    """Rows (data set, metric) x columns models: best raw score and its layer; a better variant
-    (e.g. drop{m}) is added below; the best raw model of a row is bold."""
+def score_summary_html(summary: pd.DataFrame, task: str, families: dict,
+                       labels: dict | None = None) -> str:
+    """Rows (data set, metric) x columns models (headed by their config ``label``): best raw
+    score and its layer; a better variant (e.g. drop{m}, chosen on the evaluation split) is added
+    below; the best raw model of a row is bold."""
     d = summary[summary["task"] == task]
     if not len(d):
         return ""
-    models = model_order({m: families.get(m, "unknown") for m in d["model"].unique()})
+    models = model_order({m: families.get(m, T.DEFAULT_FAMILY) for m in d["model"].unique()})
     rows = []
     keys = sorted(set(zip(d["dataset"], d["metric"])), key=lambda k: (k[0], panel_key(k[1])))
     for ds, metric in keys:
@@ -151,28 +153,43 @@ def score_summary_html(summary: pd.DataFrame, task: str, families: dict) -> str:
                 row.append("–")
                 continue
             r = g.loc[m]
-            body = f"{_fmt(r['raw_best'])} <small>L{int(r['raw_layer'])}</small>" \
-                if pd.notna(r["raw_best"]) else "–"
+            body = (f"{_fmt(r['raw_best'])} <small>L{_layer(r['raw_layer'], r['n_layers'])}"
+                    "</small>") if pd.notna(r["raw_best"]) else "–"
             if r["variant_any"] != "raw" and (pd.isna(r["raw_best"])
                                              or r["best_any"] > r["raw_best"]):
                 body += (f'<span class="alt">{_e(r["variant_any"])}: {_fmt(r["best_any"])} '
-                         f"L{int(r['layer_any'])}</span>")
+                         f"L{_layer(r['layer_any'], r['n_layers'])}</span>")
             row.append((body, "n best" if pd.notna(r["raw_best"]) and r["raw_best"] == top
                         else "n"))
         rows.append(row)
     note = ('<p class="note">Best score over layers of the raw features (L = block index, '
-            "seed mean); a variant that scores higher is shown below it.</p>")
-    return note + html_table(["data set", "metric"] + models, rows)
+            "L out = after the final norm; seed mean); a variant that scores higher is shown "
+            "below it (variant and layer chosen on the evaluation split: optimistic).</p>")
+    labels = labels or {}
+    return note + html_table(["data set", "metric"] + [labels.get(m, m) for m in models], rows)
 
 
-def best_layer_html(best: pd.DataFrame) -> str:
+def _layer(layer, n_blocks) -> str:
+    """Block index, or 'out' for the final-norm entry (layer == n_blocks)."""
+    return "out" if int(layer) == int(n_blocks) else str(int(layer))
+
+
+def best_layer_html(best: pd.DataFrame, labels: dict | None = None) -> str:
+    """The best-layer table (``tables/best_layer.csv``, raw features) with model labels."""
     if not len(best):
         return ""
     d = best[best["variant"] == "raw"] if (best["variant"] == "raw").any() else best
     d = d.assign(_t=d["task"].map(lambda t: T.TASK_ORDER.index(t) if t in T.TASK_ORDER else 99))
     d = d.sort_values(["_t", "dataset", "metric", "model"])
-    cols = ["task", "dataset", "metric", "model", "variant", "best_layer", "n_layers",
-            "depth_frac", "best_value", "last_value", "gap"]
+    labels = labels or {}
+    # the task keys that tell rows apart (low-shot feature and shots)
+    keys = [c for c in ("feature", "shots", "head")
+            if c in d and (~d[c].astype(str).isin(["", "-1", "nan"])).any()]
+    d = d.assign(model=d["model"].map(lambda m: labels.get(m, m)),
+                 best_layer=[_layer(a, b) for a, b in zip(d["best_layer"], d["n_layers"])])
+    cols = ["task", "dataset", "metric"] + keys + ["model", "variant", "best_layer",
+                                                     "last_layer", "n_layers", "best_value",
+                                                     "last_value", "gap", "n_seeds"]
     return (f"<details><summary>Best layer per model, task and metric ({len(d)} rows, "
             f"{'raw features' if (d['variant'] == 'raw').all() else 'all variants'})"
             f"</summary>{frame_table(d[cols])}</details>")
@@ -220,7 +237,7 @@ def provenance_html(provenance: dict, models: pd.DataFrame) -> str:
             mt = mt.merge(extra, on="model", how="outer", suffixes=("_cfg", ""))
             for c in both:  # the provenance wins where it has a value
                 mt[c] = mt[c].where(mt[c].notna(), mt.pop(f"{c}_cfg"))
-        fam = dict(zip(mt["model"], mt["family"].fillna("unknown")))
+        fam = dict(zip(mt["model"], mt["family"].fillna(T.DEFAULT_FAMILY)))
         mt = mt.set_index("model").loc[model_order(fam)].reset_index()
         mt = mt.astype(object).where(mt.notna(), "")
         out.append("<h3>Models</h3>" + frame_table(mt))
@@ -244,15 +261,17 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
     """The page as a string (see :func:`write_report`)."""
     figures_dir = Path(figures_dir)
     families = T.model_families(tables)
+    labels = T.model_labels(tables)
     summary = T.summary_table(tables.get("scores"))
     sections, nav = [], []
     for anchor, heading, figs, task in SECTIONS:
         body = [figure_html(n, figures_dir / f"{n}.png") for n in figs
                 if (figures_dir / f"{n}.png").exists()]
         if task:
-            body.append(score_summary_html(summary, task, families))
+            body.append(score_summary_html(summary, task, families, labels))
         if anchor == "overview":
-            body.append(best_layer_html(tables.get("best_layer", T.empty_table("best_layer"))))
+            body.append(best_layer_html(tables.get("best_layer", T.empty_table("best_layer")),
+                                        labels))
         if anchor == "attention":
             body.append(offset_heads_html(tables.get("offset_heads",
                                                      T.empty_table("offset_heads"))))

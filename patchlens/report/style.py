@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 
 from matplotlib import colors as mcolors  # noqa: E402
 
+from patchlens.models.registry import DEFAULT_FAMILY  # noqa: E402
 from patchlens.report.tables import FAMILIES, family_order  # noqa: E402,F401
 
 SINGLE = 3.3   # in, one paper column
@@ -35,7 +36,7 @@ FAMILY_COLORS = {
     "supervised": "#cc79a7",   # reddish purple
     "baseline": "#666666",     # grey
     "test": "#e69f00",         # orange
-    "unknown": "#56b4e9",      # sky blue
+    DEFAULT_FAMILY: "#56b4e9",  # sky blue: "other" and families no one configured
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
@@ -93,7 +94,7 @@ def context():
 
 def family_color(family: str) -> str:
     """Hex colour of a model family; unknown families get the ``unknown`` colour."""
-    return FAMILY_COLORS.get(family, FAMILY_COLORS["unknown"])
+    return FAMILY_COLORS.get(family, FAMILY_COLORS[DEFAULT_FAMILY])
 
 
 def _shade(hex_color: str, t: float) -> str:
@@ -120,7 +121,7 @@ def model_styles(families: dict[str, str]) -> dict[str, ModelStyle]:
     """
     by_family: dict[str, list[str]] = {}
     for model, fam in families.items():
-        by_family.setdefault(fam if fam in FAMILY_COLORS else "unknown", []).append(model)
+        by_family.setdefault(fam if fam in FAMILY_COLORS else DEFAULT_FAMILY, []).append(model)
     out = {}
     for fam, models in by_family.items():
         models = sorted(models)

@@ -5,7 +5,8 @@ Files (all written atomically):
     scores.parquet    every row of ``scores/{task}/{model}/{dataset}/{variant}.csv`` plus the
                       model's ``family``, ``n_layers`` and ``depth_frac = (layer + 1) / n_layers``
     variance.parquet  model, dataset, layer, rank, variance (channel variances sorted descending)
-    models.csv        model, family, n_layers, source (so every figure colours models alike)
+    models.csv        model, label, family, n_layers, source (so every figure names and colours
+                      models alike; label and family from ``models.registry.model_label``)
 Tables written by the analysis stage and read here: attention.parquet, offset_heads.csv,
 offset_maps.parquet, cka.parquet, best_layer.csv (columns in :data:`TABLE_COLUMNS`).
 
@@ -24,6 +25,7 @@ import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
+from patchlens.models.registry import DEFAULT_FAMILY, model_label
 
 SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
                  "n_eval", "n_skipped", "params"]
@@ -34,7 +36,7 @@ EXTRA_DEFAULTS = {"scale_bin": "", "sequence": "", "shots": -1, "feature": "", "
 MODEL_COLUMNS = ["family", "n_layers", "depth_frac"]
 
 # model families (config ``family``), in the order figures and tables list them
-FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", "unknown"]
+FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", DEFAULT_FAMILY]
 
 # primary metric of each task: the one the overview figures and the drop sweep use
 HEADLINE_METRIC = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
@@ -55,13 +57,13 @@ TABLE_FILES = {
 TABLE_COLUMNS = {
     "scores": SCORE_COLUMNS + list(EXTRA_DEFAULTS) + MODEL_COLUMNS,
     "variance": ["model", "dataset", "layer", "rank", "variance"],
-    "models": ["model", "family", "n_layers", "source"],
+    "models": ["model", "label", "family", "n_layers", "source"],
     "attention": ["model", "dataset", "layer", "head", "metric", "value"],
     "offset_heads": ["model", "layer", "head", "direction", "dy", "dx", "strength", "flagged"],
     "offset_maps": ["model", "layer", "head", "dy", "dx", "value"],
     "cka": ["model_a", "model_b", "layer_a", "layer_b", "level", "value"],
-    "best_layer": ["model", "dataset", "task", "variant", "metric", "best_layer", "n_layers",
-                   "depth_frac", "best_value", "last_value", "gap"],
+    "best_layer": ["model", "dataset", "task", "variant", "metric", "best_layer", "best_value",
+                   "last_layer", "last_value", "gap", "n_layers", "depth_frac", "n_seeds"],
 }
 
 
@@ -163,14 +165,16 @@ def collect_scores(csv_paths, models: dict) -> pd.DataFrame:
         if n is None or int(n) < 1:
             raise ConfigError(f"models.{m}.n_layers: missing; pass the number of blocks "
                               "(feature file attribute n_blocks) to collect_scores")
-        fam[m], nl[m] = str(entry.get("family") or "unknown"), int(n)
+        fam[m], nl[m] = model_label(m, entry)[1], int(n)
     df["family"] = df["model"].map(fam).astype(str)
     df["n_layers"] = df["model"].map(nl).astype("int64")
-    bad = (df["layer"] < 0) | (df["layer"] >= df["n_layers"])
+    # layers 0..n_blocks-1 are block outputs; layer == n_blocks is the final-norm output
+    bad = (df["layer"] < 0) | (df["layer"] > df["n_layers"])
     if bad.any():
         r = df[bad].iloc[0]
-        raise DataError(f"{r['_file']}: layer {r['layer']} outside 0..{r['n_layers'] - 1} of "
-                        f"model {r['model']!r}; check models.{r['model']}.n_layers")
+        raise DataError(f"{r['_file']}: layer {r['layer']} outside 0..{r['n_layers']} of "
+                        f"model {r['model']!r} ({r['n_layers']} blocks + the final-norm output); "
+                        f"check models.{r['model']}.n_layers")
     df["depth_frac"] = (df["layer"] + 1) / df["n_layers"]
 
     key = ["task", "model", "dataset", "variant", "layer", "seed", "metric"] + extras
@@ -193,12 +197,14 @@ def write_scores(csv_paths, models: dict, out_path) -> pd.DataFrame:
 
 
 def models_table(models: dict) -> pd.DataFrame:
-    """model, family, n_layers, source (timm name or weights location) per config entry."""
+    """model, label, family, n_layers, source (timm name or weights location) per config entry;
+    label and family from :func:`patchlens.models.registry.model_label` (the one source)."""
     rows = []
     for key, entry in models.items():
         entry = entry or {}
         n = entry.get("n_layers")
-        rows.append({"model": str(key), "family": str(entry.get("family") or "unknown"),
+        label, family = model_label(str(key), entry)
+        rows.append({"model": str(key), "label": label, "family": family,
                      "n_layers": int(n) if n is not None else -1,
                      "source": str(entry.get("weights") or entry.get("timm") or key)})
     return pd.DataFrame(rows, columns=TABLE_COLUMNS["models"])
@@ -309,7 +315,8 @@ def flag_mask(col: pd.Series) -> pd.Series:
 
 
 def model_families(tables: dict) -> dict[str, str]:
-    """model -> family over every table: models.csv first, then scores; others 'unknown'."""
+    """model -> family over every table: models.csv first, then scores; others
+    ``DEFAULT_FAMILY`` (as :func:`patchlens.models.registry.model_label` defaults it)."""
     fam: dict[str, str] = {}
     for name in ("scores", "models"):
         df = tables.get(name)
@@ -322,8 +329,18 @@ def model_families(tables: dict) -> dict[str, str]:
         if df is not None and len(df):
             for c in cols:
                 for m in df[c].astype(str).unique():
-                    fam.setdefault(m, "unknown")
+                    fam.setdefault(m, DEFAULT_FAMILY)
     return fam
+
+
+def model_labels(tables: dict) -> dict[str, str]:
+    """model -> the name shown in figures and the report: models.csv ``label`` (written from
+    the config by :func:`patchlens.models.registry.model_label`), else the model key."""
+    df = tables.get("models")
+    if df is None or not len(df) or "label" not in df:
+        return {}
+    lab = df["label"].where(df["label"].notna() & (df["label"].astype(str) != ""), df["model"])
+    return dict(zip(df["model"].astype(str), lab.astype(str)))
 
 
 def model_depths(tables: dict) -> dict[str, int]:
@@ -441,36 +458,38 @@ def _label_pref(label: str):
     return ("cls" in label, -int(shots.group(1)) if shots else 0, label)
 
 
-def best_layers(ov: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, model, dataset, variant, metric_label) the layer with the highest seed-mean
-    score (ties: the earlier layer), its value, the last layer's value and the gap."""
-    key = ["task", "model", "dataset", "variant", "metric", "metric_label"]
-    cols = key + ["family", "n_layers", "best_layer", "depth_frac", "best_value", "last_value",
-                  "gap"]
-    if not len(ov):
-        return pd.DataFrame(columns=cols)
-    d = ov.sort_values(key + ["value", "layer"], ascending=[True] * len(key) + [False, True])
-    best = d.drop_duplicates(key, keep="first").rename(columns={"layer": "best_layer",
-                                                                "value": "best_value"})
-    last = ov.sort_values("layer").drop_duplicates(key, keep="last")[key + ["value"]]
-    best = best.merge(last.rename(columns={"value": "last_value"}), on=key, how="left")
-    best["gap"] = best["best_value"] - best["last_value"]
-    return best[cols].reset_index(drop=True)
+def best_layer_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """:func:`patchlens.analysis.best_layer.best_layer_table` of ``scores`` (the one best-layer
+    implementation) with the ``metric_label`` the figures use and the model's ``family``."""
+    from patchlens.analysis.best_layer import best_layer_table
+
+    bl = best_layer_table(scores)
+    for c, d in EXTRA_DEFAULTS.items():
+        if c not in bl.columns:
+            bl[c] = d
+    bl["metric_label"] = [metric_label(m, f, s, h) for m, f, s, h in
+                          zip(bl["metric"], bl["feature"], bl["shots"], bl["head"])]
+    fam = dict(zip(scores["model"], scores["family"])) if "family" in scores else {}
+    bl["family"] = bl["model"].map(lambda m: fam.get(m, DEFAULT_FAMILY))
+    return bl
 
 
 def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     """Best score per model x task x metric: the best layer of the ``raw`` features, and the best
     over every variant (``best_any``, ``variant_any``) so a gain from dropping channels shows.
+    Both from :func:`best_layer_rows`; the variant is chosen on the evaluation split (the
+    scores' query split), so ``best_any`` is optimistic and labelled so in the report.
 
     Columns: task, dataset, metric, model, family, raw_best, raw_layer, n_layers, best_any,
     variant_any, layer_any. Sorted by task order, data set, metric, family, model.
     """
     cols = ["task", "dataset", "metric", "model", "family", "raw_best", "raw_layer", "n_layers",
             "best_any", "variant_any", "layer_any"]
-    ov = overall(scores)
-    if not len(ov):
+    if scores is None or not len(scores):
         return pd.DataFrame(columns=cols)
-    bl = best_layers(ov)
+    bl = best_layer_rows(scores)
+    if not len(bl):
+        return pd.DataFrame(columns=cols)
     key = ["task", "dataset", "metric_label", "model"]
     raw = bl[bl["variant"] == "raw"].rename(columns={"best_value": "raw_best",
                                                      "best_layer": "raw_layer"})

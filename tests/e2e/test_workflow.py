@@ -1,12 +1,18 @@
-"""The workflow end to end on the tiny config, in a temporary directory: it completes, a second
-run has nothing to do, and a changed task parameter reruns only that task's jobs."""
+"""The workflow end to end on the tiny config, in a temporary directory: it completes with the
+right values (best layer recomputed from the scores, the attention sample stratified, model labels
+in the tables and the report), a second run has nothing to do, and a changed task parameter,
+label, family or offset-head threshold reruns only the jobs it reaches."""
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -37,12 +43,34 @@ def planned_jobs(proc) -> dict:
     return {r[0]: int(r[1]) for r in rows if len(r) == 2 and r[0] != "total"}
 
 
+TINY_LABEL = "Tiny ViT (random init)"
+ATTENTION_SAMPLE = {"split": ["train"], "max_images": 6, "seed": 0}
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    """The tiny config, with a model label and an attention sample smaller than its split."""
     wd = tmp_path_factory.mktemp("wf")
-    shutil.copy(ROOT / "tests" / "configs" / "tiny.yaml", wd / "config.yaml")
+    cfg = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
+    cfg["models"]["tiny_vit"]["label"] = TINY_LABEL
+    cfg["analyses"]["attention"]["params"] = dict(ATTENTION_SAMPLE)
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     snakemake(wd)
     return wd
+
+
+@contextlib.contextmanager
+def edited_config(workdir, edit):
+    """config.yaml changed by ``edit(cfg)`` inside the block, restored after it."""
+    path = workdir / "config.yaml"
+    original = path.read_text()
+    cfg = yaml.safe_load(original)
+    edit(cfg)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        yield
+    finally:
+        path.write_text(original)
 
 
 def test_workflow_completes_with_every_output(workdir):
@@ -66,16 +94,108 @@ def test_workflow_completes_with_every_output(workdir):
     assert (workdir / "results" / "tables" / "best_layer.csv").exists()
 
 
+def test_best_layer_table_recomputed_from_scores(workdir):
+    """best_layer.csv equals a plain recomputation from scores.parquet: overall rows only, seed
+    mean per layer, max over layers (ties: shallower), value at the last block, one row per
+    key."""
+    tables = workdir / "results" / "tables"
+    scores = pd.read_parquet(tables / "scores.parquet")
+    got = pd.read_csv(tables / "best_layer.csv", keep_default_na=False)
+    keys = ["model", "dataset", "task", "variant", "metric", "shots", "feature", "head"]
+    overall = scores["sequence"].isin(["", "all"]) & scores["scale_bin"].isin(["", "all"])
+    if "category" in scores:
+        overall &= scores["category"].isin(["", "all"])
+    rows = []
+    for key, g in scores[overall].groupby(keys):
+        per_layer = g.groupby("layer")["value"].mean()
+        n_blocks = int(g["n_layers"].iloc[0])
+        best = per_layer.max()
+        rows.append(dict(zip(keys, key), best_value=best,
+                         best_layer=int(per_layer[per_layer == best].index.min()),
+                         last_value=per_layer.get(n_blocks - 1, np.nan),
+                         n_seeds=g.loc[g["layer"] == per_layer.idxmax(), "seed"].nunique()))
+    want = pd.DataFrame(rows)
+    want["gap"] = want["best_value"] - want["last_value"]
+    assert len(got) == len(want) and not got.duplicated(keys).any()
+    got["feature"], got["head"] = got["feature"].astype(str), got["head"].astype(str)
+    m = got.merge(want, on=keys, suffixes=("", "_want"), validate="one_to_one")
+    assert len(m) == len(want)
+    assert (m["best_layer"] == m["best_layer_want"]).all()
+    assert (m["n_seeds"] == m["n_seeds_want"]).all()
+    for c in ("best_value", "last_value", "gap"):
+        np.testing.assert_allclose(m[c].astype(float), m[f"{c}_want"], atol=1e-9, err_msg=c)
+    deep = m[m["model"] == "tiny_vit"]
+    assert (deep["last_layer"] == 2).all() and (deep["n_layers"] == 3).all()
+
+
+def test_attention_sample_is_seeded_and_stratified(workdir):
+    """The attention statistics are over max_images images of the configured split, each
+    primary label getting its share (floor or ceiling of max_images x its frequency)."""
+    res = workdir / "results"
+    with h5py.File(res / "attention" / "tiny_vit" / "scenes.h5", "r") as f:
+        used = [x.decode() if isinstance(x, bytes) else str(x) for x in f["image"][()]]
+        assert np.asarray(f.attrs["n_images"]).item() == len(used)
+    manifest = pd.read_csv(res / "data" / "scenes" / "manifest.csv", dtype={"labels": str},
+                           keep_default_na=False).set_index("image")
+    pool = manifest[manifest["split"] == "train"]
+    n = ATTENTION_SAMPLE["max_images"]
+    assert len(used) == n == len(set(used)) and set(used) <= set(pool.index)
+    primary = pool["labels"].str.split().str[0]
+    share = primary.value_counts() / len(pool) * n
+    counts = Counter(primary[used])
+    for label, expected in share.items():
+        assert np.floor(expected) <= counts.get(label, 0) <= np.ceil(expected), (label, counts)
+    assert used == [i for i in pool.index if i in set(used)]  # kept in manifest order
+
+
+def test_model_labels_and_families_reach_tables_and_report(workdir):
+    res = workdir / "results"
+    models = pd.read_csv(res / "tables" / "models.csv").set_index("model")
+    assert models["label"].to_dict() == {"tiny_vit": TINY_LABEL, "pixels": "pixels",
+                                         "oracle": "oracle"}
+    # baselines default to the grey 'baseline' family; the scores carry the same family
+    assert models["family"].to_dict() == {"tiny_vit": "test", "pixels": "baseline",
+                                          "oracle": "baseline"}
+    scores = pd.read_parquet(res / "tables" / "scores.parquet")
+    assert scores.groupby("model")["family"].first().to_dict() == models["family"].to_dict()
+    html = (res / "report" / "index.html").read_text()
+    assert TINY_LABEL in html
+
+
+PRESENTATION_ONLY = {"collect_scores", "best_layer", "attention_tables", "variance_table",
+                     "cka_table", "figures", "report", "all"}
+
+
+@pytest.mark.parametrize("what, edit, must", [
+    ("relabel", lambda c: c["models"]["tiny_vit"].update(label="Renamed ViT"),
+     {"collect_scores", "figures", "report"}),
+    ("recolour", lambda c: c["models"]["tiny_vit"].update(family="mim"),
+     {"collect_scores", "figures", "report"}),
+    ("baseline family", lambda c: c["models"]["pixels"].update(family="supervised"),
+     {"collect_scores", "figures", "report"}),
+    ("offset_heads", lambda c: c["analyses"]["attention"]["params"].update(
+        offset_heads={"min_share": 0.2}), {"attention_tables", "figures", "report"}),
+    # where weights and downloads are cached, and the batch size, change no output
+    ("caches and batch size", lambda c: c.update(weights_dir="elsewhere/weights",
+                                                 data_dir="elsewhere/data",
+                                                 extraction={**c["extraction"], "batch_size": 3}),
+     {"report"}),
+])
+def test_presentation_edits_plan_only_tables_figures_report(workdir, what, edit, must):
+    with edited_config(workdir, edit):
+        jobs = planned_jobs(snakemake(workdir, "--dry-run"))
+    assert must <= set(jobs) <= PRESENTATION_ONLY, (what, jobs)
+
+
 def test_second_run_has_nothing_to_do(workdir):
     proc = snakemake(workdir, "--dry-run")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
 
 
 def test_changed_task_parameter_reruns_only_that_task(workdir):
-    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
-    cfg["tasks"]["fewshot_seg"].setdefault("params", {})["k"] = 7
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    jobs = planned_jobs(snakemake(workdir, "--dry-run"))
+    with edited_config(workdir, lambda c: c["tasks"]["fewshot_seg"].setdefault(
+            "params", {}).update(k=7)):
+        jobs = planned_jobs(snakemake(workdir, "--dry-run"))
     assert jobs.get("fewshot_seg", 0) > 0, jobs
     allowed = {"fewshot_seg", "collect_scores", "best_layer", "figures", "report", "all"}
     assert set(jobs) <= allowed, jobs

@@ -1,79 +1,125 @@
-"""Best-layer table on a hand-made scores table."""
+"""Best-layer table on a score table made by the real producers (tests/unit/real_scores.py):
+the real evaluators on the tiny scenes data, then collect_scores, as the rules run them."""
 import numpy as np
 import pandas as pd
 import pytest
+from real_scores import DEEP_BLOCKS, real_scores
 
+from patchlens.analysis import best_layer as B
 from patchlens.analysis.best_layer import best_layer_table
 from patchlens.errors import DataError
 
-BASE = {"dataset": "scenes", "variant": "raw"}
+KEY = ["model", "dataset", "task", "variant", "metric", "shots", "feature", "head"]
 
 
-def _rows(model, task, metric, values_by_seed, **extra):
-    """values_by_seed: {seed: [value per layer]}"""
-    return [{**BASE, "model": model, "task": task, "metric": metric, "layer": layer,
-             "seed": seed, "value": v, "params": f"{{'seed': {seed}}}", **extra}
-            for seed, vals in values_by_seed.items() for layer, v in enumerate(vals)]
+@pytest.fixture(scope="module")
+def scores(tmp_path_factory):
+    return real_scores(tmp_path_factory)[0]
 
 
-def _table():
+def _independent(scores: pd.DataFrame) -> pd.DataFrame:
+    """best / last / gap written out plainly: overall rows, seed mean, max over layers."""
     rows = []
-    # few-shot segmentation: two seeds; the seed mean peaks at layer 2 of 4
-    seg = {0: [0.1, 0.5, 0.7, 0.6], 1: [0.2, 0.6, 0.5, 0.4]}   # means .15 .55 .60 .50
-    rows += _rows("dino", "fewshot_seg", "miou_knn", seg)
-    # tracking: per-sequence rows and the overall "all" row; only "all" must survive
-    rows += _rows("dino", "tracking", "jf", {0: [0.3, 0.9, 0.2, 0.1]}, sequence="a")
-    rows += _rows("dino", "tracking", "jf", {0: [0.2, 0.3, 0.4, 0.5]}, sequence="all")
-    # retrieval: per scale bin, both bins kept as keys; the best layer is the last for "large"
-    rows += _rows("dino", "retrieval", "map", {0: [0.1, 0.4, 0.3, 0.2]}, scale_bin="small")
-    rows += _rows("dino", "retrieval", "map", {0: [0.1, 0.2, 0.3, 0.4]}, scale_bin="large")
-    # pixels baseline: one layer; a NaN score is ignored
-    rows += _rows("pixels", "fewshot_seg", "miou_knn", {0: [0.05], 1: [np.nan]})
+    s = scores[scores["sequence"].isin(["", "all"]) & scores["scale_bin"].isin(["", "all"])]
+    for key, g in s.groupby(KEY):
+        per_layer = {}
+        seeds = {}
+        for layer, gl in g.groupby("layer"):
+            per_layer[layer] = gl["value"].mean()
+            seeds[layer] = gl["seed"].nunique()
+        best = max(per_layer.values())
+        best_layer = min(la for la, v in per_layer.items() if v == best)
+        n = int(g["n_layers"].iloc[0])
+        last = per_layer.get(n - 1, np.nan)
+        rows.append(dict(zip(KEY, key), best_layer=best_layer, best_value=best,
+                         last_value=last, gap=best - last, n_seeds=seeds[best_layer],
+                         last_layer=n - 1))
     return pd.DataFrame(rows)
 
 
-def test_best_layer_rows():
-    out = best_layer_table(_table())
-    assert list(out.columns[:7]) == ["model", "dataset", "task", "variant", "metric", "sequence",
-                                     "scale_bin"]
-    assert "params" not in out and "seed" not in out
-    assert len(out) == 5  # seg, tracking "all" only, retrieval x 2 bins, pixels
-    got = out.set_index(["model", "task", "scale_bin"], drop=False)
-
-    seg = got.loc[("dino", "fewshot_seg", np.nan)]
-    means = np.mean([[0.1, 0.5, 0.7, 0.6], [0.2, 0.6, 0.5, 0.4]], axis=0)
-    assert seg.best_layer == int(np.argmax(means)) == 2
-    assert seg.best_value == pytest.approx(means.max())
-    assert seg.last_value == pytest.approx(means[-1])
-    assert seg.gap == pytest.approx(means.max() - means[-1])
-    assert seg.n_layers == 4 and seg.depth_frac == pytest.approx(3 / 4) and seg.n_seeds == 2
-
-    trk = out[out.task == "tracking"]
-    assert list(trk.sequence) == ["all"]
-    assert trk.best_layer.item() == 3 and trk.gap.item() == pytest.approx(0.0)
-
-    small = got.loc[("dino", "retrieval", "small")]
-    large = got.loc[("dino", "retrieval", "large")]
-    assert (small.best_layer, large.best_layer) == (1, 3)
-    assert small.gap == pytest.approx(0.4 - 0.2)
-
-    pix = got.loc[("pixels", "fewshot_seg", np.nan)]
-    assert (pix.best_layer, pix.n_layers, pix.depth_frac, pix.n_seeds) == (0, 1, 1.0, 1)
+def test_values_match_an_independent_computation(scores):
+    got = best_layer_table(scores)
+    want = _independent(scores)
+    assert len(got) == len(want)
+    assert not got.duplicated(KEY).any()  # one row per key, whatever count columns exist
+    m = got.merge(want, on=KEY, suffixes=("", "_want"), validate="one_to_one")
+    for c in ("best_layer", "last_layer", "n_seeds"):
+        assert (m[c] == m[f"{c}_want"]).all(), c
+    for c in ("best_value", "last_value", "gap"):
+        np.testing.assert_allclose(m[c], m[f"{c}_want"], rtol=0, atol=1e-12, err_msg=c)
+    # the regression of issue 9: rows split by per-seed counts had gap 0 everywhere
+    assert (got["gap"] > 0).any()
+    assert (got["gap"] >= 0).all()
 
 
-def test_n_layers_column_and_ties_and_per_item_rows_without_overall():
-    df = pd.DataFrame(_rows("m", "tracking", "j", {0: [0.5, 0.5, 0.1]}, sequence="a")
-                      + _rows("m", "tracking", "j", {0: [0.1, 0.2, 0.3]}, sequence="b"))
-    df["n_layers"] = 12  # only the first 3 of 12 blocks were scored
-    out = best_layer_table(df.drop(columns="params"))
-    assert list(out.sequence) == ["a", "b"]  # no overall row: items stay keys
-    a, b = out.iloc[0], out.iloc[1]
-    assert a.best_layer == 0  # tie -> shallower layer
-    assert a.n_layers == 12 and a.depth_frac == pytest.approx(1 / 12)
-    assert b.best_layer == 2 and b.last_value == pytest.approx(0.3)
+def test_keys_are_exactly_the_task_keys(scores):
+    got = best_layer_table(scores)
+    low = got[got["task"] == "lowshot_cls"]
+    # low-shot: one row per (metric, shots, feature); other tasks carry the fill values
+    assert set(zip(low["metric"], low["shots"], low["feature"])) == set(
+        zip(scores.loc[scores.task == "lowshot_cls", "metric"],
+            scores.loc[scores.task == "lowshot_cls", "shots"],
+            scores.loc[scores.task == "lowshot_cls", "feature"]))
+    assert (got.loc[got["task"] != "lowshot_cls", "shots"] == -1).all()
+    for c in ("n_support_images", "n_eval", "family", "depth_frac_x", "sequence", "scale_bin"):
+        assert c not in got.columns
 
 
-def test_missing_columns():
-    with pytest.raises(DataError, match="metric"):
-        best_layer_table(pd.DataFrame({"model": [], "dataset": [], "task": [], "variant": [],
-                                       "layer": [], "value": []}))
+def test_final_norm_entry_counts_for_best_not_for_last(scores):
+    got = best_layer_table(scores).set_index(KEY)
+    deep = got.xs("deep", level="model")
+    assert (deep["last_layer"] == DEEP_BLOCKS - 1).all()
+    # the deep model's least noisy entry is the final-norm one (layer == n_blocks)
+    out = deep[deep["best_layer"] == DEEP_BLOCKS]
+    assert len(out) > 0
+    s = scores[(scores.model == "deep") & (scores.task == "fewshot_seg")
+               & (scores.metric == "miou_knn")]
+    per_layer = s.groupby("layer")["value"].mean()
+    row = deep.loc[("scenes", "fewshot_seg", "raw", "miou_knn", -1, "", "")]
+    assert row["best_value"] == pytest.approx(per_layer.max())
+    assert row["last_value"] == pytest.approx(per_layer[DEEP_BLOCKS - 1])
+    assert (out["depth_frac"] == 1.0).all()
+
+
+def test_per_item_rows_never_reach_the_table(scores):
+    """A planted per-sequence row far above every overall score changes nothing."""
+    base = best_layer_table(scores)
+    t = scores[(scores.task == "tracking") & (scores.sequence != "all")].head(1).copy()
+    assert len(t)
+    t["value"], t["layer"] = 99.0, 0
+    planted = best_layer_table(pd.concat([scores, t], ignore_index=True))
+    pd.testing.assert_frame_equal(base, planted)
+
+
+def test_seed_mean_then_max(scores):
+    """Shuffling the values of one seed across layers moves the best layer as the mean says."""
+    s = scores.copy()
+    sel = (s.model == "deep") & (s.task == "fewshot_seg") & (s.metric == "miou_knn")
+    s.loc[sel & (s.seed == 1) & (s.layer == 0), "value"] = 10.0  # seed mean at layer 0 is huge
+    row = best_layer_table(s).query("model == 'deep' and task == 'fewshot_seg' "
+                                    "and metric == 'miou_knn'").iloc[0]
+    v0 = s.loc[sel & (s.layer == 0), "value"].mean()
+    assert row["best_layer"] == 0 and row["best_value"] == pytest.approx(v0)
+    assert row["n_seeds"] == 2
+
+
+def test_lower_is_better_metric(scores, monkeypatch):
+    monkeypatch.setattr(B, "LOWER_IS_BETTER", frozenset({"miou_knn"}))
+    row = best_layer_table(scores).query("model == 'deep' and task == 'fewshot_seg' "
+                                         "and metric == 'miou_knn'").iloc[0]
+    s = scores[(scores.model == "deep") & (scores.task == "fewshot_seg")
+               & (scores.metric == "miou_knn")].groupby("layer")["value"].mean()
+    assert row["best_layer"] == s.idxmin() and row["best_value"] == pytest.approx(s.min())
+    assert row["gap"] == pytest.approx(s[DEEP_BLOCKS - 1] - s.min())
+
+
+def test_bad_tables_fail_with_one_clear_line(scores):
+    with pytest.raises(DataError, match="n_layers"):
+        best_layer_table(scores.drop(columns="n_layers"))
+    with pytest.raises(DataError, match="TASK_KEYS"):
+        best_layer_table(scores.assign(alpha_bin="x"))
+    dup = scores[scores.task == "instance_id"].head(1)
+    with pytest.raises(DataError, match="several overall rows"):
+        best_layer_table(pd.concat([scores, dup], ignore_index=True))
+    empty = best_layer_table(scores.iloc[:0])
+    assert len(empty) == 0 and "gap" in empty.columns

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from patchlens.analysis.best_layer import best_layer_table
+from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
@@ -63,7 +65,8 @@ def synthetic_scores(models=MODELS):
                                   fn=lambda l, n, m=m, g=gain: _curve(m, l, n, 0.6) + g)
         for metric in ("top1", "map"):
             rows += _rows("instance_id", m, metric)
-        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0)):
+        # as the retrieval evaluator writes it: per bin and the overall "all" row
+        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0), ("all", 0.9)):
             rows += _rows("retrieval", m, "map", scale_bin=b,
                           fn=lambda l, n, m=m, s=scale: s * _curve(m, l, n, 0.8))
         for seq in ("bear", "car", "all"):
@@ -152,9 +155,8 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
                             (a, b, la, lb, "tokens_ln", v ** 2)]
     pd.DataFrame(cka, columns=T.TABLE_COLUMNS["cka"]).to_parquet(tables_dir / "cka.parquet")
 
-    bl = T.best_layers(T.overall(df))
-    bl["depth_frac"] = (bl["best_layer"] + 1) / bl["n_layers"]
-    bl[T.TABLE_COLUMNS["best_layer"]].to_csv(tables_dir / "best_layer.csv", index=False)
+    # as the best_layer rule writes it
+    write_csv(best_layer_table(df), tables_dir / "best_layer.csv")
     return tables_dir
 
 
@@ -305,7 +307,7 @@ def test_retrieval_uses_each_models_best_layer(tables):
     for line in ax.get_lines():
         model = line.get_label().split(" ")[0]
         pm = per_layer.loc[model]
-        best = pm.mean(axis=1).idxmax()
+        best = pm["all"].idxmax()  # the best layer of the overall mAP (best-layer table)
         np.testing.assert_allclose(line.get_ydata(), pm.loc[best, ["small", "medium", "large"]])
         if model != "pixels":
             assert line.get_label() == f"{model} (L{best})"
@@ -369,7 +371,7 @@ def test_style_families():
     st = style.model_styles({"a": "contrastive", "b": "mim", "c": "mim", "d": "novel"})
     assert st["a"].color == style.FAMILY_COLORS["contrastive"]
     assert st["b"].color != st["c"].color and st["b"].marker != st["c"].marker
-    assert st["d"].color == style.FAMILY_COLORS["unknown"]
+    assert st["d"].color == style.FAMILY_COLORS["other"]
     assert len(set(style.FAMILY_COLORS.values())) == len(style.FAMILY_COLORS)
     assert st == style.model_styles({"d": "novel", "c": "mim", "b": "mim", "a": "contrastive"})
 
@@ -440,3 +442,41 @@ def test_offset_heads_without_flagged_head_shows_strongest_neighbours(tmp_path):
     tables.update(offset_heads=heads, offset_maps=maps)
     assert F.FIGURES["offset_heads"].fn(tables, tmp_path / "offset_heads") is not None
     assert (tmp_path / "offset_heads.png").exists()
+
+
+# ------------------------------------------- on the real producers' output (real_scores.py)
+@pytest.fixture(scope="module")
+def real_tables(tmp_path_factory):
+    from real_scores import real_tables_dir
+    return T.load_tables(real_tables_dir(tmp_path_factory))
+
+
+def test_final_norm_entry_is_labelled_out(real_tables):
+    """The deep model's features carry layer == n_blocks (the final-norm output): the block
+    axis labels it 'out', the blocks keep their index."""
+    fig = F.fig_tracking.draw(real_tables)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    n = int(real_tables["models"].set_index("model").loc["deep", "n_layers"])
+    assert labels[-1] == "out" and labels[:-1] == [str(i) for i in range(n)]
+    line = next(l for l in ax.get_lines() if l.get_label() == "Deep (noisy oracle)")
+    assert list(line.get_xdata()) == list(range(n + 1))
+
+
+def test_best_layer_figure_from_the_best_layer_table(real_tables):
+    fig = F.fig_best_layer.draw(real_tables)
+    ax = fig.axes[0]
+    b = real_tables["best_layer"]
+    b = b[(b.model == "deep") & (b.variant == "raw") & (b.metric == b.task.map(T.HEADLINE_METRIC))]
+    b = b.loc[b.groupby(["task", "dataset", "metric"])["best_value"].idxmax()]
+    want = sorted("out" if r.best_layer == r.n_layers else str(r.best_layer)
+                  for r in b.itertuples())
+    assert sorted(t.get_text() for t in ax.texts) == want and "out" in want
+    # the config label names the row, not the key
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Deep (noisy oracle)"]
+
+
+def test_legends_show_config_labels(real_tables):
+    fig = F.fig_fewshot_seg.draw(real_tables)
+    texts = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
+    assert {"Deep (noisy oracle)", "oracle", "pixels"} <= texts and "deep" not in texts

@@ -153,3 +153,22 @@ def test_provenance_joins_models_table(tables_dir, tmp_path):
     assert "https://example.org/ibot.pth" in text and "https://example.org/mae.pth" in text
     assert "vit_base_patch16_224.mae" not in text
     assert text.count("ab" * 32) == 1
+
+
+def test_real_tables_labels_and_out_layer(tmp_path_factory, tmp_path):
+    """On the real producers' tables: labels head the summary, the best-layer table says 'out'
+    for the final-norm entry, and drop{m}/variants are flagged as chosen on the evaluation
+    split."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from real_scores import real_tables_dir
+    tables_dir = real_tables_dir(tmp_path_factory)
+    figs = fake_figures(tmp_path / "figures", [])
+    page = Page(write_report(tables_dir, figs, tmp_path / "i.html", {}, {}).read_text())
+    body = " ".join(page.text)
+    assert "Deep (noisy oracle)" in body
+    assert "evaluation split" in body
+    best = T.load_tables(tables_dir)["best_layer"]
+    n_out = int((best["best_layer"] == best["n_layers"]).sum())
+    assert n_out > 0
+    assert sum(t.strip() == "out" for t in page.text) >= n_out

@@ -83,8 +83,11 @@ def test_non_integer_layer_rejected(tmp_path):
 
 
 def test_layer_beyond_depth_rejected(tmp_path):
-    p = write(score_rows("fewshot_seg", "dino", layers=(0, 4)), tmp_path / "deep.csv")
-    with pytest.raises(DataError, match=r"deep\.csv.*layer 4"):
+    # layer == n_blocks (4 for dino) is the final-norm entry and is kept; beyond it fails
+    ok = write(score_rows("fewshot_seg", "dino", layers=(0, 4)), tmp_path / "ok.csv")
+    assert sorted(T.collect_scores([ok], MODELS)["layer"]) == [0, 4]
+    p = write(score_rows("fewshot_seg", "dino", layers=(0, 5)), tmp_path / "deep.csv")
+    with pytest.raises(DataError, match=r"deep\.csv.*layer 5"):
         T.collect_scores([p], MODELS)
 
 
@@ -171,7 +174,7 @@ def test_best_drop_best_layer_and_summary(tmp_path):
     ov = T.overall(scores)
     bd = T.best_drop_variant(ov)
     assert bd[["variant", "m"]].values.tolist() == [["drop2", 2]]
-    bl = T.best_layers(ov).set_index("variant")
+    bl = T.best_layer_rows(scores).set_index("variant")
     assert bl.loc["drop2", "best_layer"] == 3
     assert bl.loc["raw", "best_layer"] == 7
     assert bl.loc["drop2", "gap"] == pytest.approx((0.6) - (0.6 - 0.05 * 4))
@@ -210,4 +213,25 @@ def test_models_table_roundtrip(tmp_path):
     df = T.load_tables(tmp_path)["models"]
     assert df.set_index("model").loc["dino", "source"] == "vit_small_patch16_224.dino"
     assert T.model_families({"models": df}) == {"dino": "contrastive", "pixels": "baseline"}
+    assert T.model_labels({"models": df}) == {"dino": "dino", "pixels": "pixels"}
     assert T.model_depths({"models": df}) == {"dino": 12, "pixels": 1}
+
+
+def test_models_table_labels_and_family_defaults(tmp_path):
+    """Label and family from models.registry.model_label: a baseline without a family is
+    'baseline' (grey), a timm model without one 'other'; the label defaults to the key."""
+    from patchlens.models.registry import model_label
+    cfg = {"dino": {"timm": "vit_small_patch16_224.dino", "label": "DINO ViT-S/16",
+                    "family": "contrastive", "n_layers": 12},
+           "plain": {"timm": "vit_base_patch16_224", "n_layers": 12},
+           "pixels": {"baseline": "pixels", "n_layers": 1}}
+    T.write_models(cfg, tmp_path / "models.csv")
+    df = T.load_tables(tmp_path)["models"].set_index("model")
+    assert df["label"].to_dict() == {"dino": "DINO ViT-S/16", "plain": "plain",
+                                     "pixels": "pixels"}
+    assert df["family"].to_dict() == {"dino": "contrastive", "plain": "other",
+                                      "pixels": "baseline"}
+    assert {m: model_label(m, e) for m, e in cfg.items()} == {
+        m: (df.loc[m, "label"], df.loc[m, "family"]) for m in cfg}
+    p = write(score_rows("fewshot_seg", "pixels", layers=(0,)), tmp_path / "s.csv")
+    assert set(T.collect_scores([p], cfg)["family"]) == {"baseline"}
