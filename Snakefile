@@ -14,7 +14,9 @@ if not config:  # a --configfile on the command line replaces the default study,
 
 from patchlens.config import validate
 
-validate(config)  # schemas/config.schema.yaml: types, defaults, cross-references
+# schemas/config.schema.yaml: types, defaults, cross-references; parameter values and model facts
+# once, in the driver (the jobs it spawns re-read this file with the config already checked)
+validate(config, values=not (workflow.subprocess_exec or workflow.remote_exec))
 
 report: "report/workflow.rst"
 
