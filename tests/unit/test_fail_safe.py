@@ -127,3 +127,87 @@ def test_real_full_disk_then_freed_renames_nothing(small_disk):
     with pytest.raises(FeatureWriteError, match=r"\[Errno 28\] No space left on device"):
         _write(small_disk / "f.h5", n=16, C=512, on_error=free_disk)
     assert not filler.exists() and list(small_disk.iterdir()) == []
+
+
+# -- one line per failure, in the rule's log (case 9); stale temporaries (case 11) --------------
+class _Job:
+    """What a Snakemake ``script:`` sees: ``snakemake.log`` and ``snakemake.output`` lists."""
+
+    def __init__(self, tmp_path):
+        self.log = [str(tmp_path / "rule.log")]
+        self.output = [str(tmp_path / "out" / "f.h5")]
+
+
+def _run(job, main):
+    from patchlens.workflow import run
+
+    with pytest.raises(SystemExit) as exit_:
+        run(job, main)
+    assert exit_.value.code == 1
+    return Path(job.log[0]).read_text()
+
+
+def test_unexpected_error_is_one_line_then_its_traceback_in_the_log(tmp_path, capfd):
+    def main(_):
+        raise OSError(28, "No space left on device")
+
+    log = _run(_Job(tmp_path), main)
+    first = log.splitlines()[0]
+    assert first.endswith(f"ERROR patchlens: OSError: [Errno 28] No space left on device; "
+                          f"traceback in {tmp_path / 'rule.log'}")
+    assert "Traceback (most recent call last)" in log and "in main" in log
+    err = [ln for ln in capfd.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].endswith(first.split("ERROR ", 1)[1])
+
+
+def test_project_error_is_one_line_without_traceback(tmp_path, capfd):
+    def main(_):
+        raise DataError("data/x.png: mask 10x10 for a 96x96 image; re-prepare the data set")
+
+    log = _run(_Job(tmp_path), main)
+    assert log.count("\n") == 1 and "Traceback" not in log
+    assert log.strip().endswith("ERROR patchlens: data/x.png: mask 10x10 for a 96x96 image; "
+                                "re-prepare the data set")
+    assert "mask 10x10" in capfd.readouterr().err
+
+
+def test_rule_start_removes_temporaries_of_a_killed_run(tmp_path):
+    from patchlens.io import atomic_path
+    from patchlens.workflow import run
+
+    job = _Job(tmp_path)
+    out = Path(job.output[0])
+    out.parent.mkdir()
+    stale = [out.parent / ".f.h5.abc123.tmp", out.parent / ".f.h5.x.tmp"]
+    keep = [out.parent / ".g.h5.abc123.tmp", out.parent / "f.h5.tmp"]  # another output's, not ours
+    for p in stale + keep:
+        p.write_bytes(b"partial")
+
+    def main(sm):
+        assert not any(p.exists() for p in stale)
+        with atomic_path(sm.output[0]) as tmp:
+            tmp.write_text("done")
+
+    run(job, main)
+    assert out.read_text() == "done" and all(p.exists() for p in keep)
+    assert "removed" in Path(job.log[0]).read_text()
+
+
+# -- file modes follow the umask (case 6) --------------------------------------------------------
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    import pandas as pd
+
+    from patchlens.io import write_csv, write_json
+
+    old = os.umask(umask)
+    try:
+        write_csv(pd.DataFrame({"a": [1]}), tmp_path / "t.csv")
+        write_json({"a": 1}, tmp_path / "t.json")
+        _write(tmp_path / "f.h5", n=2)
+        with open(tmp_path / "plain", "w"):  # what open() itself gives under this umask
+            pass
+    finally:
+        os.umask(old)
+    for name in ("t.csv", "t.json", "f.h5", "plain"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
