@@ -193,9 +193,9 @@ def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, pr
         raise SourceUnreachable(f"{url}: could not be reached ({reason}); without network, "
                                 f"download it on another machine and place it at {dest} (under "
                                 "data_dir), then rerun")
-    raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); the "
-                    f"partial data is kept in {part}: rerun to resume, or delete it to start "
-                    "over")
+    kept = (f"the partial data is kept in {part}: rerun to resume, or delete it to start over"
+            if part.exists() and part.stat().st_size else "rerun to try again")
+    raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); {kept}")
 
 
 def _response_extent(resp, start: int) -> tuple[bool, int | None]:
@@ -294,7 +294,7 @@ def extraction_marker(archive: str | os.PathLike, out_dir: str | os.PathLike) ->
 
 
 def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
-            expect: str | None = None) -> Path:
+            expect: str | None = None, keep: str | None = None) -> Path:
     """Extract a .tar/.tar.gz/.tgz/.zip archive into ``out_dir`` safely and once.
 
     Members go to a temporary directory inside ``out_dir`` first; a member whose path is
@@ -304,6 +304,10 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
     into ``out_dir`` (replacing a same-named entry) and a marker file is written last, so a
     second call returns at once, and a killed extraction is redone. ``expect`` (a path relative
     to ``out_dir``) must also exist for the marker to count, so a deleted tree is re-extracted.
+    ``keep`` (a top-level name) moves only that entry into place and discards the rest of the
+    archive, so an archive carrying other trees or a ``checksums.json`` replaces nothing else;
+    an archive without it is a DataError. Without ``keep``, names starting with a dot (the
+    markers, lock files) are never replaced.
 
     Returns ``out_dir``.
     """
@@ -323,7 +327,15 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
             raise DataError(f"{archive}: corrupt or truncated archive ({_one_line(exc)}); delete "
                             "it and rerun to download it again") from None
-        for entry in sorted(tmp.iterdir()):
+        entries = sorted(tmp.iterdir())
+        if keep is not None:
+            entries = [e for e in entries if e.name == keep]
+            if not entries:
+                raise DataError(f"{archive}: has no top-level {keep!r}; not the expected "
+                                "archive")
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
             target = out_dir / entry.name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)

@@ -211,3 +211,112 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mode):
         os.umask(old)
     for name in ("t.csv", "t.json", "f.h5", "plain"):
         assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+# -- downloads: trust on first use only after a complete extraction (cases 2 and 7) -------------
+def _png(path, value):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+
+@pytest.fixture
+def toy_recipe(tmp_path, monkeypatch):
+    """(server, archive bytes): a recipe without published checksum (as SPair-71k) whose
+    archive also carries a ``checksums.json`` and another data set's tree at its top level."""
+    import io
+    import json
+    import tarfile
+
+    from http_server import FileServer
+
+    from patchlens.data import recipes
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(2):
+            _png(src / "toy" / split / "cls" / f"{i}.png", i)
+    (src / "toy" / "noise.bin").write_bytes(rng.bytes(300_000))  # so that a cut is mid-stream
+    (src / "checksums.json").write_text(json.dumps({"VOCtrainval_11-May-2012.tar": "0" * 64}))
+    _png(src / "VOCdevkit" / "hostile.png", 1)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for top in ("toy", "checksums.json", "VOCdevkit"):
+            tar.add(src / top, arcname=top)
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "toy.tar.gz").write_bytes(buf.getvalue())
+    with FileServer(www) as server:
+        archive = recipes.Archive(filename="toy.tar.gz", urls=(server.url("toy.tar.gz"),))
+        monkeypatch.setitem(recipes.RECIPES, "toy", recipes.Recipe(
+            name="toy", description="", archive=archive, root="toy", probe="val",
+            converter="patchlens.data.imageset:convert", homepage="", citation=""))
+        yield server, buf.getvalue()
+
+
+def _prepare(tmp_path, out="out"):
+    from patchlens.data import recipes
+
+    recipes.prepare("toy", tmp_path / "data", tmp_path / out, {"progress": False})
+
+
+def test_truncated_download_without_length_is_never_trusted(tmp_path, toy_recipe):
+    import hashlib
+    import json
+
+    server, payload = toy_recipe
+    server.send_length = False
+    server.truncate["toy.tar.gz"] = len(payload) // 2  # looks complete: the close ends it
+    data = tmp_path / "data"
+    with pytest.raises(DataError, match=r"toy\.tar\.gz: corrupt or truncated archive .*no "
+                       r"checksum was recorded for it; the download was deleted: rerun"):
+        _prepare(tmp_path)
+    assert not (data / "toy.tar.gz").exists() and not (data / "checksums.json").exists()
+    del server.truncate["toy.tar.gz"]  # the rerun gets the whole file and trusts that one
+    _prepare(tmp_path)
+    ledger = json.loads((data / "checksums.json").read_text())
+    assert ledger == {"toy.tar.gz": hashlib.sha256(payload).hexdigest()}
+
+
+def test_truncated_download_with_length_fails_and_records_nothing(tmp_path, toy_recipe):
+    server, payload = toy_recipe
+    server.truncate["toy.tar.gz"] = len(payload) // 2  # shorter than announced, every time
+    from patchlens.data import recipes
+
+    with pytest.raises(DataError, match=r"download incomplete after .* \(transfer stopped at "
+                       rf"{len(payload) // 2} of {len(payload)} bytes\); the partial data is "
+                       r"kept in .*toy\.tar\.gz\.part"):
+        recipes.obtain(recipes.RECIPES["toy"].archive, tmp_path / "data", progress=False,
+                       retries=1, backoff=0)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["toy.tar.gz.part"]
+
+
+def test_a_changed_source_names_the_ledger_entry_to_remove(tmp_path, toy_recipe):
+    server, payload = toy_recipe
+    _prepare(tmp_path)
+    import shutil
+
+    shutil.rmtree(tmp_path / "data" / "toy")
+    (tmp_path / "data" / "toy.tar.gz").write_bytes(b"another file")
+    with pytest.raises(DataError, match=r"remove its entry \"toy\.tar\.gz\" from that file"):
+        _prepare(tmp_path, "out2")
+
+
+def test_extraction_moves_only_the_recipes_tree(tmp_path, toy_recipe):
+    import json
+
+    data = tmp_path / "data"
+    (data / "VOCdevkit" / "VOC2012").mkdir(parents=True)
+    (data / "VOCdevkit" / "VOC2012" / "mine.txt").write_text("keep")
+    (data / "checksums.json").write_text(json.dumps({"other.tar": "1" * 64}))
+    _prepare(tmp_path)
+    assert (data / "VOCdevkit" / "VOC2012" / "mine.txt").read_text() == "keep"
+    assert not (data / "VOCdevkit" / "hostile.png").exists()
+    ledger = json.loads((data / "checksums.json").read_text())
+    assert ledger["other.tar"] == "1" * 64 and set(ledger) == {"other.tar", "toy.tar.gz"}
+    assert (data / "toy" / "val" / "cls" / "0.png").exists()
