@@ -87,7 +87,7 @@ def _local_source(url: str) -> Path | None:
 # -- download -----------------------------------------------------------------------------------
 def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
           retries: int = 3, timeout: float = 60, progress: bool = True,
-          backoff: float = 1.0) -> Path:
+          backoff: float = 1.0, cache_key: str = "data_dir") -> Path:
     """Download ``url`` to ``dest`` with resume, retries and checksum verification.
 
     Protocol: an existing ``dest`` is verified and reused (never downloaded again); otherwise
@@ -101,7 +101,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
     transfer still short after the retries keeps its ``.part`` (the next run resumes it).
 
     ``url`` may be a local path or ``file://`` URL (an archive the user already has): it is
-    copied, then verified the same way.
+    copied, then verified the same way. ``cache_key`` names the config key of the directory
+    ``dest`` is in, for the messages (``data_dir``, ``weights_dir``).
 
     Raises:
         DataError: unreachable URL, HTTP error, truncated transfer, checksum mismatch, or a
@@ -124,7 +125,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
                             f"path, or place the file at {dest}")
         shutil.copyfile(local, part)
     else:
-        _download(url, dest, part, retries, timeout, progress, backoff)
+        _download(url, dest, part, retries, timeout, progress, backoff, cache_key)
     bad = _mismatch(part, expected)
     if bad:
         part.unlink()
@@ -137,7 +138,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
 
 
 def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, progress: bool,
-              backoff: float) -> None:
+              backoff: float, cache_key: str = "data_dir") -> None:
     """Fill ``part`` with the bytes of ``url`` (resuming); raise DataError when retries run out.
 
     An attempt that adds bytes to ``part`` does not use up a retry (a long download over a
@@ -192,7 +193,7 @@ def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, pr
     if not connected:
         raise SourceUnreachable(f"{url}: could not be reached ({reason}); without network, "
                                 f"download it on another machine and place it at {dest} (under "
-                                "data_dir), then rerun")
+                                f"{cache_key}), then rerun")
     kept = (f"the partial data is kept in {part}: rerun to resume, or delete it to start over"
             if part.exists() and part.stat().st_size else "rerun to try again")
     raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); {kept}")

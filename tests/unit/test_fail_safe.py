@@ -320,3 +320,138 @@ def test_extraction_moves_only_the_recipes_tree(tmp_path, toy_recipe):
     ledger = json.loads((data / "checksums.json").read_text())
     assert ledger["other.tar"] == "1" * 64 and set(ledger) == {"other.tar", "toy.tar.gz"}
     assert (data / "toy" / "val" / "cls" / "0.png").exists()
+
+
+# -- weights: the cache keyed by URL, verified before use, safe messages (cases 3 and 10) --------
+TINY = {"timm": "vit_tiny_patch16_224", "pretrained": True,
+        "kwargs": {"depth": 2, "embed_dim": 48, "num_heads": 3}}
+
+
+class NotATensor:
+    """A pickled object a weights_only load must refuse."""
+
+
+def _checkpoint(path, seed, extra=None, **kwargs):
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0,
+                            **{**TINY["kwargs"], **kwargs})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": src.state_dict(), **(extra or {})}, path)
+    return src
+
+
+@pytest.fixture
+def weights_server(tmp_path, monkeypatch):
+    from http_server import FileServer
+
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    www = tmp_path / "www"
+    v1 = _checkpoint(www / "v1" / "checkpoint.pth", seed=1)
+    v2 = _checkpoint(www / "v2" / "checkpoint.pth", seed=2)
+    with FileServer(www) as server:
+        yield server, v1, v2
+
+
+def _build(tmp_path, url, **entry):
+    from patchlens.models.registry import build_timm, resolve_model
+
+    return build_timm(resolve_model("m", {**TINY, "weights": url, **entry}), tmp_path / "w")
+
+
+def _same(a, b) -> bool:
+    import torch
+
+    return all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_changing_the_weights_url_fetches_the_new_file(tmp_path, weights_server):
+    server, v1, v2 = weights_server
+    assert _same(_build(tmp_path, server.url("v1/checkpoint.pth")), v1)
+    assert _same(_build(tmp_path, server.url("v2/checkpoint.pth")), v2)  # not the cached v1
+    assert _same(_build(tmp_path, server.url("v1/checkpoint.pth")), v1)  # both stay cached
+    assert server.hits("v1/checkpoint.pth") == 1 and server.hits("v2/checkpoint.pth") == 1
+
+
+def test_a_damaged_cached_checkpoint_names_the_file_to_delete(tmp_path, weights_server):
+    from patchlens.errors import WeightsError
+    from patchlens.models.weights import cache_path
+
+    server, v1, _ = weights_server
+    url = server.url("v1/checkpoint.pth")
+    _build(tmp_path, url)
+    cached = cache_path({"key": "m", "weights": url}, tmp_path / "w")
+    cached.write_bytes(cached.read_bytes()[:1000])  # truncated on disk after the first use
+    with pytest.raises(WeightsError, match=rf"cached weights {cached} changed since they were "
+                       rf"first loaded .*delete {cached.parent} and rerun"):
+        _build(tmp_path, url)
+
+
+def test_a_truncated_first_download_is_not_loaded_and_named(tmp_path, weights_server):
+    from patchlens.errors import WeightsError
+
+    server, _, _ = weights_server
+    server.send_length = False  # the transfer looks complete
+    server.truncate["v1/checkpoint.pth"] = 5000
+    with pytest.raises(WeightsError, match=r"not a readable checkpoint, truncated or corrupt .*"
+                       r"; delete .*checkpoint\.pth \(a download cached in weights_dir\)"):
+        _build(tmp_path, server.url("v1/checkpoint.pth"))
+
+
+def test_pickled_code_is_refused_without_suggesting_unsafe_loading(tmp_path):
+    from patchlens.errors import WeightsError
+
+    path = tmp_path / "evil.pth"
+    _checkpoint(path, seed=0, extra={"obj": NotATensor()})
+    with pytest.raises(WeightsError) as err:
+        _build(tmp_path, str(path))
+    msg = str(err.value)
+    assert "weights_only=False" not in msg and "\n" not in msg
+    assert "never unpickles code; convert it to safetensors" in msg and "NotATensor" in msg
+
+
+def test_shape_mismatch_and_corrupt_safetensors_are_one_line(tmp_path):
+    from patchlens.errors import WeightsError
+
+    path = tmp_path / "wide.pth"
+    _checkpoint(path, seed=0, embed_dim=96)  # another width than the entry's 48
+    with pytest.raises(WeightsError, match=r"model 'm': checkpoint does not fit "
+                       r"'vit_tiny_patch16_224' \(size mismatch for .*\); fix 'timm:'"):
+        _build(tmp_path, str(path))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(WeightsError, match=r"bad\.safetensors: not a readable safetensors file"):
+        _build(tmp_path, str(bad))
+
+
+def test_unreachable_weights_name_weights_dir(tmp_path, monkeypatch):
+    import patchlens.data.download as download
+    from patchlens.errors import WeightsError
+
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)  # the retries' backoff
+
+    with socket_closed() as port:
+        with pytest.raises(WeightsError) as err:
+            _build(tmp_path, f"http://127.0.0.1:{port}/ckpt.pth")
+    msg = str(err.value)
+    assert "(under weights_dir)" in msg and "data_dir" not in msg
+
+
+def socket_closed():
+    """A context giving a local port nothing listens on."""
+    import contextlib
+    import socket
+
+    @contextlib.contextmanager
+    def ctx():
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        yield port
+
+    return ctx()
