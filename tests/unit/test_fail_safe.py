@@ -455,3 +455,60 @@ def socket_closed():
         yield port
 
     return ctx()
+
+
+# -- masks: 8-bit index PNGs of their image's size, checked at preparation and read (case 5) -----
+def _save_mask(path, array, mode=None):
+    from PIL import Image
+
+    Image.fromarray(array, mode).save(path) if mode else Image.fromarray(array).save(path)
+
+
+def test_wrong_size_and_16_bit_masks_are_refused_when_read(image_dataset):
+    from patchlens.data.dataset import Dataset
+
+    ds = Dataset(image_dataset)
+    good = ds.load_semantic("im0")
+    assert good.shape == (48, 64) and good.dtype == np.uint8 and set(np.unique(good)) == {0, 1}
+    _save_mask(image_dataset / "im1_sem.png", np.ones((10, 10), np.uint8))
+    with pytest.raises(DataError, match=r"im1_sem\.png: mask is 10x10 \(HxW\) but its image is "
+                       r"48x64; the data set at .* is inconsistent"):
+        ds.load_semantic("im1")
+    sixteen = np.full((48, 64), 300, np.uint16)  # would be clipped to 255 = void
+    _save_mask(image_dataset / "im2_sem.png", sixteen)
+    from PIL import Image
+
+    assert Image.open(image_dataset / "im2_sem.png").mode == "I;16"
+    with pytest.raises(DataError, match=r"im2_sem\.png: mode I;16 \(16-bit\) mask; expected an "
+                                        r"8-bit index PNG"):
+        ds.load_semantic("im2")
+
+
+def test_oracle_on_a_wrong_size_mask_is_a_data_error_not_a_broadcast_error(image_dataset):
+    from patchlens.data.dataset import Dataset
+    from patchlens.models.oracle import oracle_tokens
+
+    _save_mask(image_dataset / "im3_sem.png", np.ones((10, 10), np.uint8))
+    with pytest.raises(DataError, match=r"im3_sem\.png: mask is 10x10"):
+        oracle_tokens(Dataset(image_dataset), ["im3"], (3, 4))
+
+
+def test_preparation_refuses_a_mask_of_another_size_or_depth(tmp_path):
+    from patchlens.data.layout import write_layout
+
+    out = tmp_path / "ds"
+    out.mkdir()
+    rows = []
+    for i, (mask, mode) in enumerate([(np.zeros((8, 6), np.uint8), "L"),
+                                      (np.zeros((8, 6), np.uint8), "P")]):
+        _save_mask(out / f"m{i}.png", mask, mode)
+        rows.append(dict(image=f"im{i}", path=f"im{i}.png", semantic=f"m{i}.png", height=8,
+                         width=6))
+    write_layout(out, rows, ["bg"])  # grey and palette 8-bit masks of the right size pass
+    _save_mask(out / "m1.png", np.zeros((6, 8), np.uint8))  # transposed
+    with pytest.raises(DataError, match=r"m1\.png: mask is 6x8 \(HxW\) but its image is 8x6"):
+        write_layout(out, rows, ["bg"])
+    assert not (out / "manifest.csv").exists()
+    _save_mask(out / "m1.png", np.zeros((8, 6), np.uint16))
+    with pytest.raises(DataError, match=r"m1\.png: mode I.* mask; expected an 8-bit index PNG"):
+        write_layout(out, rows, ["bg"])
