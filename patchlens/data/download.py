@@ -19,6 +19,7 @@ or file and says what to do.
 """
 from __future__ import annotations
 
+import glob
 import http.client
 import os
 import posixpath
@@ -321,6 +322,8 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
     kind = _archive_kind(archive)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
+    for stale in out_dir.glob(f".{glob.escape(archive.name)}.*.tmp"):  # a killed extraction's
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".tmp", dir=out_dir))
     try:
         try:
