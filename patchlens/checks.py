@@ -52,12 +52,6 @@ def expect_number(value, where: str, lo: float | None = None, hi: float | None =
     raise ConfigError(f"{where} = {value!r}: expected a number{rng}")
 
 
-def expect_choice(value, where: str, choices) -> object:
-    if isinstance(value, str) and value in choices:
-        return value
-    raise ConfigError(f"{where} = {value!r}: expected one of {', '.join(map(str, choices))}")
-
-
 def expect_split(value, where: str, optional: bool = False) -> str | None:
     """A manifest split name (a non-empty string; None too when ``optional``)."""
     if (optional and value is None) or (isinstance(value, str) and value):
