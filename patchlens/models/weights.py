@@ -85,9 +85,9 @@ def read_state(path: Path, cached: bool = False) -> dict:
             "where you trust its origin) or to a plain tensor state dict, and point 'weights:' "
             "at the converted file") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = " ".join(str(exc).split()).split(". ")[0][:160]  # torch adds long advice
         raise WeightsError(f"{path}: not a readable checkpoint, truncated or corrupt "
-                           f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
-                           f"{fix}") from None
+                           f"({type(exc).__name__}: {first}); {fix}") from None
 
 
 def cache_path(spec: dict, weights_dir) -> Path:
