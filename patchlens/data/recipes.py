@@ -278,14 +278,17 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                                     "not the expected archive")
             except DataError as exc:
                 if not first_use:
-                    raise DataError(f"{exc}; delete {path} and rerun") from None
+                    raise DataError(str(exc) if "; delete" in str(exc) else
+                                    f"{exc}; delete {path} and rerun") from None
                 # never verified by any checksum: a truncated or wrong download; nothing recorded
                 if downloaded:
                     path.unlink(missing_ok=True)
+                why = str(exc).removeprefix(f"{path}: ").split("; delete")[0]
                 raise DataError(
-                    f"{exc}; no checksum was recorded for it"
-                    + ("; the download was deleted: rerun to download it again" if downloaded
-                       else f"; delete {path} and rerun")) from None
+                    f"{path}: {why}; no checksum is published for it, so nothing was recorded in "
+                    f"{data_dir / CHECKSUM_LEDGER}"
+                    + (" and the download was deleted: rerun to download it again" if downloaded
+                       else f": delete {path} and rerun")) from None
             record_first_use(recipe.archive, data_dir)
     module, func = recipe.converter.split(":")
     convert = getattr(importlib.import_module(module), func)

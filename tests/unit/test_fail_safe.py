@@ -273,8 +273,9 @@ def test_truncated_download_without_length_is_never_trusted(tmp_path, toy_recipe
     server.send_length = False
     server.truncate["toy.tar.gz"] = len(payload) // 2  # looks complete: the close ends it
     data = tmp_path / "data"
-    with pytest.raises(DataError, match=r"toy\.tar\.gz: corrupt or truncated archive .*no "
-                       r"checksum was recorded for it; the download was deleted: rerun"):
+    with pytest.raises(DataError, match=r"toy\.tar\.gz: corrupt or truncated archive \(.*\); no "
+                       r"checksum is published for it, so nothing was recorded in .*checksums\.json "
+                       r"and the download was deleted: rerun to download it again$"):
         _prepare(tmp_path)
     assert not (data / "toy.tar.gz").exists() and not (data / "checksums.json").exists()
     del server.truncate["toy.tar.gz"]  # the rerun gets the whole file and trusts that one
