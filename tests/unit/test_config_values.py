@@ -128,7 +128,7 @@ def test_dry_run_fails_before_any_job_naming_the_key(tmp_path, tiny):
          "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
          "--cores", "1", "--dry-run"],
         capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode != 0
-    assert "tasks.fewshot_seg.params.k = '20': expected an integer >= 1" in out
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 1
+    assert out == ["patchlens: tasks.fewshot_seg.params.k = '20': expected an integer >= 1"]
     assert not (tmp_path / "results").exists()  # nothing prepared, nothing extracted
