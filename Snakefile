@@ -12,9 +12,17 @@ min_version("9.0")
 if not config:  # a --configfile on the command line replaces the default study, never merges
     configfile: "config.yaml"
 
-from patchlens.config import validate
+import sys
 
-validate(config)  # schemas/config.schema.yaml: types, defaults, cross-references
+from patchlens.config import validate
+from patchlens.errors import PatchlensError
+
+# schemas/config.schema.yaml: types, defaults, cross-references; parameter values and model facts
+# once, in the driver (the jobs it spawns re-read this file with the config already checked)
+try:
+    validate(config, values=not (workflow.subprocess_exec or workflow.remote_exec))
+except PatchlensError as exc:  # the config alone shows it: one line, no traceback, exit code 1
+    sys.exit(f"patchlens: {exc}")
 
 report: "report/workflow.rst"
 

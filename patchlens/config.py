@@ -20,19 +20,93 @@ SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 TASKS = ("fewshot_seg", "instance_id", "retrieval", "tracking", "keypoints", "lowshot_cls")
 
 
-def validate(config: dict) -> dict:
-    """Validate against the schema and fill defaults in place (Snakemake's validator)."""
+def validate(config: dict, values: bool = True) -> dict:
+    """Validate against the schema and fill defaults in place (Snakemake's validator), then the
+    cross-references and, with ``values``, every configured value
+    (:func:`patchlens.checks.check_values`: imports torch and timm, ~4 s the first time; the
+    Snakefile skips it in the per-job invocations, whose driver already ran it)."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
+    check_schema(config)
     try:
         sm_validate(config, str(SCHEMA), set_default=True)
-    except WorkflowError as exc:
+    except WorkflowError as exc:  # check_schema found nothing, so this should not happen
         lines = [ln for ln in str(exc).splitlines() if ln.strip()]
         raise ConfigError("config does not match schemas/config.schema.yaml: "
-                          + " | ".join(lines[:4])) from None
+                          + (lines[0] if lines else type(exc).__name__)[:300]) from None
     check_references(config)
+    if values:
+        from patchlens.checks import check_values
+
+        check_values(config)
     return config
+
+
+def check_schema(config: dict) -> None:
+    """ConfigError naming the config entry (``datasets.voc.img_size``), its value and what the
+    schema allows, for the most relevant schema violation; never the schema itself."""
+    import jsonschema
+
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(config).__name__}")
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return
+    raise ConfigError(f"config does not match schemas/config.schema.yaml: "
+                      f"{schema_error_line(error)}")
+
+
+def schema_error_line(error) -> str:
+    """``<entry> = <value>: <what is wrong>`` of a jsonschema error, one line, short."""
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}"
+                  for p in error.absolute_path).lstrip(".") or "(top level)"
+    value = error.instance
+    shown = repr(value)
+    if len(shown) > 60 or isinstance(value, dict):
+        shown = None
+    if error.validator == "oneOf" and all(set(o) == {"required"} for o in error.schema["oneOf"]):
+        keys = [k for o in error.schema["oneOf"] for k in o["required"]]
+        shown, why = None, f"expected exactly one of {', '.join(keys)}"
+    elif error.validator in ("oneOf", "anyOf") and error.context:
+        options = sorted({_expected(e) for e in error.context})
+        why = "expected " + " or ".join(options)
+    elif error.validator == "additionalProperties":
+        extra = sorted(set(value) - set(error.schema.get("properties", {})))
+        known = sorted(error.schema.get("properties", {}))
+        why = (f"unknown entr{'y' if len(extra) == 1 else 'ies'} {', '.join(map(str, extra))}"
+               + (f"; known: {', '.join(known)}" if known else ""))
+    else:
+        why = _expected(error)
+    return f"{key}{f' = {shown}' if shown is not None else ''}: {why}"
+
+
+def _expected(error) -> str:
+    s, v = error.schema, error.validator
+    if v == "enum":
+        return "expected one of " + ", ".join(map(str, s["enum"]))
+    if v == "const":
+        return f"expected {s['const']!r}"
+    if v == "type":
+        return f"expected {s['type'] if isinstance(s['type'], str) else ' or '.join(s['type'])}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">",
+              "exclusiveMaximum": "<"}[v]
+        kind = "an integer" if s.get("type") == "integer" else "a number"
+        return f"expected {kind} {op} {s[v]}"
+    if v == "pattern":
+        return f"expected text matching {s['pattern']}"
+    if v in ("minItems", "maxItems"):
+        lo, hi = s.get("minItems"), s.get("maxItems")
+        n = f"{lo}" if lo == hi else f"{lo or 0}..{hi if hi is not None else 'any'}"
+        return f"expected a list of {n} items"
+    if v == "required":
+        return " ".join(error.message.split())[:120]
+    if v == "minProperties":
+        return f"expected at least {s['minProperties']} entr{'y' if s['minProperties'] == 1 else 'ies'}"
+    return " ".join(error.message.split())[:120]
 
 
 def load_config(path) -> dict:

@@ -1,8 +1,11 @@
 """File I/O shared by every stage: atomic output (write to a temporary sibling, rename on
-success, so a killed job never leaves a file that looks complete) and streaming file digests."""
+success, so a killed job never leaves a file that looks complete; the file gets the mode the
+umask gives, like any ``open()``), removal of the temporaries a killed job left behind, and
+streaming file digests."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -23,10 +26,34 @@ def atomic_path(path: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes 0600; outputs are shared like any other file
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` siblings that :func:`atomic_path` leaves when a job is killed
+    (``kill -9`` skips every cleanup). Call it when the job that writes ``path`` starts again:
+    Snakemake never runs two jobs for one output, so no live writer owns them. Returns the
+    removed paths."""
+    path = Path(path)
+    removed = []
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def write_csv(df, path) -> None:

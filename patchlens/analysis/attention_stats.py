@@ -308,6 +308,24 @@ def stratified_sample(images, strata, n: int | None, seed: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- model driver
 
+def check_params(params: dict | None) -> dict:
+    """``radius`` (null or an integer >= 1) and ``layers`` (null or a non-empty list of block
+    indices >= 0) of :func:`attention_statistics`; ConfigError naming the key otherwise. The
+    range of ``layers`` against each model's depth is checked by :mod:`patchlens.checks`."""
+    from patchlens.checks import expect_int
+
+    p = merge_params(params, DEFAULTS, WHERE)
+    if p["radius"] is not None:
+        expect_int(p["radius"], f"{WHERE}.radius", 1)
+    if p["layers"] is not None:
+        if not isinstance(p["layers"], (list, tuple)) or not p["layers"]:
+            raise ConfigError(f"{WHERE}.layers = {p['layers']!r}: expected null or a non-empty "
+                              "list of block indices")
+        for x in p["layers"]:
+            expect_int(x, f"{WHERE}.layers", 0)
+    return p
+
+
 def attention_statistics(model, batches: Iterable, patch_size: int, grid: tuple[int, int],
                          num_prefix_tokens: int, params: dict | None = None) -> xr.Dataset:
     """Run ``model`` over ``batches`` and return the per layer x head statistics (module doc).

@@ -280,8 +280,8 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
 
 # ----------------------------------------------------------------------------- feature stores
 
-def cka_params(params: dict | None) -> dict:
-    """Validated CKA parameters (keys of :data:`DEFAULTS`)."""
+def check_params(params: dict | None) -> dict:
+    """Validated CKA parameters (keys of :data:`DEFAULTS`); ConfigError naming the key."""
     p = merge_params(params, DEFAULTS, WHERE)
     levels = [p["levels"]] if isinstance(p["levels"], str) else list(p["levels"])
     bad = [lv for lv in levels if lv not in LEVELS]
@@ -296,7 +296,12 @@ def cka_params(params: dict | None) -> dict:
     if p["batch_size"] < 4:
         raise ConfigError(f"{WHERE}.batch_size = {p['batch_size']}: the unbiased estimator "
                           "needs >= 4")
+    if not isinstance(p["seed"], (int, np.integer)) or isinstance(p["seed"], bool):
+        raise ConfigError(f"{WHERE}.seed = {p['seed']!r}: expected an integer")
     return {**p, "levels": levels}
+
+
+cka_params = check_params  # the former name
 
 
 def _model_name(store) -> str:

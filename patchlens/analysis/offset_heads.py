@@ -57,15 +57,22 @@ DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (
               (1, -1): "down-left"}
 
 
-def offset_params(params: dict | None) -> dict:
-    """Validated thresholds (keys of :data:`DEFAULTS`)."""
+def check_params(params: dict | None) -> dict:
+    """Validated thresholds (keys of :data:`DEFAULTS`); ConfigError naming the key otherwise."""
+    from patchlens.checks import expect_number
+
+    if params is not None and not isinstance(params, dict):
+        raise ConfigError(f"{WHERE} = {params!r}: expected a mapping of "
+                          f"{', '.join(DEFAULTS)}")
     p = merge_params(params, DEFAULTS, WHERE)
-    if not 0 < float(p["min_share"]) <= 1:
-        raise ConfigError(f"{WHERE}.min_share = {p['min_share']!r}: expected 0 < x <= 1")
-    if not float(p["min_ratio"]) > 0:
-        raise ConfigError(f"{WHERE}.min_ratio = {p['min_ratio']!r}: expected a positive number")
-    return {"min_share": float(p["min_share"]), "min_ratio": float(p["min_ratio"]),
-            "diagonals": bool(p["diagonals"])}
+    share = expect_number(p["min_share"], f"{WHERE}.min_share", 0, 1, lo_open=True)
+    ratio = expect_number(p["min_ratio"], f"{WHERE}.min_ratio", 0, lo_open=True)
+    if not isinstance(p["diagonals"], bool):
+        raise ConfigError(f"{WHERE}.diagonals = {p['diagonals']!r}: expected true or false")
+    return {"min_share": share, "min_ratio": ratio, "diagonals": p["diagonals"]}
+
+
+offset_params = check_params  # the former name
 
 
 def find_offset_heads(centred: xr.DataArray | xr.Dataset,

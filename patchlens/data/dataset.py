@@ -25,6 +25,11 @@ A data set lives in one directory (``results/data/{dataset}/`` by default)::
                     one row per keypoint of an image pair, pixel coordinates of the original
                     images, target bounding box for PCK normalisation
 
+Masks are 8-bit index PNGs (mode ``L`` or ``P``) of exactly their image's size (the manifest's
+``height`` x ``width``): a 16-bit or RGB mask, or one of another size, is refused with one line
+naming the file -- when the data set is prepared (:func:`patchlens.data.layout.write_layout`)
+and when a mask is read -- never clipped or broadcast.
+
 Readers raise :class:`~patchlens.errors.DataError` naming the file and the fix.
 """
 from __future__ import annotations
@@ -44,6 +49,28 @@ OBJECT_COLUMNS = ["image", "instance", "class", "identity", "area_frac", "x0", "
 KEYPOINT_COLUMNS = ["pair", "src_image", "trg_image", "kp", "src_x", "src_y", "trg_x", "trg_y",
                     "trg_x0", "trg_y0", "trg_x1", "trg_y1"]
 VOID = 255
+MASK_MODES = ("L", "P")  # 8-bit grey or palette indices
+
+
+def mask_problem(im: Image.Image, height: int | None, width: int | None) -> str | None:
+    """Why an opened mask image is unusable (one phrase), None when it is an 8-bit index image
+    of size (height, width) (None: size not known, not checked)."""
+    if im.mode not in MASK_MODES:
+        bits = " (16-bit)" if im.mode.startswith("I;16") else (
+            " (32-bit)" if im.mode in ("I", "F") else "")
+        return (f"mode {im.mode}{bits} mask; expected an 8-bit index PNG (ids 0..254, "
+                f"{VOID} = void)")
+    if height is not None and width is not None and (im.height, im.width) != (height, width):
+        return (f"mask is {im.height}x{im.width} (HxW) but its image is {height}x{width}")
+    return None
+
+
+def _size(value) -> int | None:
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        return None
+    return v if v > 0 else None
 
 
 def _read_table(path: Path, columns: list[str], required: bool) -> pd.DataFrame | None:
@@ -138,13 +165,28 @@ class Dataset:
         """RGB uint8 (H, W, 3)."""
         return self._png(image, "path", "RGB")
 
+    def _mask(self, image: str, column: str) -> np.ndarray:
+        path = self._file(image, column)
+        row = self.manifest.loc[image]
+        try:
+            with Image.open(path) as im:
+                bad = mask_problem(im, _size(row["height"]), _size(row["width"]))
+                if bad is None:  # palette PNGs keep their indices in mode "P"
+                    arr = np.asarray(im, dtype=np.uint8)
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
+        if bad is not None:
+            raise DataError(f"{path}: {bad}; the data set at {self.root} is inconsistent: fix "
+                            "the converter or source and rerun the data preparation rule")
+        return arr
+
     def load_semantic(self, image: str) -> np.ndarray:
         """Class ids uint8 (H, W); 0 background, 255 void."""
-        return self._png(image, "semantic", "L")
+        return self._mask(image, "semantic")
 
     def load_instance(self, image: str) -> np.ndarray:
         """Instance ids uint8 (H, W); 0 none, 255 void."""
-        return self._png(image, "instance", "L")
+        return self._mask(image, "instance")
 
     def load_uv(self, image: str) -> np.ndarray:
         """Canonical object coordinates float32 (H, W, 2), NaN off objects."""

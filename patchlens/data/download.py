@@ -19,6 +19,7 @@ or file and says what to do.
 """
 from __future__ import annotations
 
+import glob
 import http.client
 import os
 import posixpath
@@ -87,7 +88,7 @@ def _local_source(url: str) -> Path | None:
 # -- download -----------------------------------------------------------------------------------
 def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str | None = None,
           retries: int = 3, timeout: float = 60, progress: bool = True,
-          backoff: float = 1.0) -> Path:
+          backoff: float = 1.0, cache_key: str = "data_dir") -> Path:
     """Download ``url`` to ``dest`` with resume, retries and checksum verification.
 
     Protocol: an existing ``dest`` is verified and reused (never downloaded again); otherwise
@@ -101,7 +102,8 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
     transfer still short after the retries keeps its ``.part`` (the next run resumes it).
 
     ``url`` may be a local path or ``file://`` URL (an archive the user already has): it is
-    copied, then verified the same way.
+    copied, then verified the same way. ``cache_key`` names the config key of the directory
+    ``dest`` is in, for the messages (``data_dir``, ``weights_dir``).
 
     Raises:
         DataError: unreachable URL, HTTP error, truncated transfer, checksum mismatch, or a
@@ -124,7 +126,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
                             f"path, or place the file at {dest}")
         shutil.copyfile(local, part)
     else:
-        _download(url, dest, part, retries, timeout, progress, backoff)
+        _download(url, dest, part, retries, timeout, progress, backoff, cache_key)
     bad = _mismatch(part, expected)
     if bad:
         part.unlink()
@@ -137,7 +139,7 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
 
 
 def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, progress: bool,
-              backoff: float) -> None:
+              backoff: float, cache_key: str = "data_dir") -> None:
     """Fill ``part`` with the bytes of ``url`` (resuming); raise DataError when retries run out.
 
     An attempt that adds bytes to ``part`` does not use up a retry (a long download over a
@@ -192,10 +194,10 @@ def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, pr
     if not connected:
         raise SourceUnreachable(f"{url}: could not be reached ({reason}); without network, "
                                 f"download it on another machine and place it at {dest} (under "
-                                "data_dir), then rerun")
-    raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); the "
-                    f"partial data is kept in {part}: rerun to resume, or delete it to start "
-                    "over")
+                                f"{cache_key}), then rerun")
+    kept = (f"the partial data is kept in {part}: rerun to resume, or delete it to start over"
+            if part.exists() and part.stat().st_size else "rerun to try again")
+    raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); {kept}")
 
 
 def _response_extent(resp, start: int) -> tuple[bool, int | None]:
@@ -294,7 +296,7 @@ def extraction_marker(archive: str | os.PathLike, out_dir: str | os.PathLike) ->
 
 
 def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bool = True,
-            expect: str | None = None) -> Path:
+            expect: str | None = None, keep: str | None = None) -> Path:
     """Extract a .tar/.tar.gz/.tgz/.zip archive into ``out_dir`` safely and once.
 
     Members go to a temporary directory inside ``out_dir`` first; a member whose path is
@@ -304,6 +306,10 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
     into ``out_dir`` (replacing a same-named entry) and a marker file is written last, so a
     second call returns at once, and a killed extraction is redone. ``expect`` (a path relative
     to ``out_dir``) must also exist for the marker to count, so a deleted tree is re-extracted.
+    ``keep`` (a top-level name) moves only that entry into place and discards the rest of the
+    archive, so an archive carrying other trees or a ``checksums.json`` replaces nothing else;
+    an archive without it is a DataError. Without ``keep``, names starting with a dot (the
+    markers, lock files) are never replaced.
 
     Returns ``out_dir``.
     """
@@ -316,6 +322,8 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
     kind = _archive_kind(archive)
     out_dir.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
+    for stale in out_dir.glob(f".{glob.escape(archive.name)}.*.tmp"):  # a killed extraction's
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".tmp", dir=out_dir))
     try:
         try:
@@ -323,7 +331,15 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
             raise DataError(f"{archive}: corrupt or truncated archive ({_one_line(exc)}); delete "
                             "it and rerun to download it again") from None
-        for entry in sorted(tmp.iterdir()):
+        entries = sorted(tmp.iterdir())
+        if keep is not None:
+            entries = [e for e in entries if e.name == keep]
+            if not entries:
+                raise DataError(f"{archive}: has no top-level {keep!r}; not the expected "
+                                "archive")
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
             target = out_dir / entry.name
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)

@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from patchlens.data.dataset import KEYPOINT_COLUMNS, MANIFEST_COLUMNS, OBJECT_COLUMNS
+from patchlens.data.dataset import (KEYPOINT_COLUMNS, MANIFEST_COLUMNS, OBJECT_COLUMNS,
+                                    mask_problem)
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import atomic_path, write_csv
 
@@ -101,7 +102,8 @@ def write_layout(out_dir: str | os.PathLike, manifest: Iterable[dict], classes: 
     ``manifest`` rows may omit optional columns (empty string / frame -1 filled in);
     ``classes[i]`` is the name of class ``i``. The old manifest is removed first and the new one
     written last (each file atomically), so a half-converted directory never has a manifest;
-    optional tables not given are removed so no stale one survives.
+    optional tables not given are removed so no stale one survives. Every mask must be an 8-bit
+    index PNG of its row's height x width (:func:`check_masks`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -122,4 +124,21 @@ def write_layout(out_dir: str | os.PathLike, manifest: Iterable[dict], classes: 
             (out_dir / fname).unlink(missing_ok=True)
         else:
             write_csv(pd.DataFrame(list(table), columns=columns), out_dir / fname)
+    check_masks(out_dir, man)
     write_csv(man, out_dir / "manifest.csv")
+
+
+def check_masks(out_dir: Path, manifest: pd.DataFrame) -> None:
+    """DataError naming the first mask that is not an 8-bit index PNG of its image's size (reads
+    only the PNG headers)."""
+    for column in ("semantic", "instance"):
+        for rel, h, w in manifest[manifest[column] != ""][[column, "height", "width"]].itertuples(
+                index=False):
+            path = Path(out_dir) / rel
+            size = [int(v) if str(v).strip().lstrip("-").isdigit() and int(v) > 0 else None
+                    for v in (h, w)]
+            with open_image(path) as im:
+                bad = mask_problem(im, *size)
+            if bad:
+                raise DataError(f"{path}: {bad}; the source tree is inconsistent: re-extract "
+                                "the archive or fix the converter")

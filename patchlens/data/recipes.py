@@ -7,8 +7,11 @@ writing ``manifest.csv`` last.
 
 Checksums were checked against independent public sources (see each ``Archive.source``). Where
 no checksum is published (SPair-71k) the recipe stores ``None`` and the first download records
-the archive's SHA-256 in ``checksums.json`` beside it (trust on first use): every later run,
-and every other machine given that file, verifies against it.
+the archive's SHA-256 in ``checksums.json`` beside it (trust on first use) -- only once the
+archive has extracted completely and holds the recipe's tree, so a truncated download is never
+trusted (it is deleted instead): every later run, and every other machine given that file,
+verifies against it. Only the recipe's own top-level tree is moved out of the archive into
+``data_dir``; nothing else there (another data set, ``checksums.json``) is ever replaced.
 
 Recipe-level parameters (the rest go to the converter):
 
@@ -189,7 +192,9 @@ def obtain(archive: Archive, data_dir: str | os.PathLike, url: str | None = None
     ``url`` or the recipe's sources in order (official first, then mirrors).
 
     Verification uses the published checksums; when none is published, the SHA-256 recorded in
-    ``checksums.json`` on the first download (trust on first use), which this call writes.
+    ``checksums.json`` on the first download (trust on first use). This call does not record
+    it: :func:`prepare` does, after the archive has extracted completely
+    (:func:`record_first_use`).
     """
     data_dir = Path(data_dir)
     dest = data_dir / archive.filename
@@ -206,8 +211,8 @@ def obtain(archive: Archive, data_dir: str | os.PathLike, url: str | None = None
             if isinstance(exc, ChecksumMismatch) and archive.sha256 is None and recorded:
                 exc = ChecksumMismatch(
                     f"{exc} (the expected SHA-256 was recorded in {data_dir / CHECKSUM_LEDGER} "
-                    "on the first download; remove its entry only if the source has "
-                    "legitimately changed)")
+                    f"on the first download; remove its entry \"{archive.filename}\" from that "
+                    "file only if the source has legitimately changed)")
             errors.append(exc)
             if dest.exists():  # a present file failed its checksum: mirrors cannot help
                 raise exc from None
@@ -220,9 +225,15 @@ def obtain(archive: Archive, data_dir: str | os.PathLike, url: str | None = None
                 f"({', '.join(sources)}); without network, download it on another machine and "
                 f"place it at {dest} (under data_dir), then rerun")
         raise DataError(" | ".join(str(e) for e in errors))
-    if sha256 is None:
-        _record_checksum(data_dir, archive.filename, sha256sum(dest))
     return dest
+
+
+def record_first_use(archive: Archive, data_dir: str | os.PathLike) -> None:
+    """Record the SHA-256 of ``data_dir/<archive>`` in the ledger when neither the recipe nor
+    the ledger has one (call only after the archive extracted completely)."""
+    data_dir = Path(data_dir)
+    if archive.sha256 is None and archive.filename not in recorded_checksums(data_dir):
+        _record_checksum(data_dir, archive.filename, sha256sum(data_dir / archive.filename))
 
 
 def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -254,12 +265,31 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
                             f"{recipe.name} tree: fix params.root")
         path = data_dir / recipe.archive.filename
         with _locked(path):  # two jobs preparing from one archive take turns
+            first_use = (recipe.archive.sha256 is None and recipe.archive.md5 is None
+                         and recipe.archive.filename not in recorded_checksums(data_dir))
+            downloaded = not path.exists()
             obtain(recipe.archive, data_dir, url=url, progress=progress)
-            extract(path, data_dir, progress=progress, expect=f"{recipe.root}/{recipe.probe}")
-        if not (root / recipe.probe).exists():
-            raise DataError(f"{path}: extracted, but {root / recipe.probe} is missing: not the "
-                            f"expected archive; delete it (and {data_dir / CHECKSUM_LEDGER} if "
-                            "it recorded it) and rerun")
+            top = recipe.root.split("/")[0]
+            try:
+                extract(path, data_dir, progress=progress,
+                        expect=f"{recipe.root}/{recipe.probe}", keep=top)
+                if not (root / recipe.probe).exists():
+                    raise DataError(f"{path}: extracted, but {root / recipe.probe} is missing: "
+                                    "not the expected archive")
+            except DataError as exc:
+                if not first_use:
+                    raise DataError(str(exc) if "; delete" in str(exc) else
+                                    f"{exc}; delete {path} and rerun") from None
+                # never verified by any checksum: a truncated or wrong download; nothing recorded
+                if downloaded:
+                    path.unlink(missing_ok=True)
+                why = str(exc).removeprefix(f"{path}: ").split("; delete")[0]
+                raise DataError(
+                    f"{path}: {why}; no checksum is published for it, so nothing was recorded in "
+                    f"{data_dir / CHECKSUM_LEDGER}"
+                    + (" and the download was deleted: rerun to download it again" if downloaded
+                       else f": delete {path} and rerun")) from None
+            record_first_use(recipe.archive, data_dir)
     module, func = recipe.converter.split(":")
     convert = getattr(importlib.import_module(module), func)
     convert(root, Path(out_dir), params)

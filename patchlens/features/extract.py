@@ -58,10 +58,16 @@ def pixel_tokens(x: np.ndarray, patch: int) -> np.ndarray:
     return t.reshape(b, 1, h * w, patch * patch * c)
 
 
-def select_layers(layers, n_blocks: int) -> list[int]:
-    """``all`` or a list of block indices (negative counts from the end) -> sorted indices."""
+def select_layers(layers, n_blocks: int, where: str = "layers") -> list[int]:
+    """``all`` or a list of block indices (negative counts from the end) -> sorted indices.
+
+    Indices outside ``-n_blocks .. n_blocks-1`` are a ConfigError naming ``where`` (the config
+    key), never wrapped around (:func:`patchlens.checks.check_layers`, run by the dry run too)."""
     if layers in (None, "all"):
         return list(range(n_blocks))
+    from patchlens.checks import check_layers
+
+    check_layers(layers, n_blocks, where)
     return sorted({int(i) % n_blocks for i in layers})
 
 
@@ -149,7 +155,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     model = build_timm(spec, weights_dir, size).to(dev)
-    idx = select_layers(layers, spec["n_blocks"])
+    idx = select_layers(layers, spec["n_blocks"], f"models.{spec['key']}.layers")
     final = has_final_norm(model)
     entries = norm_entry(idx, spec["n_blocks"], final)
     norm_layer = spec["n_blocks"] if len(entries) > len(idx) else -1

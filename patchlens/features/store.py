@@ -11,10 +11,15 @@ Attributes: model, dataset, source, weights_sha256, patch_size, input_size (H, W
 n_blocks (blocks in the network), mean, std (input normalisation), patchlens_version, ...
 
 Writers stream batches into a temporary file and rename it at the end (see :mod:`patchlens.io`).
-Readers return float32 numpy arrays and never import torch.
+A file is renamed into place only when no write failed and, after closing, it reads back with
+every image present and the CRC-32 of every image's bytes equal to what was written (a write
+error that HDF5 reports only as "Exception ignored" while flushing its chunk cache leaves zeroed
+chunks; this check finds them). Readers return float32 numpy arrays and never import torch.
 """
 from __future__ import annotations
 
+import os
+import zlib
 from pathlib import Path
 
 import h5netcdf
@@ -24,6 +29,15 @@ import numpy as np
 from patchlens import __version__
 from patchlens.errors import DataError
 from patchlens.io import atomic_path
+
+
+class FeatureWriteError(DataError):
+    """A feature file could not be written or does not read back as written (disk full, I/O
+    error); the temporary file is removed and nothing is renamed into place."""
+
+
+def _crc(block: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1))
 
 
 class FeatureWriter:
@@ -41,11 +55,15 @@ class FeatureWriter:
         self.grid, self.channels, self.has_cls = tuple(grid), int(channels), has_cls
         self.attrs = dict(attrs)
         self._n = 0
+        self._failed: BaseException | None = None  # first write error, even if caught upstream
+        self._crcs: dict[str, list[int]] = {"tokens": [], "cls": []}
 
     def __enter__(self):
         self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        f = h5netcdf.File(tmp, "w")
+        self._tmp = tmp = self._atomic.__enter__()
+        # no chunk cache: each (image, layer) chunk is written whole, straight to the file, so a
+        # write error is raised by the write call instead of a later, ignored cache flush
+        f = h5netcdf.File(tmp, "w", rdcc_nbytes=0)
         n, L, P, C = len(self.images), len(self.layers), self.grid[0] * self.grid[1], self.channels
         f.dimensions = {"image": n, "layer": L, "patch": P, "channel": C}
         f.create_variable("image", ("image",), data=np.array(self.images, dtype=object),
@@ -70,20 +88,76 @@ class FeatureWriter:
         expect = (len(self.layers), self.grid[0] * self.grid[1], self.channels)
         if tuple(tokens.shape[1:]) != expect:
             raise ValueError(f"token batch shape {tokens.shape[1:]} != (layer, patch, channel) {expect}")
+        if self._failed is not None:
+            raise self._error(self._failed)
+        if self._n + b > len(self.images):
+            raise ValueError(f"{self.path}: batch of {b} past the {len(self.images)} images")
         sl = slice(self._n, self._n + b)
-        # straight to the h5py datasets: h5netcdf's own indexing costs 3x the write itself
-        self._f.variables["tokens"]._h5ds[sl] = np.asarray(tokens, np.float16)
+        tokens = np.asarray(tokens, np.float16)
+        arrays = {"tokens": tokens}
         if self.has_cls:
-            self._f.variables["cls"]._h5ds[sl] = np.asarray(cls, np.float16)
+            arrays["cls"] = np.asarray(cls, np.float16)
+        try:
+            for name, arr in arrays.items():
+                # straight to the h5py datasets: h5netcdf's own indexing costs 3x the write itself
+                self._f.variables[name]._h5ds[sl] = arr
+        except Exception as exc:
+            self._failed = exc
+            raise self._error(exc) from exc
+        for name, arr in arrays.items():
+            self._crcs[name] += [_crc(row) for row in arr]
         self._n += b
 
+    def _error(self, exc: BaseException) -> FeatureWriteError:
+        errno = getattr(exc, "errno", None)
+        reason = (f"[Errno {errno}] {os.strerror(errno)}" if errno else
+                  f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+        return FeatureWriteError(
+            f"{self.path}: writing the feature file failed ({reason}); nothing was kept -- "
+            "free disk space or fix the file system, then rerun the extraction rule")
+
     def __exit__(self, exc_type, exc, tb):
-        self._f.close()
-        if exc_type is None and self._n != len(self.images):
-            exc = RuntimeError(f"{self.path}: wrote {self._n} of {len(self.images)} images")
-            self._atomic.__exit__(type(exc), exc, None)
-            raise exc
+        try:
+            if exc_type is None and self._failed is None:
+                self._f.flush()  # raises what a close would only print
+            self._f.close()
+        except Exception as err:
+            self._failed = self._failed or err
+        if exc_type is None and self._failed is None and self._n != len(self.images):
+            err = RuntimeError(f"{self.path}: wrote {self._n} of {len(self.images)} images")
+            self._atomic.__exit__(type(err), err, None)  # a caller bug, not a disk error
+            raise err
+        if exc_type is None and self._failed is None:
+            bad = self._verify()
+            if bad:
+                self._failed = RuntimeError(bad)
+        if exc_type is None and self._failed is not None:
+            err = self._error(self._failed)
+            self._atomic.__exit__(type(err), err, None)  # removes the temporary file
+            raise err from self._failed
         return self._atomic.__exit__(exc_type, exc, tb)
+
+    def _verify(self) -> str | None:
+        """Reopen the closed temporary file: every image and every chunk as written, else why
+        not (one phrase)."""
+        try:
+            with h5py.File(self._tmp, "r") as f:
+                for name, crcs in self._crcs.items():
+                    if not crcs:
+                        continue
+                    ds = f[name]
+                    if ds.shape[0] != len(self.images):
+                        return f"{name} holds {ds.shape[0]} of {len(self.images)} images"
+                    step = max(1, (64 << 20) // max(1, int(np.prod(ds.shape[1:])) * 2))
+                    for lo in range(0, ds.shape[0], step):
+                        block = ds[lo:lo + step]
+                        for i, row in enumerate(block):
+                            if _crc(row) != crcs[lo + i]:
+                                return (f"{name} of image {self.images[lo + i]!r} reads back "
+                                        "different from what was written")
+        except OSError as exc:
+            return f"the closed file does not reopen ({exc})"
+        return None
 
 
 def write_features(path, tokens: np.ndarray, images: list[str], grid, attrs: dict,
@@ -114,8 +188,13 @@ class FeatureStore:
         except (OSError, FileNotFoundError) as exc:
             raise DataError(f"{self.path}: not a readable feature file ({exc}); "
                             "delete it and rerun the extraction rule") from exc
-        if "tokens" not in self._f:
-            raise DataError(f"{self.path}: no 'tokens' variable; rerun the extraction rule")
+        if "tokens" not in self._f or "image" not in self._f:
+            raise DataError(f"{self.path}: no 'tokens' variable; delete it and rerun the "
+                            "extraction rule")
+        if self._f["tokens"].shape[0] != self._f["image"].shape[0]:
+            raise DataError(f"{self.path}: {self._f['tokens'].shape[0]} token rows for "
+                            f"{self._f['image'].shape[0]} images; delete it and rerun the "
+                            "extraction rule")
         self.images = [s.decode() if isinstance(s, bytes) else str(s) for s in self._f["image"][:]]
         self.layers = [int(x) for x in self._f["layer"][:]]
         self.attrs = {k: _attr(v) for k, v in self._f.attrs.items()

@@ -15,6 +15,7 @@ jobs never pay for it.
 """
 from __future__ import annotations
 
+import functools
 import socket
 from pathlib import Path
 
@@ -75,29 +76,65 @@ def resolve_model(key: str, entry: dict) -> dict:
 
 
 def _timm_facts(key: str, spec: dict) -> dict:
-    """Patch size, depth and normalisation from timm's architecture config, without weights.
+    """Patch size, depth, width (``channels``) and normalisation from timm's architecture config,
+    without weights. Builds the model on the ``meta`` device (no memory, no download), once per
+    (architecture, kwargs) in a process; an architecture timm does not know, or kwargs it cannot
+    build, is a ConfigError naming ``models.<key>.timm`` / ``models.<key>.kwargs``."""
+    import json
 
-    Builds the model on the ``meta`` device (no memory, no download)."""
+    name = spec["timm"]
+    try:
+        kwargs = json.dumps(spec["kwargs"], sort_keys=True)
+    except TypeError:
+        raise ConfigError(f"models.{key}.kwargs = {spec['kwargs']!r}: expected plain "
+                          "numbers, strings, lists and mappings") from None
+    try:
+        return {k: list(v) if isinstance(v, list) else v
+                for k, v in _timm_facts_cached(name, kwargs)}
+    except _BuildError as exc:
+        raise ConfigError(f"models.{key}.kwargs = {spec['kwargs']!r}: timm cannot build "
+                          f"{name!r} with them ({exc}); fix or remove the kwargs") from None
+    except _UnknownArchitecture:
+        raise ConfigError(f"models.{key}.timm: {name!r} is not a timm architecture "
+                          "(see timm.list_models())") from None
+
+
+class _BuildError(Exception):
+    pass
+
+
+class _UnknownArchitecture(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def _timm_facts_cached(name: str, kwargs_json: str) -> tuple:
+    import json
+
     import timm
     import torch
 
-    name = spec["timm"]
     if not timm.is_model(name.split(".")[0]):
-        raise ConfigError(f"models.{key}.timm: {name!r} is not a timm architecture "
-                          "(see timm.list_models())")
-    with torch.device("meta"):
-        try:  # most ViTs take any input size; BEiT's relative position bias fixes it at build
-            m = timm.create_model(name, pretrained=False, dynamic_img_size=True, **spec["kwargs"])
-            dynamic = True
-        except TypeError:
-            m = timm.create_model(name, pretrained=False, **spec["kwargs"])
-            dynamic = False
+        raise _UnknownArchitecture(name)
+    kwargs = json.loads(kwargs_json)
+    try:
+        with torch.device("meta"):
+            try:  # most ViTs take any input size; BEiT's relative position bias fixes it at build
+                m = timm.create_model(name, pretrained=False, dynamic_img_size=True, **kwargs)
+                dynamic = True
+            except TypeError:
+                m = timm.create_model(name, pretrained=False, **kwargs)
+                dynamic = False
+    except Exception as exc:  # AssertionError (embed_dim % heads), TypeError (unknown kwarg), ...
+        raise _BuildError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
     cfg = m.pretrained_cfg or {}
-    return {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
-            "dynamic_img_size": dynamic,
-            "has_cls": getattr(m, "cls_token", None) is not None,
-            "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
-            "mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD))}
+    facts = {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
+             "dynamic_img_size": dynamic, "channels": int(m.embed_dim),
+             "has_cls": getattr(m, "cls_token", None) is not None,
+             "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
+             "mean": list(cfg.get("mean", IMAGENET_MEAN)),
+             "std": list(cfg.get("std", IMAGENET_STD))}
+    return tuple(facts.items())
 
 
 def input_size(img_size, patch_size: int) -> tuple[int, int]:

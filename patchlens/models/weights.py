@@ -5,11 +5,19 @@ with ``torch.load(weights_only=True)`` or safetensors (never an arbitrary pickle
 dict from the usual wrapper keys, rename keys by the entry's ``key_map`` (prefix -> replacement,
 applied in order; a replacement of ``null`` drops matching keys), and load it into the timm
 architecture. Every backbone key must be matched; classifier heads may be absent.
+
+The download cache is keyed by the URL and the configured ``sha256``
+(``weights_dir/<model>/<16 hex of sha256(url, sha256)>/<file name>``): a changed URL (v1 -> v2)
+is a new download, never the old file. A cached file is verified before use: against
+``sha256:`` when given, else against the digest recorded beside it (``<file>.sha256``) after its
+first successful load. A cached file that fails to load is named in the message, to be deleted.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
 import logging
+import re
 from pathlib import Path
 
 from patchlens.errors import WeightsError
@@ -46,21 +54,52 @@ def unwrap(state: dict, key: str | None = None) -> dict:
     return state
 
 
-def read_state(path: Path) -> dict:
+def read_state(path: Path, cached: bool = False) -> dict:
+    """The tensors of a checkpoint, never unpickling code. ``cached``: ``path`` is a download in
+    ``weights_dir`` (a file that does not load is to be deleted, and fetched again)."""
+    fix = (f"delete {path} (a download cached in weights_dir) and rerun to fetch it again"
+           if cached else "replace the file or fix 'weights:'")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # SafetensorError: truncated or not a safetensors file
+            raise WeightsError(f"{path}: not a readable safetensors file "
+                               f"({' '.join(str(exc).split())[:160]}); {fix}") from exc
     import argparse
+    import pickle
+    import zipfile
 
     import torch
 
     try:  # training checkpoints often store their argparse.Namespace beside the weights
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"{path}: cannot be loaded with weights_only=True ({exc}); "
-                           "convert it to safetensors or a plain state dict") from exc
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f" (it needs {found[1]})" if found else ""
+        raise WeightsError(
+            f"{path}: holds Python objects besides tensors{what}, and patchlens never unpickles "
+            "code; convert it to safetensors (safetensors.torch.save_file of its state dict, "
+            "where you trust its origin) or to a plain tensor state dict, and point 'weights:' "
+            "at the converted file") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as exc:
+        first = " ".join(str(exc).split()).split(". ")[0][:160]  # torch adds long advice
+        raise WeightsError(f"{path}: not a readable checkpoint, truncated or corrupt "
+                           f"({type(exc).__name__}: {first}); {fix}") from None
+
+
+def cache_path(spec: dict, weights_dir) -> Path:
+    """Where a checkpoint URL is cached: keyed by the URL and the configured sha256."""
+    src = str(spec["weights"])
+    key = hashlib.sha256(f"{src}\n{spec.get('sha256') or ''}".encode()).hexdigest()[:16]
+    name = src.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "checkpoint"
+    return Path(weights_dir) / spec["key"] / key / name
+
+
+def _recorded(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
 
 
 def local_checkpoint(spec: dict, weights_dir) -> Path:
@@ -78,26 +117,45 @@ def local_checkpoint(spec: dict, weights_dir) -> Path:
                 raise WeightsError(f"model {spec['key']!r}: {path} does not match its sha256; "
                                    "replace the file or correct 'sha256:'")
         return path
-    from patchlens.data.download import fetch
+    from patchlens.data.download import ChecksumMismatch, SourceUnreachable, fetch
+    from patchlens.io import sha256sum
 
-    dest = Path(weights_dir) / spec["key"] / src.rsplit("/", 1)[-1]
+    dest = cache_path(spec, weights_dir)
+    recorded = _recorded(dest)
+    if dest.exists() and not spec.get("sha256") and recorded.exists():
+        if sha256sum(dest) != recorded.read_text().strip():
+            raise WeightsError(f"model {spec['key']!r}: cached weights {dest} changed since they "
+                               f"were first loaded (sha256 differs from {recorded.name}); delete "
+                               f"{dest.parent} and rerun to fetch them again")
     try:
-        return fetch(src, dest, sha256=spec.get("sha256"))
+        return fetch(src, dest, sha256=spec.get("sha256"), cache_key="weights_dir")
+    except ChecksumMismatch as exc:
+        raise WeightsError(f"model {spec['key']!r}: {exc}") from None
+    except SourceUnreachable as exc:
+        raise WeightsError(f"model {spec['key']!r}: {exc}") from None
     except Exception as exc:
         raise WeightsError(f"model {spec['key']!r}: could not fetch weights from {src} "
-                           f"({str(exc).splitlines()[0]}); place the file at {dest} "
-                           "or set 'weights:' to a local path") from exc
+                           f"({' '.join(str(exc).split())[:200]}); place the file at {dest} "
+                           "(under weights_dir) or set 'weights:' to a local path") from exc
 
 
 def load_checkpoint(model, spec: dict, weights_dir) -> None:
     """Load ``spec['weights']`` into ``model`` (see the module docstring for the protocol)."""
-    state = unwrap(read_state(local_checkpoint(spec, weights_dir)), spec.get("state_key"))
+    path = local_checkpoint(spec, weights_dir)
+    cached = path == cache_path(spec, weights_dir)
+    state = unwrap(read_state(path, cached), spec.get("state_key"))
     state = remap_keys(state, spec.get("key_map", {}))
     filter_fn = getattr(importlib.import_module(type(model).__module__), "checkpoint_filter_fn",
                         None)
     if filter_fn is not None:  # timm's own adaptation (e.g. BEiT's relative position tables)
         state = filter_fn(state, model)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes that do not fit the architecture
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln]
+        raise WeightsError(f"model {spec['key']!r}: checkpoint does not fit {spec['timm']!r} "
+                           f"({(lines[0] if lines else str(exc).splitlines()[0])[:200]}); fix "
+                           "'timm:', 'kwargs:' or 'key_map:' in its entry") from None
     if result.unexpected_keys:
         log.warning("model %r: %d checkpoint keys unused (e.g. %s)", spec["key"],
                     len(result.unexpected_keys), result.unexpected_keys[:3])
@@ -105,3 +163,8 @@ def load_checkpoint(model, spec: dict, weights_dir) -> None:
     if missing:
         raise WeightsError(f"model {spec['key']!r}: checkpoint lacks {len(missing)} backbone "
                            f"keys (e.g. {missing[:3]}); fix 'key_map:' in its entry")
+    if cached and not spec.get("sha256") and not _recorded(path).exists():
+        from patchlens.io import atomic_path, sha256sum
+
+        with atomic_path(_recorded(path)) as tmp:  # first use: later runs verify against it
+            tmp.write_text(sha256sum(path) + "\n")

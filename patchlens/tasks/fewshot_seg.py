@@ -37,6 +37,7 @@ from scipy.optimize import minimize
 from patchlens.data.dataset import VOID, Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
+from patchlens.checks import expect_int, expect_number, expect_split
 from patchlens.params import merge_params
 from patchlens.tasks.knn import CosineIndex, check_vote_params, knn_scores, l2_normalize
 from patchlens.tasks.metrics import confusion_matrix, mean_iou
@@ -108,7 +109,7 @@ def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
 def check_seeds(seeds, where: str) -> None:
     """ConfigError unless ``seeds`` (one support draw each) is a non-empty list of integers."""
     if not isinstance(seeds, (list, tuple)) or not seeds \
-            or not all(isinstance(s, int) for s in seeds):
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"{where} = {seeds!r}: expected a non-empty list of integers")
 
 
@@ -182,22 +183,29 @@ class LinearProbe:
 
 
 # -- protocol ------------------------------------------------------------------------------------
-def _params(params: dict) -> dict:
-    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
+def check_params(params: dict) -> dict:
+    """``tasks.fewshot_seg.params`` with defaults filled; ConfigError naming the key otherwise
+    (run by the jobs and, through :mod:`patchlens.checks`, when the workflow starts)."""
+    where = f"tasks.{TASK}.params"
+    p = merge_params(params, DEFAULT_PARAMS, where)
     check_vote_params(p, TASK)
-    if not isinstance(p["n_shots"], int) or p["n_shots"] < 1:
-        raise ConfigError(f"tasks.{TASK}.params.n_shots = {p['n_shots']!r}: expected an "
-                          "integer >= 1")
-    check_seeds(p["seeds"], f"tasks.{TASK}.params.seeds")
-    if not 0 <= float(p["max_void"]) <= 1:
-        raise ConfigError(f"tasks.{TASK}.params.max_void = {p['max_void']!r}: expected 0..1")
-    heads = list(p["heads"])
-    if not heads or any(h not in HEADS for h in heads):
-        raise ConfigError(f"tasks.{TASK}.params.heads = {heads!r}: choose from {list(HEADS)}")
-    if float(p["linear_weight_decay"]) < 0 or int(p["linear_iters"]) < 1:
-        raise ConfigError(f"tasks.{TASK}.params: linear_weight_decay must be >= 0 and "
-                          "linear_iters >= 1")
+    expect_int(p["n_shots"], f"{where}.n_shots", 1)
+    check_seeds(p["seeds"], f"{where}.seeds")
+    expect_number(p["max_void"], f"{where}.max_void", 0, 1)
+    heads = p["heads"]
+    if not isinstance(heads, (list, tuple)) or not heads or any(h not in HEADS for h in heads):
+        raise ConfigError(f"{where}.heads = {heads!r}: expected a non-empty list from "
+                          f"{list(HEADS)}")
+    if p["background"] is not None:
+        expect_int(p["background"], f"{where}.background", 0)
+    expect_number(p["linear_weight_decay"], f"{where}.linear_weight_decay", 0)
+    expect_int(p["linear_iters"], f"{where}.linear_iters", 1)
+    expect_split(p["support_split"], f"{where}.support_split")
+    expect_split(p["query_split"], f"{where}.query_split")
     return p
+
+
+_params = check_params  # the former name
 
 
 @dataclass

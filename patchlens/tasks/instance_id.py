@@ -92,6 +92,15 @@ def _empty() -> pd.DataFrame:
                                       ("object" if c == "metric" else "int64")) for c in COLUMNS})
 
 
+def check_params(params: dict) -> dict:
+    """``tasks.instance_id.params`` with defaults filled; ConfigError naming the key otherwise."""
+    from patchlens.checks import expect_split
+
+    p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
+    expect_split(p["split"], f"tasks.{TASK}.params.split")
+    return p
+
+
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
         layers: list[int] | None = None) -> pd.DataFrame:
     """Score every layer: rows (layer, seed=0, metric in {top1, map}, value, n_eval, n_skipped);

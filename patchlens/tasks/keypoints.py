@@ -118,7 +118,8 @@ def pck(pred: np.ndarray, true: np.ndarray, box_side: np.ndarray, alpha: float) 
 
 # -- task entry point -----------------------------------------------------------------------------
 
-def _check_params(params: dict) -> dict:
+def check_params(params: dict) -> dict:
+    """``tasks.keypoints.params`` with defaults filled; ConfigError naming the key otherwise."""
     p = merge_params(params, DEFAULT_PARAMS, "tasks.keypoints.params")
     al = p["alphas"]
     if isinstance(al, (int, float)) and not isinstance(al, bool):
@@ -144,6 +145,9 @@ def _check_params(params: dict) -> dict:
         raise ConfigError("tasks.keypoints.params.split: expected a split name, "
                           f"got {p['split']!r}")
     return p
+
+
+_check_params = check_params  # the former name
 
 
 def _pairs(dataset, split: str) -> tuple[pd.DataFrame, int]:

@@ -47,19 +47,25 @@ FEATURES = ("patch", "cls")
 _CHUNK = 128  # images read per batch
 
 
-def _params(params: dict) -> dict:
+def check_params(params: dict) -> dict:
+    """``tasks.lowshot_cls.params`` with defaults filled; ConfigError naming the key otherwise."""
     p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     check_vote_params(p, TASK)
     shots = p["n_shots"] if isinstance(p["n_shots"], (list, tuple)) else [p["n_shots"]]
-    if not shots or not all(isinstance(s, int) and s >= 1 for s in shots):
+    if not shots or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1
+                            for s in shots):
         raise ConfigError(f"tasks.{TASK}.params.n_shots = {p['n_shots']!r}: expected a list of "
                           "integers >= 1")
     p["n_shots"] = list(shots)
     check_seeds(p["seeds"], f"tasks.{TASK}.params.seeds")
-    if not p["features"] or any(f not in FEATURES for f in p["features"]):
-        raise ConfigError(f"tasks.{TASK}.params.features = {p['features']!r}: choose from "
-                          f"{list(FEATURES)}")
+    if not isinstance(p["features"], (list, tuple)) or not p["features"] \
+            or any(f not in FEATURES for f in p["features"]):
+        raise ConfigError(f"tasks.{TASK}.params.features = {p['features']!r}: expected a "
+                          f"non-empty list from {list(FEATURES)}")
     return p
+
+
+_params = check_params  # the former name
 
 
 def image_features(store: FeatureStore, layer: int, transform, images: list[str],

@@ -44,18 +44,25 @@ POOLS = ("max", "topk")
 _CHUNK = 32  # gallery images per batch
 
 
-def _params(params: dict) -> dict:
+def check_params(params: dict) -> dict:
+    """``tasks.retrieval.params`` with defaults filled; ConfigError naming the key otherwise."""
     p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     if p["pool"] not in POOLS:
         raise ConfigError(f"tasks.{TASK}.params.pool = {p['pool']!r}: choose from {list(POOLS)}")
-    if not isinstance(p["pool_k"], int) or p["pool_k"] < 1:
+    if not isinstance(p["pool_k"], int) or isinstance(p["pool_k"], bool) or p["pool_k"] < 1:
         raise ConfigError(f"tasks.{TASK}.params.pool_k = {p['pool_k']!r}: expected an integer >= 1")
-    edges = np.asarray(p["scale_bins"], dtype=float)
+    bins = p["scale_bins"]
+    numeric = isinstance(bins, (list, tuple, np.ndarray)) and all(
+        isinstance(b, (int, float, np.number)) and not isinstance(b, bool) for b in bins)
+    edges = np.asarray(bins if numeric else [], dtype=float)
     if edges.ndim != 1 or edges.size < 2 or not (np.diff(edges) > 0).all():
         raise ConfigError(f"tasks.{TASK}.params.scale_bins = {p['scale_bins']!r}: expected at "
                           "least two increasing edges")
     p["scale_bins"] = edges
     return p
+
+
+_params = check_params  # the former name
 
 
 def bin_labels(edges: np.ndarray) -> list[str]:

@@ -220,7 +220,8 @@ def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7
 
 # -- task entry point -----------------------------------------------------------------------------
 
-def _check_params(params: dict) -> dict:
+def check_params(params: dict) -> dict:
+    """``tasks.tracking.params`` with defaults filled; ConfigError naming the key otherwise."""
     p = merge_params(params, DEFAULT_PARAMS, "tasks.tracking.params")
     ints = {"n_last_frames": 0, "size_mask_neighborhood": 0, "topk": 1}
     for key, lo in ints.items():
@@ -240,6 +241,9 @@ def _check_params(params: dict) -> dict:
         raise ConfigError(f"tasks.tracking.params.average: expected 'objects' or 'sequences', "
                           f"got {p['average']!r}")
     return p
+
+
+_check_params = check_params  # the former name
 
 
 def _sequences(dataset, split: str) -> dict[str, list[str]]:

@@ -5,11 +5,13 @@
         server.cut["archive.tar"] = [1000]      # the next response stops after 1000 body bytes
         server.truncate["archive.tar"] = 5000   # every response ends at file byte 5000
         server.ignore_range = True              # answer Range requests with the whole file (200)
+        server.send_length = False              # no Content-Length: the close ends the body
         server.requests                         # [(name, Range header or None), ...]
         server.hits("archive.tar")              # GET requests for that file
 
-Responses always announce the full ``Content-Length`` (or range length), so a cut-short or
-truncated body looks like a dropped connection to the client. ``Range: bytes=N-`` is answered with
+Responses announce the full ``Content-Length`` (or range length) unless ``send_length`` is
+False, so a cut-short or truncated body looks like a dropped connection to the client (without
+the length, like a complete transfer). ``Range: bytes=N-`` is answered with
 ``206`` and ``Content-Range``, or ``416`` past the end. Unknown names get ``404``.
 """
 from __future__ import annotations
@@ -30,6 +32,7 @@ class FileServer:
         self.cut: dict[str, list[int]] = {}
         self.truncate: dict[str, int] = {}
         self.ignore_range = False
+        self.send_length = True
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -91,7 +94,8 @@ def _handler(owner: FileServer):
             else:
                 self.send_response(200)
             body = data[start:]
-            self.send_header("Content-Length", str(len(body)))
+            if owner.send_length:
+                self.send_header("Content-Length", str(len(body)))
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
             if name in owner.truncate:
