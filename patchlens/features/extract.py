@@ -100,6 +100,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     model = build_timm(spec, weights_dir, size).to(dev)
     idx = select_layers(layers, spec["n_blocks"])
     channels = model.embed_dim
+    meta.update(getattr(model, "provenance", {}))  # e.g. ONNX source, file and param SHA-256
     meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
     load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
     with FeatureWriter(out_path, images, idx, grid, channels, spec["has_cls"], meta) as w, \
