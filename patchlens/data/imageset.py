@@ -120,7 +120,8 @@ def skimage_photos(root, out_dir: str | Path, params: dict | None = None) -> Non
     if unknown:
         raise ConfigError(f"skimage_photos params: photos: {unknown[0]!r} is not bundled; "
                           f"known: {', '.join(SKIMAGE_PHOTOS)}")
-    crops = check_count(p["crops"], "crops", "skimage_photos params") or 0
+    crops = 0 if p["crops"] in (0, None) else check_count(p["crops"], "crops",
+                                                          "skimage_photos params")
     if not 0.1 <= float(p["crop_fraction"]) <= 1.0:
         raise ConfigError("skimage_photos params: crop_fraction must lie in [0.1, 1]")
     out_dir = Path(out_dir)

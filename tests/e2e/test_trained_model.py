@@ -44,8 +44,7 @@ def best_scores(workdir) -> pd.DataFrame:
     """task x model: the headline metric at each model's best layer (mean over seeds)."""
     s = pd.read_parquet(workdir / "results" / "tables" / "scores.parquet")
     s = s[(s.variant == "raw") & s.metric.isin(HEADLINE.values())]
-    if "features" in s:  # low-shot classification: patch-token features (cls is a second row)
-        s = s[s["features"].isin(["", "patch"]) | s["features"].isna()]
+    s = s[s["feature"].isin(["", "patch"])]  # low-shot classification: patch tokens, not cls
     s = s[s.apply(lambda r: HEADLINE.get(r.task) == r.metric, axis=1)]
     return s.groupby(["task", "model", "layer"])["value"].mean().groupby(
         ["task", "model"]).max().unstack("model")
