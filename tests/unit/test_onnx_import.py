@@ -176,3 +176,36 @@ def test_bad_entries_fail_in_one_line(tmp_path):
     spec = resolve_model("m", {"timm": "vit_small_patch14_dinov2", "onnx": {"path": str(bad)}})
     with pytest.raises(WeightsError, match="not a readable ONNX file"):
         build_timm(spec, tmp_path)
+
+
+def test_vitmodel_names_load_strictly_into_timm_vit():
+    """The Hugging Face ViTModel naming (layernorm_before/after, intermediate/output.dense,
+    position_embeddings) maps onto every key of timm's ViT, with q, k, v fused in that order."""
+    import timm
+
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, depth=2,
+                          embed_dim=24, num_heads=2)
+    rng = np.random.default_rng(0)
+    D, F = 24, 96
+    hf = {"embeddings.cls_token": (1, 1, D), "embeddings.position_embeddings": (1, 197, D),
+          "embeddings.patch_embeddings.projection.weight": (D, 3, 16, 16),
+          "embeddings.patch_embeddings.projection.bias": (D,),
+          "layernorm.weight": (D,), "layernorm.bias": (D,)}
+    for i in range(2):
+        pre = f"encoder.layer.{i}."
+        for name, shape in {"layernorm_before": (D,), "layernorm_after": (D,)}.items():
+            hf[pre + name + ".weight"], hf[pre + name + ".bias"] = shape, shape
+        for name, (o, n) in {"attention.attention.query": (D, D), "attention.attention.key": (D, D),
+                             "attention.attention.value": (D, D),
+                             "attention.output.dense": (D, D), "intermediate.dense": (F, D),
+                             "output.dense": (D, F)}.items():
+            hf[pre + name + ".weight"], hf[pre + name + ".bias"] = (o, n), (o,)
+    hf = {k: rng.standard_normal(s).astype(np.float32) for k, s in hf.items()}
+    state = onnx_import._to_timm(hf, "vit")
+    m.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    qkv = state["blocks.1.attn.qkv.weight"]
+    np.testing.assert_array_equal(qkv[D:2 * D], hf["encoder.layer.1.attention.attention.key.weight"])
+    np.testing.assert_array_equal(state["blocks.0.mlp.fc2.weight"],
+                                  hf["encoder.layer.0.output.dense.weight"])
+    np.testing.assert_array_equal(state["blocks.0.norm2.bias"],
+                                  hf["encoder.layer.0.layernorm_after.bias"])
