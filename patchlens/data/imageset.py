@@ -71,3 +71,71 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
             manifest.append({"image": f"{split}-{cls}-{path.stem}", "path": rel, "split": split,
                              "height": height, "width": width, "labels": str(class_id[cls])})
     write_layout(out_dir, manifest, [names.get(c, c) for c in classes])
+
+
+# Photographs scikit-image ships inside its wheel (no download): name -> (class folder, loader).
+# ``camera``, ``coins``, ``moon``, ``grass``, ``gravel`` and ``brick`` are greyscale (stacked to RGB).
+SKIMAGE_PHOTOS = {
+    "astronaut": ("person", "astronaut"), "camera": ("person", "camera"),
+    "chelsea": ("animal", "chelsea"), "coffee": ("object", "coffee"),
+    "rocket": ("object", "rocket"), "clock": ("object", "clock"), "coins": ("object", "coins"),
+    "motorcycle": ("object", "stereo_motorcycle"), "grass": ("texture", "grass"),
+    "gravel": ("texture", "gravel"), "brick": ("texture", "brick"), "moon": ("science", "moon"),
+    "hubble": ("science", "hubble_deep_field"), "ihc": ("science", "immunohistochemistry"),
+    "retina": ("science", "retina"),
+}
+PHOTO_DEFAULTS = {"photos": list(SKIMAGE_PHOTOS), "crops": 1, "crop_fraction": 0.6, "seed": 0}
+
+
+def photo_array(name: str):
+    """One bundled scikit-image photograph as uint8 RGB (h, w, 3)."""
+    import numpy as np
+    from skimage import data
+
+    im = getattr(data, SKIMAGE_PHOTOS[name][1])()
+    im = im[0] if isinstance(im, tuple) else im  # stereo_motorcycle: (left, right, disparity)
+    im = np.asarray(im)
+    if im.dtype != np.uint8:
+        im = (255 * (im.astype(np.float64) / max(float(im.max()), 1e-12))).astype(np.uint8)
+    if im.ndim == 2:
+        im = np.repeat(im[..., None], 3, axis=2)
+    return np.ascontiguousarray(im[..., :3])
+
+
+def skimage_photos(root, out_dir: str | Path, params: dict | None = None) -> None:
+    """Natural photographs from scikit-image's wheel as a one-split (``train``) image set.
+
+    Each photo of ``photos`` (default: the 15 of :data:`SKIMAGE_PHOTOS`) gives the whole
+    image plus ``crops`` seeded square crops of side ``crop_fraction`` x its shorter side, so
+    attention statistics and CKA see real photos offline. Written as an ImageFolder tree
+    (class = what the photo shows) and converted by :func:`convert`; ``root`` is unused.
+    """
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    p = merge_params(params, PHOTO_DEFAULTS, "skimage_photos params")
+    unknown = [n for n in p["photos"] if n not in SKIMAGE_PHOTOS]
+    if unknown:
+        raise ConfigError(f"skimage_photos params: photos: {unknown[0]!r} is not bundled; "
+                          f"known: {', '.join(SKIMAGE_PHOTOS)}")
+    crops = 0 if p["crops"] in (0, None) else check_count(p["crops"], "crops",
+                                                          "skimage_photos params")
+    if not 0.1 <= float(p["crop_fraction"]) <= 1.0:
+        raise ConfigError("skimage_photos params: crop_fraction must lie in [0.1, 1]")
+    out_dir = Path(out_dir)
+    tree = out_dir / "_photos"
+    rng = np.random.default_rng(int(p["seed"]))
+    for name in p["photos"]:
+        im = photo_array(name)
+        d = tree / "train" / SKIMAGE_PHOTOS[name][0]
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(d / f"{name}.png")
+        side = int(float(p["crop_fraction"]) * min(im.shape[:2]))
+        for c in range(crops):
+            y = int(rng.integers(0, im.shape[0] - side + 1))
+            x = int(rng.integers(0, im.shape[1] - side + 1))
+            Image.fromarray(im[y:y + side, x:x + side]).save(d / f"{name}_crop{c}.png")
+    convert(tree, out_dir, {"splits": ["train"], "seed": p["seed"]})
+    shutil.rmtree(tree)  # the layout holds its own copies (hard links or bytes)

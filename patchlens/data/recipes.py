@@ -62,6 +62,7 @@ class Recipe:
     converter: str  # "module:function" taking (root, out_dir, params)
     homepage: str
     citation: str
+    builtin: bool = False  # made from files an installed package ships: nothing to obtain
 
 
 RECIPES: dict[str, Recipe] = {
@@ -139,6 +140,17 @@ RECIPES: dict[str, Recipe] = {
         converter="patchlens.data.imageset:convert",
         homepage="",
         citation=""),
+    "skimage_photos": Recipe(
+        name="skimage_photos",
+        description="natural photographs bundled with scikit-image (astronaut, chelsea, coffee, "
+                    "rocket, ...) plus seeded crops; offline",
+        archive=None,
+        root="",
+        probe=".",
+        converter="patchlens.data.imageset:skimage_photos",
+        homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
+        citation="van der Walt et al., scikit-image: image processing in Python, PeerJ 2014",
+        builtin=True),
 }
 
 
@@ -252,14 +264,16 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     root_param = params.pop("root", None)
     progress = bool(params.pop("progress", True))
     data_dir = Path(data_dir)
-    if root_param is not None:
+    if recipe.builtin:
+        root = None
+    elif root_param is not None:
         root = Path(root_param)
     elif recipe.archive is None:
         raise ConfigError(f"data set recipe {name!r} downloads nothing: give params.root, the "
                           "directory that holds the tree to convert")
     else:
         root = data_dir / recipe.root
-    if not (root / recipe.probe).exists():
+    if root is not None and not (root / recipe.probe).exists():
         if recipe.archive is None or root_param is not None:
             raise DataError(f"{root / recipe.probe}: missing; {root} is not a complete "
                             f"{recipe.name} tree: fix params.root")

