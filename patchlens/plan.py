@@ -37,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from patchlens.errors import ConfigError
 from patchlens.config import (analysis_models, analysis_params, model_datasets, task_params,
                               task_variants)
 from patchlens.features.variants import needs_stats
@@ -417,6 +418,35 @@ def job_resources(result: dict, rule: str, model: str, dataset: str, cpu_gflops:
             return {"mem_mb": max(floor_mb, int(1.5 * r["mem_bytes"] / 2 ** 20) + 1000),
                     "runtime": max(floor_min, int(math.ceil(2 * secs / 60)))}
     return {"mem_mb": floor_mb, "runtime": floor_min}
+
+
+def check_disk(result: dict, results: str | os.PathLike, keep: bool = True,
+               free: float | None = None) -> dict:
+    """Planned bytes of the feature files not yet on disk vs the free space under ``results``;
+    ConfigError with one line (need, free, largest contributors, how to shrink) when short."""
+    import shutil
+
+    results = Path(results)
+    missing = {k: v for k, v in result["features"].items()
+               if not (results / "features" / k[0] / f"{k[1]}.h5").exists()}
+    if keep:
+        need = sum(missing.values())
+    else:
+        need = min(sum(missing.values()), result["disk_bytes_temp"])
+    if free is None:
+        probe_dir = results
+        while not probe_dir.exists() and probe_dir != probe_dir.parent:
+            probe_dir = probe_dir.parent
+        free = shutil.disk_usage(probe_dir).free
+    if need > free:
+        top = sorted(missing.items(), key=lambda kv: -kv[1])[:3]
+        names = ", ".join(f"{m}/{d} {human_bytes(b)}" for (m, d), b in top)
+        raise ConfigError(
+            f"disk: the feature files need {human_bytes(need)} under {results}/ but "
+            f"{human_bytes(free)} is free (largest: {names}); shrink with a model's `layers:`, "
+            "the data sets' max_images / max_sequences, fewer models, or keep_features: false; "
+            "override with --config disk_check=false")
+    return {"need": need, "free": free}
 
 
 def drivers(result: dict, top: int = 10) -> list[dict]:

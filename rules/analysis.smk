@@ -19,7 +19,7 @@ rule attention_stats:
         f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
     threads: config["extraction"]["threads"]
     resources:
-        **extraction_resources(),
+        **extraction_resources("attention_stats"),
     conda:
         EXTRACT_ENV
     script:
