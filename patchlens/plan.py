@@ -445,7 +445,7 @@ def check_disk(result: dict, results: str | os.PathLike, keep: bool = True,
             f"disk: the feature files need {human_bytes(need)} under {results}/ but "
             f"{human_bytes(free)} is free (largest: {names}); shrink with a model's `layers:`, "
             "the data sets' max_images / max_sequences, fewer models, or keep_features: false; "
-            "override with --config disk_check=false")
+            "override with --config disk_check=False")
     return {"need": need, "free": free}
 
 

@@ -1,10 +1,12 @@
 # Target lists and input functions shared by the rule files.
 import functools
 import json
+import sys
 from pathlib import Path
 
 from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
                               task_params, task_variants)
+from patchlens.errors import ConfigError
 from patchlens.features.variants import needs_stats
 from patchlens.plan import check_disk, job_resources, plan as plan_study
 
@@ -134,9 +136,13 @@ def feature_output(path):
 
 def disk_check():
     """Stop before any job when the planned feature bytes exceed the free space under results/
-    (patchlens.plan.check_disk; `disk_check: false` or `--config disk_check=false` overrides)."""
+    (patchlens.plan.check_disk; `disk_check: false` or `--config disk_check=False` overrides)."""
     if config.get("disk_check", True):
-        check_disk(study_plan(), RESULTS, bool(config.get("keep_features", True)))
+        try:
+            check_disk(study_plan(), RESULTS, bool(config.get("keep_features", True)))
+        except ConfigError as exc:
+            print(f"patchlens: {exc}", file=sys.stderr)
+            raise SystemExit(1)
 
 
 def evaluator_resources(task):

@@ -117,3 +117,20 @@ def test_cli_json_shape(tmp_path, capsys):
     assert out["disk_bytes"] > 0 and out["disk_bytes_temp"] > 0
     assert main(["plan", str(tmp_path / "nope.yaml")]) == 1
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_disk_check_names_need_free_and_the_largest_files(demo, tmp_path):
+    from patchlens.errors import ConfigError
+    from patchlens.plan import check_disk
+
+    r = plan(demo, tmp_path)
+    need = sum(r["features"].values())
+    assert check_disk(r, tmp_path, free=need + 1)["need"] == need
+    with pytest.raises(ConfigError) as err:
+        check_disk(r, tmp_path, free=need - 1)
+    msg = str(err.value)
+    assert "\n" not in msg and "disk_check=False" in msg and "pixels/scenes" in msg
+    # a feature file already on disk needs no new space
+    (tmp_path / "features" / "pixels").mkdir(parents=True)
+    (tmp_path / "features" / "pixels" / "scenes.h5").write_bytes(b"")
+    assert check_disk(r, tmp_path, free=need)["need"] == need - r["features"][("pixels", "scenes")]
