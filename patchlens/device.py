@@ -39,3 +39,26 @@ def to_device(x, dev: str | None = None, dtype=None):
     dev = device() if dev is None else dev
     t = torch.as_tensor(x)
     return t.to(device=dev, dtype=dtype or (torch.float32 if t.is_floating_point() else t.dtype))
+
+
+GPU_MIN_FLOP = 1e8  # smaller products stay in numpy: the transfer would cost more than the work
+
+
+def matmul(a, b, dev: str | None = None):
+    """``a @ b`` of numpy arrays, as numpy in the inputs' result dtype: on CUDA (torch) when a
+    GPU is in use (:func:`device`) and the product is worth the transfer, else numpy. ``dev``
+    forces the torch path on that device (``"cpu"`` in the tests)."""
+    import numpy as np
+
+    if dev is None:
+        if not gpu_requested() or 2.0 * a.shape[0] * a.shape[-1] * b.shape[-1] < GPU_MIN_FLOP:
+            return a @ b
+        dev = device()
+        if dev == "cpu":
+            return a @ b
+    import torch
+
+    dtype = np.result_type(a.dtype, b.dtype)
+    ta = torch.from_numpy(np.ascontiguousarray(a, dtype)).to(dev)
+    tb = torch.from_numpy(np.ascontiguousarray(b, dtype)).to(dev)
+    return (ta @ tb).cpu().numpy()

@@ -65,6 +65,7 @@ rule cka:
     resources:
         mem_mb=8000,
         runtime=120,
+        **({"gpu": 1} if config["gpu"] else {}),
     conda:
         EVAL_ENV
     script:

@@ -3,6 +3,7 @@ import torch
 
 from patchlens.analysis.attention_stats import attention_statistics, write_attention
 from patchlens.data.dataset import Dataset
+from patchlens.device import device, use_gpu
 from patchlens.features.extract import load_batch
 from patchlens.models.registry import build_timm, input_geometry, resolve_model
 from patchlens.workflow import run
@@ -20,7 +21,8 @@ def main(snakemake):
     bs = snakemake.params.batch_size
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))
-    model = build_timm(spec, snakemake.params.weights_dir, size)
+    use_gpu(bool(snakemake.config.get("gpu", False)))
+    model = build_timm(spec, snakemake.params.weights_dir, size).to(device())  # CUDA if asked and present
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     write_attention(snakemake.output[0], ds, model=spec["key"], dataset=snakemake.wildcards.dataset,

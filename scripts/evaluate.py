@@ -1,11 +1,13 @@
 """Rules fewshot_seg, instance_id, retrieval, tracking, keypoints, lowshot_cls: one task on one
 (model, data set) for every layer and every variant (each layer read once) -> one tidy CSV per
 variant."""
+from patchlens.device import use_gpu
 from patchlens.evaluate import evaluate_all
 from patchlens.workflow import run
 
 
 def main(snakemake):
+    use_gpu(bool(snakemake.config.get("gpu", False)))  # CUDA when asked and present
     variants = list(snakemake.params.variants)
     scores = list(snakemake.output.scores)
     evaluate_all(task=snakemake.params.task, params=dict(snakemake.params.settings),

@@ -63,3 +63,28 @@ def test_device_choice(monkeypatch):
         assert dev.device(gpu=False) == "cpu"
     finally:
         dev.use_gpu(False)
+
+
+def test_device_matmul_torch_path_equals_numpy(monkeypatch):
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(50, 20)).astype(np.float32), rng.normal(size=(20, 7)).astype(np.float32)
+    np.testing.assert_allclose(dev.matmul(a, b, dev="cpu"), a @ b, rtol=1e-5, atol=1e-5)
+    a64 = a.astype(np.float64)
+    assert dev.matmul(a64, b, dev="cpu").dtype == np.float64
+    dev.use_gpu(False)
+    assert dev.matmul(a, b) is not None and np.array_equal(dev.matmul(a, b), a @ b)
+
+
+def test_tracking_propagation_on_the_torch_path(monkeypatch):
+    """Label propagation with its similarity matmul forced through torch (as on CUDA) equals
+    the numpy path."""
+    from patchlens.tasks import tracking
+
+    rng = np.random.default_rng(4)
+    grid, n, C, K = (6, 7), 3, 16, 3
+    feats = l2_normalize(rng.normal(size=(n + 1, 42, C)))
+    labels = rng.random((n, 42, K)).astype(np.float32)
+    ref = tracking.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
+    monkeypatch.setattr(tracking, "matmul", lambda a, b: dev.matmul(a, b, dev="cpu"))
+    got = tracking.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
