@@ -151,7 +151,7 @@ def main():
     targets = [f"results/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(full)]
     cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(ROOT / "Snakefile"),
            "--directory", str(work), "--configfile", str(work / "config.yaml"),
-           "--cores", str(args.cores), "--quiet", "rules", *targets]
+           "--cores", str(args.cores), *targets]
     rates = probe() if not (args.cpu_gflops and args.read_mbps) else {}
     rates = {"cpu_gflops": args.cpu_gflops or rates["cpu_gflops"],
              "read_mbps": args.read_mbps or rates["read_mbps"]}

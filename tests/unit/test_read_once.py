@@ -80,3 +80,29 @@ def test_every_variant_from_one_read_equals_one_variant_at_a_time(study, tmp_pat
         assert len(a) == len(b) > 0
         np.testing.assert_allclose(a["value"].to_numpy(float), b["value"].to_numpy(float),
                                    rtol=1e-6, atol=1e-9)
+
+
+def test_workflow_has_one_evaluator_job_per_task_model_dataset(tmp_path):
+    """Dry run of the e2e config: one fewshot_seg job per (model, data set) writing every
+    variant's CSV (same paths as before), and the GPU resource only when gpu: true."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from patchlens.config import ROOT
+
+    shutil.copy(ROOT / "tests" / "configs" / "tiny.yaml", tmp_path / "config.yaml")
+    snakemake = str(Path(sys.executable).with_name("snakemake"))
+    out = subprocess.run([snakemake, "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+                          "--cores", "1", "-n", "--config", "gpu=True"],
+                         capture_output=True, text=True, check=True).stdout
+    jobs = re.findall(r"rule fewshot_seg:\n(.*?)\n\n", out + "\n\n", re.S)
+    assert len(jobs) == 3  # tiny_vit, pixels, oracle on scenes; variants raw + drop1 in each
+    for job in jobs:
+        model = re.search(r"model=(\w+)", job).group(1)
+        assert (f"output: results/scores/fewshot_seg/{model}/scenes/raw.csv, "
+                f"results/scores/fewshot_seg/{model}/scenes/drop1.csv") in job
+        assert "gpu=1" in job
