@@ -36,6 +36,10 @@ include: "rules/analysis.smk"
 include: "rules/report.smk"
 
 
+onstart:
+    disk_check()  # before the first extraction: planned feature bytes vs free space (rules/common.smk)
+
+
 rule all:
     input:
         "results/report/index.html",

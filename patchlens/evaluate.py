@@ -1,9 +1,20 @@
-"""Run one task on one feature file and variant, and write its tidy score table."""
+"""Run one task on one feature file for every variant, and write one tidy score table per variant.
+
+Read once (issue 11): the feature file is read layer by layer; each layer is loaded into memory
+once (:class:`LayerView`, the interface of :class:`~patchlens.features.store.FeatureStore`
+restricted to that layer) and every variant is scored from it by calling the task's
+``run(view, dataset, transform, params, layers=[layer])``. A job therefore reads each token of
+the file at most once, whatever the number of variants; :class:`LayerView` counts the bytes it
+reads (logged per job, beside the ``io_in`` of Snakemake's benchmark file).
+"""
 from __future__ import annotations
 
 import json
+import logging
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from patchlens.config import task_module
 from patchlens.data.dataset import Dataset
@@ -12,6 +23,8 @@ from patchlens.features.store import FeatureStore
 from patchlens.features.variance import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.io import write_csv
+
+log = logging.getLogger(__name__)
 
 ID_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
               "n_eval", "n_skipped", "params"]
@@ -27,9 +40,80 @@ def make_transform(variant: str, variance_path=None):
     return lambda layer, x: apply_variant(x, variant, stats.mean(layer), stats.var(layer))
 
 
-def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_csv,
-             variance=None, labels: dict | None = None):
-    """Evaluate every layer; write the CSV atomically and return the table."""
+class LayerView:
+    """One layer of a feature file held in memory (float16, as stored), with the read interface
+    of :class:`FeatureStore`: ``tokens(layer, images)`` float32 (n, h, w, C), ``cls``, ``grid``,
+    ``layers``, ``images``, ``attrs``, ``channels``, ``has_cls``, ``path``, ``patch_size``.
+
+    Asking for another layer is a programming error (RuntimeError): the view exists so that a
+    layer is read once. ``bytes_read`` is what was read from the file for it."""
+
+    def __init__(self, store: FeatureStore, layer: int):
+        self.path, self.images, self.attrs = store.path, store.images, store.attrs
+        self.grid, self.channels, self.has_cls = store.grid, store.channels, store.has_cls
+        self.layers = list(store.layers)
+        self.layer = int(layer)
+        li = store._layer_pos(layer)
+        f = store._f
+        self._tokens = f["tokens"][:, li]  # (n, P, C) float16, the layer's chunks read once
+        self._cls = f["cls"][:, li] if self.has_cls else None
+        self.bytes_read = self._tokens.nbytes + (self._cls.nbytes if self.has_cls else 0)
+        self._index = {im: i for i, im in enumerate(self.images)}
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.attrs.get("patch_size", 0))
+
+    def _rows(self, layer, images):
+        if int(layer) != self.layer:
+            raise RuntimeError(f"{self.path}: view of layer {self.layer} asked for layer {layer}")
+        if images is None:
+            return slice(None)
+        try:
+            return np.array([self._index[i] for i in images], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(f"{self.path}: image {exc.args[0]!r} not in the feature file; "
+                            "the data set changed since extraction, rerun it") from None
+
+    def tokens(self, layer: int, images: list[str] | None = None) -> np.ndarray:
+        x = self._tokens[self._rows(layer, images)].astype(np.float32)
+        return x.reshape(x.shape[0], *self.grid, self.channels)
+
+    def cls(self, layer: int, images: list[str] | None = None) -> np.ndarray:
+        if not self.has_cls:
+            raise DataError(f"{self.path}: model {self.attrs.get('model')!r} has no class token")
+        return self._cls[self._rows(layer, images)].astype(np.float32)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        self._tokens = self._cls = None
+
+
+def score_layers(module, store: FeatureStore, dataset: Dataset, transforms: dict, params: dict):
+    """``{variant: table}`` of every layer, each layer read once for all variants; and the bytes
+    read. ``transforms`` maps variant -> ``transform(layer, x)``."""
+    parts: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
+    read = 0
+    for layer in store.layers:
+        view = LayerView(store, layer)
+        read += view.bytes_read
+        for variant, transform in transforms.items():
+            parts[variant].append(module.run(view, dataset, transform, params, layers=[layer]))
+        view.close()
+    tables = {v: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for v, p in parts.items()}
+    return tables, read
+
+
+def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict, variance=None,
+                 labels: dict | None = None) -> dict:
+    """Evaluate every variant of ``out_csvs`` ({variant: path}) on every layer from one read of
+    the feature file; write each CSV atomically; return ``{"tables", "bytes_read",
+    "file_bytes"}``."""
     module = task_module(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in getattr(module, "REQUIRES", ()) if not dataset.has(k)]
@@ -37,9 +121,23 @@ def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_c
         raise DataError(f"{dataset.root}: task {task} needs {', '.join(missing)} ground truth, "
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
+    transforms = {v: make_transform(v, variance) for v in out_csvs}
     with FeatureStore(features) as store:
-        table = module.run(store, dataset, make_transform(variant, variance), params)
+        tables, read = score_layers(module, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
+    size = Path(features).stat().st_size
+    log.info("%s on %s: read %.1f MB of tokens for %d variant(s) (file %.1f MB, ratio %.2f)",
+             task, features, read / 1e6, len(out_csvs), size / 1e6, read / max(size, 1))
+    out = {}
+    for variant, table in tables.items():
+        out[variant] = finish_table(table, task, variant, params, n_layers, features, labels)
+    for variant, table in out.items():  # every table checked before the first is written
+        write_csv(table, out_csvs[variant])
+    return {"tables": out, "bytes_read": read, "file_bytes": size}
+
+
+def finish_table(table, task, variant, params, n_layers, features, labels):
+    """Checks and identifying columns of one variant's score table."""
     if table.empty:
         raise DataError(f"task {task} on {features}: no score could be computed (see the log)")
     if not np.isfinite(table["value"].to_numpy(float)).all():
@@ -51,6 +149,11 @@ def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_c
     if missing:
         raise RuntimeError(f"task {task} returned no {', '.join(missing)} column(s)")
     extra = [c for c in table.columns if c not in ID_COLUMNS]
-    table = table[ID_COLUMNS + extra]
-    write_csv(table, out_csv)
-    return table
+    return table[ID_COLUMNS + extra]
+
+
+def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_csv,
+             variance=None, labels: dict | None = None):
+    """One variant (:func:`evaluate_all` with a single output); returns its table."""
+    res = evaluate_all(task, params, features, dataset_dir, {variant: out_csv}, variance, labels)
+    return res["tables"][variant]

@@ -19,7 +19,7 @@ rule attention_stats:
         f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
     threads: config["extraction"]["threads"]
     resources:
-        **extraction_resources(),
+        **extraction_resources("attention_stats"),
     conda:
         EXTRACT_ENV
     script:
@@ -65,6 +65,7 @@ rule cka:
     resources:
         mem_mb=8000,
         runtime=120,
+        **({"gpu": 1} if config["gpu"] else {}),
     conda:
         EVAL_ENV
     script:

@@ -1,11 +1,15 @@
 # Target lists and input functions shared by the rule files.
+import functools
 import json
+import sys
 from pathlib import Path
 
 from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
                               task_params, task_variants)
+from patchlens.errors import ConfigError
 from patchlens.features.variants import needs_stats
 from patchlens.models.registry import feature_entry, model_label
+from patchlens.plan import check_disk, job_resources, plan as plan_study
 
 RESULTS = "results"
 EXTRACT_ENV = "../envs/extract.yaml"
@@ -50,12 +54,18 @@ def score_files():
     return [f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(config)]
 
 
-def evaluator_inputs(wildcards):
-    """Features + data set, and the channel statistics when the variant needs them."""
-    inputs = {"features": features(wildcards.model, wildcards.dataset),
-              "manifest": manifest(wildcards.dataset)}
-    if needs_stats(wildcards.variant):
-        inputs["variance"] = variance(wildcards.model, wildcards.dataset)
+def evaluator_inputs(task):
+    """Input function of a task's rule: features + data set, and the channel statistics when
+    one of the task's variants needs them (one job scores every variant)."""
+    stats = any(needs_stats(v) for v in task_variants(config, task))
+
+    def inputs(wildcards):
+        files = {"features": features(wildcards.model, wildcards.dataset),
+                 "manifest": manifest(wildcards.dataset)}
+        if stats:
+            files["variance"] = variance(wildcards.model, wildcards.dataset)
+        return files
+
     return inputs
 
 
@@ -95,12 +105,56 @@ def cka_files():
     return [f"{RESULTS}/cka/{d}.parquet" for d in config["analyses"]["cka"]["datasets"]]
 
 
-def extraction_resources():
-    """Requests a SLURM plugin understands; a GPU only when the config asks for one."""
-    res = {"mem_mb": config["extraction"]["mem_mb"], "runtime": config["extraction"]["runtime"]}
-    if config["gpu"]:
+@functools.lru_cache(maxsize=None)
+def study_plan():
+    """The cost model of this config (patchlens.plan), computed once per workflow run."""
+    return plan_study(config, RESULTS)
+
+
+def planned_resources(rule, gpu=False):
+    """mem_mb / runtime of a rule's jobs from the plan (patchlens.plan.job_resources); a GPU
+    when the config asks for one (``gpu`` is the resource the SLURM profile passes)."""
+    def resource(key):
+        def get(wildcards):
+            rates = {"cpu_gflops": 50e3, "read_mbps": 2000.0} if gpu else {}
+            return job_resources(study_plan(), rule, wildcards.get("model", "all"),
+                                 wildcards.dataset, **rates)[key]
+        return get
+
+    res = {"mem_mb": resource("mem_mb"), "runtime": resource("runtime")}
+    if gpu:
         res["gpu"] = 1
     return res
+
+
+def extraction_resources(rule="extract_features"):
+    """Requests a SLURM plugin understands, from the plan unless `extraction.mem_mb` /
+    `extraction.runtime` are set; a GPU only when the config asks for one."""
+    res = planned_resources(rule, config["gpu"])
+    for key in ("mem_mb", "runtime"):
+        if config["extraction"].get(key) is not None:
+            res[key] = config["extraction"][key]
+    return res
+
+
+def feature_output(path):
+    """A feature file, temp() when `keep_features: false` (deleted once its consumers are done)."""
+    return path if config.get("keep_features", True) else temp(path)
+
+
+def disk_check():
+    """Stop before any job when the planned feature bytes exceed the free space under results/
+    (patchlens.plan.check_disk; `disk_check: false` or `--config disk_check=False` overrides)."""
+    if config.get("disk_check", True):
+        try:
+            check_disk(study_plan(), RESULTS, bool(config.get("keep_features", True)))
+        except ConfigError as exc:
+            print(f"patchlens: {exc}", file=sys.stderr)
+            raise SystemExit(1)
+
+
+def evaluator_resources(task):
+    return planned_resources(task, config["gpu"])
 
 
 def variance_files():

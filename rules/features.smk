@@ -5,7 +5,7 @@ rule extract_features:
     input:
         manifest=lambda wc: manifest(wc.dataset),
     output:
-        f"{RESULTS}/features/{{model}}/{{dataset}}.h5",
+        feature_output(f"{RESULTS}/features/{{model}}/{{dataset}}.h5"),
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],

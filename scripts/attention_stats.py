@@ -4,6 +4,7 @@ import torch
 from patchlens.analysis.attention_stats import (attention_statistics, stratified_sample,
                                                 write_attention)
 from patchlens.data.dataset import Dataset
+from patchlens.device import device, use_gpu
 from patchlens.features.extract import load_batch
 from patchlens.models.registry import build_timm, input_geometry, resolve_model
 from patchlens.workflow import run
@@ -25,7 +26,8 @@ def main(snakemake):
     bs = snakemake.config["extraction"]["batch_size"]
     batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
                                            spec["std"])) for i in range(0, len(images), bs))
-    model = build_timm(spec, snakemake.config["weights_dir"], size)
+    use_gpu(bool(snakemake.config.get("gpu", False)))
+    model = build_timm(spec, snakemake.config["weights_dir"], size).to(device())  # CUDA if asked
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     ds = ds.assign_coords(image=("image", list(images)))  # the images the statistics are over

@@ -4,6 +4,7 @@ from itertools import combinations_with_replacement
 import pandas as pd
 
 from patchlens.analysis.cka import cka_layers
+from patchlens.device import use_gpu
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureStore
 from patchlens.io import write_parquet
@@ -11,6 +12,7 @@ from patchlens.workflow import run
 
 
 def main(snakemake):
+    use_gpu(bool(snakemake.config.get("gpu", False)))  # CUDA when asked and present
     settings = dict(snakemake.params.settings)
     split = settings.pop("split")
     dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])

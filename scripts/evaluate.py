@@ -1,16 +1,22 @@
 """Rules fewshot_seg, instance_id, retrieval, tracking, keypoints, lowshot_cls: one task on one
-(model, data set, variant) for every layer -> tidy CSV."""
-from patchlens.evaluate import evaluate
+(model, data set) for every layer and every variant (each layer read once) -> one tidy CSV per
+variant."""
+from patchlens.device import use_gpu
+from patchlens.evaluate import evaluate_all
 from patchlens.workflow import run
 
 
 def main(snakemake):
-    evaluate(task=snakemake.params.task, params=dict(snakemake.params.settings),
-             features=snakemake.input.features,
-             dataset_dir=snakemake.input.manifest.rsplit("/", 1)[0],
-             variant=snakemake.wildcards.variant,
-             variance=snakemake.input.get("variance"), out_csv=snakemake.output[0],
-             labels={"model": snakemake.wildcards.model, "dataset": snakemake.wildcards.dataset})
+    use_gpu(bool(snakemake.config.get("gpu", False)))  # CUDA when asked and present
+    variants = list(snakemake.params.variants)
+    scores = list(snakemake.output.scores)
+    evaluate_all(task=snakemake.params.task, params=dict(snakemake.params.settings),
+                 features=snakemake.input.features,
+                 dataset_dir=snakemake.input.manifest.rsplit("/", 1)[0],
+                 out_csvs=dict(zip(variants, scores, strict=True)),
+                 variance=snakemake.input.get("variance"),
+                 labels={"model": snakemake.wildcards.model,
+                         "dataset": snakemake.wildcards.dataset})
 
 
 run(snakemake, main)  # noqa: F821

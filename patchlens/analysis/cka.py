@@ -53,6 +53,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pandas as pd
 
+from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.tasks.upsample import resize_bilinear
@@ -91,7 +92,7 @@ def hsic_unbiased(x: np.ndarray, y: np.ndarray) -> float:
         raise ValueError(f"CKA: {n} samples in x but {y.shape[0]} in y")
     _check_n(n)
     kd, ld = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
-    tr = np.sum((x.T @ y) ** 2) - kd @ ld
+    tr = np.sum(matmul(x.T, y) ** 2) - kd @ ld
     kr = x @ x.sum(0) - kd
     lr = y @ y.sum(0) - ld
     return float((tr + kr.sum() * lr.sum() / ((n - 1) * (n - 2)) - 2 / (n - 2) * (kr @ lr))

@@ -35,6 +35,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from patchlens.data.dataset import VOID, Dataset
+from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.checks import expect_int, expect_number, expect_split
@@ -162,13 +163,13 @@ class LinearProbe:
 
         def objective(theta):
             w = theta[:c * n_classes].reshape(c, n_classes).astype(np.float32)
-            z = (x @ w).astype(np.float64) + theta[c * n_classes:]
+            z = matmul(x, w).astype(np.float64) + theta[c * n_classes:]
             z -= z.max(1, keepdims=True)
             lse = np.log(np.exp(z).sum(1, keepdims=True))
             p = np.exp(z - lse)
             loss = -np.mean(np.sum(onehot * (z - lse), 1)) + 0.5 * weight_decay * np.sum(w * w)
             g = ((p - onehot) / n).astype(np.float32)
-            gw = (x.T @ g).astype(np.float64) + weight_decay * w
+            gw = matmul(x.T, g).astype(np.float64) + weight_decay * w
             return loss, np.concatenate([gw.ravel(), g.sum(0, dtype=np.float64)])
 
         res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True, method="L-BFGS-B",

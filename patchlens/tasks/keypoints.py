@@ -49,6 +49,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.tasks.knn import l2_normalize
@@ -103,7 +104,7 @@ def predict(src: np.ndarray, src_size: tuple[int, int], src_xy: np.ndarray, trg:
     """
     src_n, trg_n = l2_normalize(src), l2_normalize(trg)
     q = sample_bilinear(src_n, np.asarray(src_xy, np.float64), src_size)   # (K, C)
-    scores = trg_n @ q.T                                                    # (h, w, K)
+    scores = matmul(trg_n.reshape(-1, q.shape[1]), q.T).reshape(*trg_n.shape[:2], len(q))  # (h, w, K)
     Hs, Ws = capped_size(trg_size, max_side)
     up = resize_bilinear(scores, (Hs, Ws)).reshape(Hs * Ws, len(q))
     ys, xs = np.divmod(np.argmax(up, axis=0), Ws)

@@ -1,8 +1,11 @@
-"""Cosine k-nearest-neighbour search (faiss) and DINO's temperature-weighted vote.
+"""Cosine k-nearest-neighbour search (faiss or torch) and DINO's temperature-weighted vote.
 
-Cosine similarity is the inner product of L2-normalised float32 vectors, searched exactly with
-``faiss.IndexFlatIP`` (BLAS-bound; no torch; faiss is imported when the first index is built,
-so modules that only need :func:`l2_normalize` do not pay for it). The vote follows the
+Cosine similarity is the inner product of L2-normalised float32 vectors, searched exactly:
+by default with ``faiss.IndexFlatIP`` on the CPU (BLAS-bound; faiss is imported when the first
+index is built, so modules that only need :func:`l2_normalize` do not pay for it); on CUDA when
+the job asks for a GPU (``gpu: true``, :mod:`patchlens.device`) and one is present, as a torch
+matmul + ``topk`` over query chunks (``backend="torch"``; the same code runs on the CPU in the
+tests, which compare it with faiss: same neighbours up to float32 ties). The vote follows the
 weighted k-NN classifier of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised
 Vision Transformers", ``eval_knn.py``; after Wu et al. 2018): each of the k nearest support
 items votes for its label(s) with weight ``exp(sim / T)``.
@@ -23,17 +26,55 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norm, eps), dtype=np.float32)
 
 
+_CHUNK_BYTES = {"cpu": 256 * 2 ** 20, "cuda": 2 * 2 ** 30}  # bound on one (chunk, n) sim block
+
+
+def torch_topk(bank, queries, k: int, chunk_bytes: int):
+    """Exact top-k inner products of L2-normalised torch tensors: queries (nq, C) against the bank
+    (n, C) in query chunks whose (chunk, n) similarity block stays under ``chunk_bytes``.
+    Returns numpy (sims float32 descending, indices int64)."""
+    import torch
+
+    n = bank.shape[0]
+    step = max(1, chunk_bytes // (4 * max(n, 1)))
+    sims, idx = [], []
+    for s in range(0, queries.shape[0], step):
+        v, i = torch.topk(queries[s:s + step] @ bank.T, k, dim=1, largest=True, sorted=True)
+        sims.append(v.cpu())
+        idx.append(i.cpu())
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return torch.cat(sims).numpy().astype(np.float32), torch.cat(idx).numpy().astype(np.int64)
+
+
 class CosineIndex:
-    """Exact cosine-similarity search over a support bank (n, C) with ``faiss.IndexFlatIP``;
-    on the GPUs when the installed faiss has them (faiss-gpu), on the CPU otherwise."""
+    """Exact cosine-similarity search over a support bank (n, C).
 
-    def __init__(self, bank: np.ndarray):
-        import faiss
+    ``backend``: ``"faiss"`` (``IndexFlatIP``; on the GPUs when the installed faiss has them),
+    ``"torch"`` (matmul + top-k on ``device``), or ``None``: torch on CUDA when the job asks
+    for a GPU and one is present (:func:`patchlens.device.device`), faiss otherwise."""
 
+    def __init__(self, bank: np.ndarray, backend: str | None = None, device: str | None = None):
         bank = l2_normalize(bank)
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"support bank must be a non-empty (n, C) array, got {bank.shape}")
         self.dim = bank.shape[1]
+        if backend is None or device is None:
+            from patchlens.device import device as pick
+
+            device = device or pick()
+            backend = backend or ("torch" if device == "cuda" else "faiss")
+        if backend not in ("faiss", "torch"):
+            raise ValueError(f"backend must be faiss or torch, got {backend!r}")
+        self.backend, self.device = backend, device
+        if backend == "torch":
+            from patchlens.device import to_device
+
+            self.bank = to_device(bank, device)
+            self._n = bank.shape[0]
+            return
+        import faiss
+
         self.index = faiss.IndexFlatIP(self.dim)
         if getattr(faiss, "get_num_gpus", lambda: 0)() > 0:  # same exact search, on the GPUs
             self.index = faiss.index_cpu_to_all_gpus(self.index)
@@ -41,7 +82,7 @@ class CosineIndex:
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return self._n if self.backend == "torch" else int(self.index.ntotal)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``min(k, ntotal)`` most cosine-similar bank rows of each query (nq, C):
@@ -50,6 +91,11 @@ class CosineIndex:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise ValueError(f"queries must be (nq, {self.dim}), got {q.shape}")
         k = min(int(k), self.ntotal)
+        if self.backend == "torch":
+            from patchlens.device import to_device
+
+            return torch_topk(self.bank, to_device(q, self.device), k,
+                              _CHUNK_BYTES.get(self.device.split(":")[0], _CHUNK_BYTES["cpu"]))
         sims = np.empty((q.shape[0], k), np.float32)
         idx = np.empty((q.shape[0], k), np.int64)
         for s in range(0, q.shape[0], _BATCH):

@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from patchlens.data.dataset import VOID
+from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.tasks.davis_metrics import jf_labels
@@ -147,7 +148,7 @@ def propagate(target: np.ndarray, ctx_feats: np.ndarray, ctx_labels: np.ndarray,
         q = target[a * w:b * w]                                    # (nq, C)
         src = ctx_feats[:, sa * w:sb * w]                          # (n, ns, C)
         nq, ns = len(q), src.shape[1]
-        sim = q @ src.reshape(n * ns, -1).T                        # (nq, n*ns), context-major
+        sim = matmul(q, src.reshape(n * ns, -1).T)                 # (nq, n*ns), context-major
         if win is not None:                                        # -inf outside the window
             bias = np.where(win[a * w:b * w, sa * w:sb * w], 0, -np.inf).astype(np.float32)
             sim.reshape(nq, n, ns)[...] += bias[:, None, :]

@@ -1,0 +1,66 @@
+"""Console entry point ``patchlens``: ``patchlens plan CONFIG [--json]``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from patchlens.errors import PatchlensError
+
+
+def _plan(args) -> int:
+    from patchlens.config import load_config
+    from patchlens.plan import add_hours, format_plan, plan, probe
+
+    config = load_config(args.config)
+    result = plan(config, args.results)
+    if args.cpu_gflops and args.read_mbps:
+        rates = {"cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}
+    else:
+        rates = probe(path=None)
+        rates = {"cpu_gflops": args.cpu_gflops or rates["cpu_gflops"],
+                 "read_mbps": args.read_mbps or rates["read_mbps"],
+                 "cores": rates["cores"]}
+    if args.cores:  # linear scaling of the probe's all-core rate to another core count
+        import os
+
+        rates["cpu_gflops"] *= args.cores / (os.cpu_count() or 1)
+    add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps)
+    if args.json:
+        out = {k: v for k, v in result.items() if k not in ("features",)}
+        out["features"] = {f"{m}/{d}": b for (m, d), b in result["features"].items()}
+        json.dump(out, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(format_plan(result, args.top))
+    return 0
+
+
+def main(argv=None) -> int:
+    from patchlens.plan import DISK_GBPS, GPU_TFLOPS
+
+    ap = argparse.ArgumentParser(prog="patchlens")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="cost of every stage of a config before it runs")
+    p.add_argument("config")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--results", default="results",
+                   help="results directory (a prepared manifest there gives the image counts)")
+    p.add_argument("--gpu-tflops", type=float, default=GPU_TFLOPS,
+                   help=f"sustained fp32 matmul rate of the GPU (default {GPU_TFLOPS:g})")
+    p.add_argument("--disk-gbps", type=float, default=DISK_GBPS,
+                   help=f"disk rate of the GPU node in GB/s (default {DISK_GBPS:g})")
+    p.add_argument("--cpu-gflops", type=float, help="skip the probe's matmul rate")
+    p.add_argument("--read-mbps", type=float, help="skip the probe's read rate")
+    p.add_argument("--cores", type=int, help="scale the CPU rate to this many cores")
+    p.add_argument("--top", type=int, default=10, help="cost drivers to print")
+    args = ap.parse_args(argv)
+    try:
+        return _plan(args)
+    except PatchlensError as exc:
+        print(f"patchlens: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

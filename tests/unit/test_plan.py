@@ -1,0 +1,136 @@
+"""The cost model (patchlens.plan) against independent counts: torch's FLOP counter on a real
+timm forward pass, the bytes of a real feature file, a prepared manifest, the CLI's JSON."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from patchlens.cli import main
+from patchlens.config import ROOT, validate
+from patchlens.data.dataset import Dataset
+from patchlens.features.extract import extract
+from patchlens.models.registry import resolve_model
+from patchlens.plan import (add_hours, feature_bytes, job_resources, model_facts, plan,
+                            split_counts, task_flop, vit_flop)
+
+TINY = {"timm": "vit_tiny_patch16_224", "pretrained": False,
+        "kwargs": {"depth": 3, "embed_dim": 48, "num_heads": 3}}
+
+
+@pytest.fixture
+def demo():
+    return validate(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
+
+
+@pytest.mark.parametrize("grid", [(3, 4), (7, 7)])
+def test_vit_flop_matches_torch_flop_counter(grid):
+    f = model_facts(TINY)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True,
+                          **TINY["kwargs"]).eval()
+    for blk in m.blocks:  # explicit q @ k^T and attn @ v: the counter misses the fused CPU kernel
+        blk.attn.fused_attn = False
+    x = torch.zeros(1, 3, grid[0] * 16, grid[1] * 16)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        m.forward_features(x)
+    counted = counter.get_total_flops()
+    # the counter sees every matmul; the plan omits none of them (norms/softmax are not matmuls)
+    assert vit_flop(f, grid) == pytest.approx(counted, rel=1e-6)
+
+
+def test_layers_count_the_final_norm_and_a_layer_list():
+    assert model_facts(TINY)["n_layers"] == 3 + 1  # vit has a final norm: layer n_blocks
+    assert model_facts({**TINY, "layers": [0, 2]})["n_layers"] == 2
+    nonorm = {**TINY, "kwargs": {**TINY["kwargs"], "final_norm": False}}
+    assert model_facts(nonorm)["n_layers"] == 3
+    assert model_facts({"baseline": "pixels", "patch_size": 8})["dim"] == 192
+
+
+def test_feature_bytes_equal_a_real_feature_file(tmp_path, image_dataset):
+    spec = resolve_model("tiny", TINY)
+    out = tmp_path / "f.h5"
+    extract(spec, Dataset(image_dataset), out, img_size=[48, 64], batch_size=4, progress=False)
+    import h5py
+
+    with h5py.File(out) as fh:
+        stored = sum(fh[v].size * fh[v].dtype.itemsize for v in ("tokens", "cls"))
+        n_layers = fh["tokens"].shape[1]
+    f = {**model_facts(TINY), "n_layers": n_layers}
+    assert feature_bytes(f, 4, (3, 4)) == stored
+
+
+def test_split_counts_prefer_a_prepared_manifest(image_dataset):
+    entry = {"source": "voc2012", "params": {"max_images": 100}}
+    assert split_counts(entry) == {"train": 100, "val": 100}
+    assert split_counts({"source": "voc2012"}) == {"train": 1464, "val": 1449}
+    assert split_counts(entry, image_dataset / "manifest.csv") == {"train": 2, "val": 2}
+    davis = split_counts({"source": "davis2017", "params": {"max_sequences": 3, "max_frames": 10}})
+    assert davis == {"video": 30}
+
+
+def test_fewshot_flop_is_query_times_support_patches():
+    p = {"n_shots": 2, "seeds": [0, 1], "heads": ["knn"], "support_split": "train",
+         "query_split": "val", "linear_iters": 0}
+    entry = {"source": "voc2012"}
+    counts = {"train": 1000, "val": 50}
+    # 20 classes x 2 shots = 40 support images of 6 patches; 50 query images of 6 patches
+    expect = 2 * (2 * (50 * 6) * (40 * 6) * 8)
+    assert task_flop("fewshot_seg", p, counts, entry, (2, 3), 8) == expect
+
+
+def test_plan_of_the_demo_counts_jobs_and_disk(demo):
+    r = plan(demo, "/nonexistent")
+    s = r["stages"]
+    assert s["extract_features"]["jobs"] == 3  # tiny_vit, pixels, oracle on scenes
+    # one evaluator job per (task, model, dataset): every variant from one read
+    assert s["fewshot_seg"]["jobs"] == 3 and s["tracking"]["jobs"] == 3
+    assert r["disk_bytes"] >= sum(r["features"].values())
+    assert s["extract_features"]["bytes_written"] == pytest.approx(sum(r["features"].values()))
+    # CKA reads every model's features of scenes at once: with temp() they must all coexist
+    assert r["disk_bytes_temp"] == r["disk_bytes"]
+    no_cka = copy.deepcopy(demo)
+    del no_cka["analyses"]["cka"]
+    r2 = plan(no_cka, "/nonexistent")
+    small = r2["disk_bytes"] - sum(r2["features"].values())
+    assert r2["disk_bytes_temp"] == pytest.approx(max(r2["features"].values()) + small)
+    add_hours(r, cpu_gflops=100.0, read_mbps=1000.0, gpu_tflops=10.0, disk_gbps=1.0)
+    fs = s["fewshot_seg"]
+    assert fs["hours_cpu"] == pytest.approx(
+        (fs["flop"] / 100e9 + (fs["bytes_read"] + fs["bytes_written"]) / 1e9) / 3600)
+    assert fs["hours_gpu"] == pytest.approx(
+        (fs["flop"] / 10e12 + (fs["bytes_read"] + fs["bytes_written"]) / 1e9) / 3600)
+    res = job_resources(r, "extract_features", "tiny_vit", "scenes")
+    assert res["mem_mb"] >= 2000 and res["runtime"] >= 10
+
+
+def test_cli_json_shape(tmp_path, capsys):
+    cfg = ROOT / "config" / "demo.yaml"
+    assert main(["plan", str(cfg), "--json", "--cpu-gflops", "50", "--read-mbps", "500",
+                 "--results", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["stages"]["extract_features"]) >= {"jobs", "flop", "bytes_written",
+                                                      "bytes_read", "hours_cpu", "hours_gpu"}
+    assert out["disk_bytes"] > 0 and out["disk_bytes_temp"] > 0
+    assert main(["plan", str(tmp_path / "nope.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_disk_check_names_need_free_and_the_largest_files(demo, tmp_path):
+    from patchlens.errors import ConfigError
+    from patchlens.plan import check_disk
+
+    r = plan(demo, tmp_path)
+    need = sum(r["features"].values())
+    assert check_disk(r, tmp_path, free=need + 1)["need"] == need
+    with pytest.raises(ConfigError) as err:
+        check_disk(r, tmp_path, free=need - 1)
+    msg = str(err.value)
+    assert "\n" not in msg and "disk_check=False" in msg and "pixels/scenes" in msg
+    # a feature file already on disk needs no new space
+    (tmp_path / "features" / "pixels").mkdir(parents=True)
+    (tmp_path / "features" / "pixels" / "scenes.h5").write_bytes(b"")
+    assert check_disk(r, tmp_path, free=need)["need"] == need - r["features"][("pixels", "scenes")]
