@@ -36,6 +36,7 @@ import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.upsample import resize_bilinear
 
@@ -188,8 +189,11 @@ def _chunks(kp: pd.DataFrame, per_chunk: int):
         yield chunk, sorted(images)
 
 
-def run(store, dataset, transform, params: dict, layers: list[int] | None = None) -> pd.DataFrame:
-    """PCK@alpha per layer of nearest-neighbour keypoint transfer (see the module docstring)."""
+def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
+        units: list | None = None) -> pd.DataFrame:
+    """PCK@alpha per layer of nearest-neighbour keypoint transfer (see the module docstring).
+    ``units`` (a list) receives per pair the correct and scored keypoints, stratified by the
+    pair's ``category`` where keypoints.csv has one (:mod:`patchlens.stats.units`)."""
     p = _check_params(params)
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     kp, n_skipped = _pairs(dataset, p["split"])
@@ -202,6 +206,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     rows = []
     for layer in layers:
         correct = {a: 0 for a in p["alphas"]}
+        per_pair = {a: [] for a in p["alphas"]}
         for groups, images in _chunks(kp, per_chunk):
             feats = transform(layer, store.tokens(layer, images))
             pos = {im: i for i, im in enumerate(images)}
@@ -213,7 +218,12 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                p["max_side"])
                 true = g[["trg_x", "trg_y"]].to_numpy()
                 for a in p["alphas"]:
-                    correct[a] += int(pck(pred, true, g.box.to_numpy(), a).sum())
+                    ok = int(pck(pred, true, g.box.to_numpy(), a).sum())
+                    correct[a] += ok
+                    per_pair[a].append((r.pair, r.get("category", ""), ok, len(g)))
         for a in p["alphas"]:
             rows.append((layer, 0, f"pck@{a:g}", correct[a] / len(kp), len(kp), n_skipped))
+            if units is not None:
+                u, cat, ok, n = zip(*per_pair[a])
+                units.append(records(layer, 0, f"pck@{a:g}", u, strata=cat, num=ok, den=n))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped"])
