@@ -83,13 +83,15 @@ def task_params(config: dict, task: str) -> dict:
 # Workflow-level parameters of the analyses (which images), beside the protocol parameters that
 # the analysis modules define and validate themselves.
 ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "offset_heads": {}},
-                     "cka": {"split": None}}
+                     "cka": {"split": None}, "token_norms": {"split": None}}
 
 
 def analysis_params(config: dict, name: str) -> dict:
     """``analyses.<name>.params`` with every default filled (unknown names fail here)."""
     if name == "attention":
         from patchlens.analysis.attention_stats import DEFAULTS
+    elif name == "token_norms":
+        from patchlens.analysis.token_norms import DEFAULTS
     else:
         from patchlens.analysis.cka import DEFAULTS
     given = config["analyses"][name].get("params")

@@ -12,6 +12,7 @@ from patchlens.features.store import FeatureStore
 from patchlens.features.variance import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.io import write_csv
+from patchlens.stats.units import finish
 
 ID_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
               "n_eval", "n_skipped", "params"]
@@ -28,8 +29,11 @@ def make_transform(variant: str, variance_path=None):
 
 
 def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_csv,
-             variance=None, labels: dict | None = None):
-    """Evaluate every layer; write the CSV atomically and return the table."""
+             variance=None, labels: dict | None = None, units_out=None,
+             bootstrap: dict | None = None):
+    """Evaluate every layer; write the CSV atomically and return the table. Every score row gets
+    ``ci_low``/``ci_high`` from the task's per-unit records (:func:`patchlens.stats.units.finish`;
+    ``bootstrap``: config ``statistics``), written to ``units_out`` when given."""
     module = task_module(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in getattr(module, "REQUIRES", ()) if not dataset.has(k)]
@@ -38,12 +42,16 @@ def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_c
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
     with FeatureStore(features) as store:
-        table = module.run(store, dataset, make_transform(variant, variance), params)
+        units = []
+        table = module.run(store, dataset, make_transform(variant, variance), params,
+                           units=units)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     if table.empty:
         raise DataError(f"task {task} on {features}: no score could be computed (see the log)")
     if not np.isfinite(table["value"].to_numpy(float)).all():
         raise DataError(f"task {task} on {features}: non-finite score (see the log)")
+    table = finish(table, units, bootstrap, units_out,
+                   {"task": task, "variant": variant, **(labels or {})})
     table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
                          n_layers=n_layers, **(labels or {}))
     missing = [c for c in ("layer", "seed", "metric", "value", "n_eval", "n_skipped")

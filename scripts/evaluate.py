@@ -10,7 +10,9 @@ def main(snakemake):
              dataset_dir=snakemake.input.manifest.rsplit("/", 1)[0],
              variant=snakemake.wildcards.variant,
              variance=snakemake.input.get("variance"), out_csv=snakemake.output[0],
-             labels={"model": snakemake.wildcards.model, "dataset": snakemake.wildcards.dataset})
+             labels={"model": snakemake.wildcards.model, "dataset": snakemake.wildcards.dataset},
+             units_out=snakemake.output.get("units"),
+             bootstrap=snakemake.params.get("bootstrap"))
 
 
 run(snakemake, main)  # noqa: F821

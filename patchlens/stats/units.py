@@ -154,3 +154,20 @@ def add_intervals(table: pd.DataFrame, units: list[pd.DataFrame] | pd.DataFrame,
         r = out[out["ci_low"].isna()].iloc[0]
         raise DataError(f"no unit records for score {', '.join(f'{k}={r[k]}' for k in keys)}")
     return out
+
+
+def finish(table: pd.DataFrame, units: list[pd.DataFrame], bootstrap: dict | None = None,
+           units_out=None, labels: dict | None = None) -> pd.DataFrame:
+    """The evaluator's last step: ``ci_low``/``ci_high`` on every score row of ``table`` (see
+    :func:`add_intervals`; ``bootstrap`` = {n_boot, level, seed}, defaults
+    :data:`~patchlens.stats.bootstrap.DEFAULTS`), and, if ``units_out`` is given, the units
+    written there (parquet, with the ``labels`` columns, e.g. task/model/dataset/variant)."""
+    from patchlens.io import write_parquet
+    b = {**DEFAULTS, **(bootstrap or {})}
+    if not units:
+        raise DataError("the task returned no unit records; it cannot be given intervals")
+    u = pd.concat(units, ignore_index=True)
+    out = add_intervals(table, u, int(b["n_boot"]), float(b["level"]), int(b["seed"]))
+    if units_out is not None:
+        write_parquet(u.assign(**(labels or {})), units_out)
+    return out
