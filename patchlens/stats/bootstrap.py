@@ -70,16 +70,28 @@ def iou_score(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, w: np.ndarray) -> 
 
 
 def mlmap_score(score: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Multi-label mAP of the queries drawn by every row of counts ``w`` (B, n) (repeated
-    queries are repeated items of the ranking)."""
-    out = np.empty(len(w))
-    for b, c in enumerate(np.asarray(w, np.int64)):
-        idx = np.repeat(np.arange(c.size), c)
-        try:
-            out[b] = multilabel_map(score[idx], target[idx])[0]
-        except ValueError:  # no positive drawn at all
-            out[b] = np.nan
-    return out
+    """Multi-label mAP of the queries drawn by every row of counts ``w`` (B, n): a query drawn c
+    times is c tied items of the ranking, so per class AP = sum over the tie groups of the
+    descending scores of (dTP / TP) * TP_cum / N_cum with the drawn counts (the definition of
+    :func:`patchlens.tasks.metrics.average_precision`), averaged over the classes with a drawn
+    positive (:func:`~patchlens.tasks.metrics.multilabel_map`); NaN where none is drawn."""
+    score, target, w = np.asarray(score, float), np.asarray(target, bool), np.asarray(w, float)
+    total = np.zeros(len(w))
+    n_cls = np.zeros(len(w))
+    for c in range(score.shape[1]):
+        order = np.argsort(-score[:, c], kind="mergesort")
+        s = score[order, c]
+        starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+        wo = w[:, order]
+        n_cum = np.cumsum(np.add.reduceat(wo, starts, axis=1), axis=1)
+        d_tp = np.add.reduceat(wo * target[order, c], starts, axis=1)
+        tp_cum = np.cumsum(d_tp, axis=1)
+        tp = tp_cum[:, -1]
+        prec = np.divide(tp_cum, n_cum, out=np.zeros_like(tp_cum), where=n_cum > 0)
+        ap = np.divide((d_tp * prec).sum(1), tp, out=np.zeros_like(tp), where=tp > 0)
+        total += ap
+        n_cls += tp > 0
+    return np.divide(total, n_cls, out=np.full(len(w), np.nan), where=n_cls > 0)
 
 
 def score(data: UnitData, w: np.ndarray) -> np.ndarray:

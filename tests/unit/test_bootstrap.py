@@ -62,13 +62,18 @@ def test_miou_bootstrap_reaccumulates_confusion_counts():
 
 def test_mlmap_of_a_resample_repeats_queries():
     rng = np.random.default_rng(3)
-    s, t = rng.random((6, 3)), rng.random((6, 3)) < 0.5
+    s, t = np.round(rng.random((12, 3)), 1), rng.random((12, 3)) < 0.5  # rounding: ties
     t[0] = True
-    w = np.array([[1, 1, 1, 1, 1, 1], [2, 0, 1, 0, 3, 0]])
+    w = resample_counts(np.zeros(12), 50, rng)
+    w[0] = 1
     got = mlmap_score(s, t, w)
-    idx = np.repeat(np.arange(6), w[1])
     assert got[0] == pytest.approx(multilabel_map(s, t)[0])
-    assert got[1] == pytest.approx(multilabel_map(s[idx], t[idx])[0])
+    for b in range(1, 50):
+        idx = np.repeat(np.arange(12), w[b].astype(int))
+        if not t[idx].any():
+            assert np.isnan(got[b])
+            continue
+        assert got[b] == pytest.approx(multilabel_map(s[idx], t[idx])[0]), b
 
 
 def test_stratified_resampling_keeps_stratum_sizes():
