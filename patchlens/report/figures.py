@@ -706,7 +706,12 @@ def fig_token_norms(tables):
             if k == k_mid and "border_high" in dk:
                 axes[0, 2].plot(dk.index, dk["border_high"], color=ctx.color(m),
                                 marker=ctx.marker(m), markersize=2.5)
+            if k == k_mid and "border_all" in dk:
                 axes[0, 2].plot(dk.index, dk["border_all"], color="0.6", linestyle=":")
+    if k_mid is not None and not (t[t["threshold"] == k_mid]["statistic"].eq("border_high")
+                                  & t["value"].notna()).any():
+        axes[0, 2].text(0.5, 0.5, "no high-norm token", transform=axes[0, 2].transAxes,
+                        ha="center", va="center", color="0.4")
     for ax, title in zip(axes[0], ["max / median norm", "share of tokens > k x median",
                                    f"border share (k = {k_mid:g})" if k_mid else "border"]):
         ax.set_title(title)
