@@ -33,6 +33,7 @@ include: "rules/features.smk"
 include: "rules/variance.smk"
 include: "rules/tasks.smk"
 include: "rules/analysis.smk"
+include: "rules/statistics.smk"
 include: "rules/report.smk"
 
 

@@ -158,13 +158,15 @@ def task_params(config: dict, task: str) -> dict:
 # the analysis modules define and validate themselves.
 ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "seed": 0,
                                    "offset_heads": {}},
-                     "cka": {"split": None}}
+                     "cka": {"split": None}, "token_norms": {"split": None}}
 
 
 def analysis_params(config: dict, name: str) -> dict:
     """``analyses.<name>.params`` with every default filled (unknown names fail here)."""
     if name == "attention":
         from patchlens.analysis.attention_stats import DEFAULTS
+    elif name == "token_norms":
+        from patchlens.analysis.token_norms import DEFAULTS
     else:
         from patchlens.analysis.cka import DEFAULTS
     given = config["analyses"][name].get("params")

@@ -22,7 +22,8 @@ from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.features.variance import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
-from patchlens.io import write_csv
+from patchlens.io import write_csv, write_parquet
+from patchlens.stats.units import finish
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +96,32 @@ class LayerView:
 
 
 def score_layers(module, store: FeatureStore, dataset: Dataset, transforms: dict, params: dict):
-    """``{variant: table}`` of every layer, each layer read once for all variants; and the bytes
-    read. ``transforms`` maps variant -> ``transform(layer, x)``."""
+    """``{variant: table}`` of every layer, each layer read once for all variants; the per-unit
+    records ``{variant: [DataFrame]}`` the task collected (``run(..., units=)``, for the bootstrap
+    intervals, docs/protocols.md#resampling-units); and the bytes read. ``transforms`` maps variant ->
+    ``transform(layer, x)``."""
     parts: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
+    units: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
     read = 0
     for layer in store.layers:
         view = LayerView(store, layer)
         read += view.bytes_read
         for variant, transform in transforms.items():
-            parts[variant].append(module.run(view, dataset, transform, params, layers=[layer]))
+            parts[variant].append(module.run(view, dataset, transform, params, layers=[layer],
+                                             units=units[variant]))
         view.close()
     tables = {v: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for v, p in parts.items()}
-    return tables, read
+    return tables, units, read
 
 
 def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict, variance=None,
-                 labels: dict | None = None) -> dict:
+                 labels: dict | None = None, out_units: dict | None = None,
+                 bootstrap: dict | None = None) -> dict:
     """Evaluate every variant of ``out_csvs`` ({variant: path}) on every layer from one read of
-    the feature file; write each CSV atomically; return ``{"tables", "bytes_read",
-    "file_bytes"}``."""
+    the feature file; every score row gets ``ci_low``/``ci_high`` from the task's per-unit records
+    (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
+    (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
+    ``{"tables", "bytes_read", "file_bytes"}``."""
     module = task_module(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in getattr(module, "REQUIRES", ()) if not dataset.has(k)]
@@ -123,15 +131,20 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
                         f"{task}.datasets")
     transforms = {v: make_transform(v, variance) for v in out_csvs}
     with FeatureStore(features) as store:
-        tables, read = score_layers(module, store, dataset, transforms, params)
+        tables, units, read = score_layers(module, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size
     log.info("%s on %s: read %.1f MB of tokens for %d variant(s) (file %.1f MB, ratio %.2f)",
              task, features, read / 1e6, len(out_csvs), size / 1e6, read / max(size, 1))
     out = {}
     for variant, table in tables.items():
-        out[variant] = finish_table(table, task, variant, params, n_layers, features, labels)
+        table = finish_table(table, task, variant, params, n_layers, features, labels)
+        out[variant] = finish(table, units[variant], bootstrap)
     for variant, table in out.items():  # every table checked before the first is written
+        if out_units:
+            write_parquet(pd.concat(units[variant], ignore_index=True)
+                          .assign(task=task, variant=variant, **(labels or {})),
+                          out_units[variant])
         write_csv(table, out_csvs[variant])
     return {"tables": out, "bytes_read": read, "file_bytes": size}
 
@@ -153,7 +166,9 @@ def finish_table(table, task, variant, params, n_layers, features, labels):
 
 
 def evaluate(task: str, params: dict, features, dataset_dir, variant: str, out_csv,
-             variance=None, labels: dict | None = None):
+             variance=None, labels: dict | None = None, units_out=None,
+             bootstrap: dict | None = None):
     """One variant (:func:`evaluate_all` with a single output); returns its table."""
-    res = evaluate_all(task, params, features, dataset_dir, {variant: out_csv}, variance, labels)
+    res = evaluate_all(task, params, features, dataset_dir, {variant: out_csv}, variance, labels,
+                       {variant: units_out} if units_out else None, bootstrap)
     return res["tables"][variant]

@@ -172,6 +172,10 @@ def table_files():
                    f"{RESULTS}/tables/offset_maps.parquet"]
     if cka_files():
         tables.append(f"{RESULTS}/tables/cka.parquet")
+    if units_wired():  # rules/statistics.smk
+        tables.append(f"{RESULTS}/tables/paired.csv")
+    if token_norm_files():
+        tables.append(f"{RESULTS}/tables/token_norms.parquet")
     return tables
 
 

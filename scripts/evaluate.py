@@ -16,7 +16,10 @@ def main(snakemake):
                  out_csvs=dict(zip(variants, scores, strict=True)),
                  variance=snakemake.input.get("variance"),
                  labels={"model": snakemake.wildcards.model,
-                         "dataset": snakemake.wildcards.dataset})
+                         "dataset": snakemake.wildcards.dataset},
+                 out_units=(dict(zip(variants, snakemake.output.units, strict=True))
+                            if "units" in snakemake.output.keys() else None),
+                 bootstrap=snakemake.params.get("bootstrap"))
 
 
 run(snakemake, main)  # noqa: F821

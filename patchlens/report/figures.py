@@ -37,6 +37,7 @@ from patchlens.errors import ConfigError
 from patchlens.io import atomic_path
 from patchlens.report import style
 from patchlens.report import tables as T
+from patchlens.stats.report import load_tables as stats_tables, with_intervals
 
 
 class FigureSpec(NamedTuple):
@@ -211,6 +212,10 @@ def _lines(ax, d: pd.DataFrame, ctx: _Ctx, x: str, linestyle: str = "-") -> None
                 markevery=max(1, len(xs) // 12), markersize=2.5)
         if (sd > 0).any():
             ax.fill_between(xs, ys - sd, ys + sd, color=c, alpha=0.15, linewidth=0)
+        if "ci_low" in dm and dm["ci_low"].notna().any():  # 95% bootstrap interval (stats)
+            lo, hi = dm["ci_low"].to_numpy(float), dm["ci_high"].to_numpy(float)
+            ax.errorbar(xs, ys, yerr=[np.clip(ys - lo, 0, None), np.clip(hi - ys, 0, None)],
+                        fmt="none", ecolor=c, elinewidth=0.6, capsize=1.2, alpha=0.8)
 
 
 def _reference_lines(ax, d: pd.DataFrame, ctx: _Ctx, keys: list) -> None:
@@ -281,7 +286,7 @@ def _task_overall(tables: dict, task: str) -> pd.DataFrame:
     s = _table(tables, "scores")
     if not len(s):
         return T.overall(s)
-    return T.overall(s[s["task"] == task])
+    return with_intervals(T.overall(s[s["task"] == task]), s[s["task"] == task])
 
 
 def _raw_score_figure(tables: dict, task: str, metrics: tuple | None = None) -> Figure | None:
@@ -302,7 +307,8 @@ def _raw_score_figure(tables: dict, task: str, metrics: tuple | None = None) -> 
     (left) and a linear probe (right). Solid: raw features; dashed: the same model after removing
     its best number m of highest-variance channels (drop{m}; m chosen on the evaluation split, so
     the dashed line is optimistic). Dotted horizontal lines: single-layer baselines. Bands: ±1
-    s.d. over support-set seeds.""")
+    s.d. over support-set seeds.
+    Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md).""")
 def fig_fewshot_seg(tables):
     """mIoU vs layer, k-NN and linear panels; raw solid, best drop{m} dashed."""
     ov = _task_overall(tables, "fewshot_seg")
@@ -321,7 +327,8 @@ def fig_fewshot_seg(tables):
 @_figure("tracking", ("scores",), """
     Video object segmentation by label propagation (DINO protocol) from each layer's patch tokens:
     J&F mean over objects (all sequences pooled, as the official DAVIS J&F-Mean) per layer.
-    Dotted horizontal lines: single-layer baselines.""")
+    Dotted horizontal lines: single-layer baselines.
+    Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md).""")
 def fig_tracking(tables):
     """Tracking J&F vs layer (raw features)."""
     return _raw_score_figure(tables, "tracking", metrics=("jf",))
@@ -329,7 +336,7 @@ def fig_tracking(tables):
 
 @_figure("instance_id", ("scores",), """
     Instance identification: top-1 accuracy and mAP of retrieving the same object instance among
-    distractors of its class, with the mean patch feature of the instance mask, per layer.""")
+    distractors of its class, with the mean patch feature of the instance mask, per layer. Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md#resampling-units).""")
 def fig_instance_id(tables):
     """Instance identification top-1 and mAP vs layer (raw features)."""
     return _raw_score_figure(tables, "instance_id")
@@ -337,7 +344,7 @@ def fig_instance_id(tables):
 
 @_figure("keypoints", ("scores",), """
     Keypoint correspondence: PCK at each threshold alpha (fraction of the target box's longer side)
-    of nearest-neighbour matching of upsampled patch features, per layer.""")
+    of nearest-neighbour matching of upsampled patch features, per layer. Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md#resampling-units).""")
 def fig_keypoints(tables):
     """PCK vs layer, one panel per alpha (raw features)."""
     return _raw_score_figure(tables, "keypoints")
@@ -346,7 +353,7 @@ def fig_keypoints(tables):
 @_figure("lowshot_cls", ("scores",), """
     Low-shot image classification from pooled features per layer: accuracy (multi-class) and
     mAP (multi-label), one panel per number of shots. Solid: mean-pooled patch tokens; dashed:
-    the class token.""")
+    the class token. Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md#resampling-units).""")
 def fig_lowshot_cls(tables):
     """Low-shot accuracy / multi-label mAP vs layer; patch solid, CLS dashed."""
     s = _table(tables, "scores")
@@ -357,7 +364,8 @@ def fig_lowshot_cls(tables):
         return None
     s = s.assign(feature=s["feature"].replace("", "patch"))
     # panels per metric and shots; the feature (patch / cls) becomes the line style
-    ov = pd.concat([T.overall(d.assign(feature="")).assign(ls=feat)
+    ov = pd.concat([with_intervals(T.overall(d.assign(feature="")), d.assign(feature=""))
+                    .assign(ls=feat)
                     for feat, d in s.groupby("feature")], ignore_index=True)
     ov["panel"] = ov["metric_label"]
     return _score_figure(ov, _Ctx(tables), {"patch": "-", "cls": "--"},
@@ -375,7 +383,8 @@ def _bin_key(b: str):
 @_figure("retrieval_scale", ("scores",), """
     Object retrieval mAP per object-scale bin (smallest objects left), each model at its best
     layer (the layer with the highest overall mAP, from the best-layer table, given in the
-    legend).""")
+    legend).
+    Error bars: 95% bootstrap interval over the task's units (and seeds; docs/protocols.md).""")
 def fig_retrieval_scale(tables):
     """Retrieval mAP vs object scale bin at each model's best layer (raw features)."""
     s = _table(tables, "scores")
@@ -389,8 +398,9 @@ def fig_retrieval_scale(tables):
     sc = _table(tables, "scores")
     best = T.best_layer_rows(sc[(sc["task"] == "retrieval") & (sc["variant"] == "raw")
                                 & (sc["metric"] == "map")])[["model", "dataset", "best_layer"]]
+    cols = ["value"] + [c for c in ("ci_low", "ci_high") if c in s]
     per_bin = (s.merge(best, on=["model", "dataset"]).query("layer == best_layer")
-               .groupby(["model", "dataset", "best_layer", "n_layers", "scale_bin"])["value"]
+               .groupby(["model", "dataset", "best_layer", "n_layers", "scale_bin"])[cols]
                .mean()
                .reset_index())
     datasets = sorted(per_bin["dataset"].unique())
@@ -408,6 +418,12 @@ def fig_retrieval_scale(tables):
                            marker=ctx.marker(m), linestyle=":" if ctx.is_flat(m) else "-",
                            label=lab)
             handles.setdefault(lab, h)
+            if "ci_low" in dm and (dm["ci_low"] >= 0).all():  # 95% bootstrap interval
+                y = dm["value"].to_numpy(float)
+                ax.errorbar(dm["scale_bin"].map(pos), y, fmt="none", ecolor=ctx.color(m),
+                            yerr=[np.clip(y - dm["ci_low"], 0, None),
+                                  np.clip(dm["ci_high"] - y, 0, None)],
+                            elinewidth=0.6, capsize=1.2, alpha=0.8)
         ax.set_xticks(range(len(bins)), bins)
         ax.set_xlabel("object scale bin")
         ax.set_ylabel("mAP")
@@ -689,6 +705,56 @@ def fig_cka_image(tables):
     return _cka_figure(tables, "image")
 
 
+@_figure("token_norms", ("token_norms",), """
+    High-norm patch tokens (Darcet et al. 2024, "Vision Transformers Need Registers") per layer,
+    from the stored features: the largest patch-token norm over the median (left), the share of
+    tokens above k times the layer's median norm (middle; one line style per k) and, for the
+    middle threshold, the share of those tokens on the border of the patch grid (right; grey
+    dotted: the border's share of all tokens, the chance level).""")
+def fig_token_norms(tables):
+    """Max/median norm, share of high-norm tokens and their border share vs layer."""
+    t = tables.get("token_norms")
+    if t is None or not len(t):
+        return None
+    ctx = _Ctx(tables)
+    ks = sorted(t["threshold"].dropna().unique())
+    k_mid = ks[len(ks) // 2] if ks else None
+    x, xlabel = ctx.layer_axis(t["model"].unique())
+    fig, axes = _new(3, extra_h=0.35 + 0.13 * np.ceil((t["model"].nunique() + len(ks)) / 6))
+    styles = dict(zip(ks, ["-", "--", ":", "-."] * 4))
+    for m in ctx.order(t["model"]):
+        d = t[t["model"] == m]
+        if x == "depth_frac":
+            d = d.assign(depth_frac=(d["layer"] + 1) / ctx.depths.get(m, d["layer"].max() + 1))
+        piv = d[d["threshold"].isna()].pivot_table(index=x, columns="statistic", values="value")
+        if {"norm_q1", "norm_median"} <= set(piv.columns):
+            axes[0, 0].plot(piv.index, piv["norm_q1"] / piv["norm_median"], color=ctx.color(m),
+                            marker=ctx.marker(m), markersize=2.5)
+        for k in ks:
+            dk = d[d["threshold"] == k].pivot_table(index=x, columns="statistic", values="value")
+            if "frac_high" in dk:
+                axes[0, 1].plot(dk.index, dk["frac_high"], color=ctx.color(m),
+                                linestyle=styles[k], marker=ctx.marker(m), markersize=2.5)
+            if k == k_mid and "border_high" in dk:
+                axes[0, 2].plot(dk.index, dk["border_high"], color=ctx.color(m),
+                                marker=ctx.marker(m), markersize=2.5)
+            if k == k_mid and "border_all" in dk:
+                axes[0, 2].plot(dk.index, dk["border_all"], color="0.6", linestyle=":")
+    if k_mid is not None and not (t[t["threshold"] == k_mid]["statistic"].eq("border_high")
+                                  & t["value"].notna()).any():
+        axes[0, 2].text(0.5, 0.5, "no high-norm token", transform=axes[0, 2].transAxes,
+                        ha="center", va="center", color="0.4")
+    for ax, title in zip(axes[0], ["max / median norm", "share of tokens > k x median",
+                                   f"border share (k = {k_mid:g})" if k_mid else "border"]):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if x == "layer":
+            _integer_ticks(ax.xaxis)
+    extra = [Line2D([], [], color="0.3", linestyle=styles[k], label=f"k = {k:g}") for k in ks]
+    ctx.legend(fig, t["model"].unique(), extra)
+    return fig
+
+
 @_figure("best_layer", ("best_layer",), """
     Best layer per model and task (primary metric, raw features): colour is the relative depth
     (block + 1) / blocks of the best layer, the number its block index ("out": the output after
@@ -810,7 +876,7 @@ def make_figure(name: str, tables: dict, out_dir) -> Path | None:
 def make_figures(tables_dir, out_dir, names=None) -> list[Path]:
     """Run the catalogue (or ``names``) on the tables in ``tables_dir``; returns the PNG and PDF
     paths written (figures without data write nothing and lose stale files)."""
-    tables = T.load_tables(tables_dir)
+    tables = {**T.load_tables(tables_dir), **stats_tables(tables_dir)}
     written = []
     for name in names or FIGURES:
         png = make_figure(name, tables, out_dir)

@@ -24,6 +24,8 @@ from patchlens.io import atomic_path
 from patchlens.report import tables as T
 from patchlens.report.figures import FIGURES, panel_key, metric_title
 from patchlens.report.style import TASK_TITLES, model_order
+from patchlens.stats.paired import verdict
+from patchlens.stats.report import load_tables as stats_tables
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide
 SCREEN_SCALE = 0.7
@@ -41,6 +43,8 @@ SECTIONS = [
     ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
                             "offset_heads"], None),
     ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image", "cka_tokens_ln"], None),
+    ("token_norms", "High-norm tokens", ["token_norms"], None),
+    ("paired", "Paired model comparisons", [], None),
 ]
 
 CSS = """
@@ -195,6 +199,35 @@ def best_layer_html(best: pd.DataFrame, labels: dict | None = None) -> str:
             f"</summary>{frame_table(d[cols])}</details>")
 
 
+def paired_html(paired: pd.DataFrame | None) -> str:
+    """Paired bootstrap comparisons at the best layer (raw features where present): difference,
+    interval, p-value, and "a > b" only where the interval excludes 0."""
+    if paired is None or not len(paired):
+        return ""
+    d = paired[paired["layer_choice"] == "best"]
+    if (d["variant"] == "raw").any():
+        d = d[d["variant"] == "raw"]
+    d = d.assign(_t=d["task"].map(lambda t: T.TASK_ORDER.index(t) if t in T.TASK_ORDER else 99))
+    d = d.sort_values(["_t", "dataset", "metric", "model_a", "model_b"])
+    keys = [c for c in ("scale_bin", "shots", "feature") if c in d
+            and d[c].astype(str).replace({"-1": "", "nan": ""}).ne("").any()]
+    rows = []
+    for _, r in d.iterrows():
+        extra = [("" if str(r[c]) in ("-1", "nan") else r[c]) for c in keys]
+        rows.append([r["task"], r["dataset"], metric_title(str(r["metric"])), *extra,
+                     f"{r['model_a']} (L{int(r['layer_a'])})",
+                     f"{r['model_b']} (L{int(r['layer_b'])})", (_fmt(r["diff"]), "n"),
+                     (f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]", "n"),
+                     (_fmt(r["p_value"]), "n"), verdict(r)])
+    note = ('<p class="note">Each pair of models at its own best layer: difference a − b of the '
+            "score, 95% percentile interval and two-sided p-value of a paired bootstrap over the "
+            "same units (and support seeds), see docs/protocols.md#resampling-units. \u201ca &gt; b\u201d only "
+            "where the interval excludes 0. Comparisons at the last block: "
+            "<code>results/tables/paired.csv</code>.</p>")
+    return note + html_table(["task", "data set", "metric", *keys, "a", "b", "diff", "95% CI",
+                              "p", "verdict"], rows)
+
+
 def offset_heads_html(heads: pd.DataFrame) -> str:
     if not len(heads):
         return ""
@@ -272,6 +305,8 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
         if anchor == "overview":
             body.append(best_layer_html(tables.get("best_layer", T.empty_table("best_layer")),
                                         labels))
+        if anchor == "paired":
+            body.append(paired_html(tables.get("paired")))
         if anchor == "attention":
             body.append(offset_heads_html(tables.get("offset_heads",
                                                      T.empty_table("offset_heads"))))
@@ -304,7 +339,8 @@ def write_report(tables_dir, figures_dir, out_html, config: dict, provenance: di
     ``tables_dir`` and the figures :func:`patchlens.report.figures.make_figures` drew into
     ``figures_dir``; ``config`` is shown as YAML, ``provenance`` (patchlens_version, models:
     {key: {source, sha256}}, datasets: {name: {sha256}}, ...) as tables."""
-    page = build_html(T.load_tables(tables_dir), figures_dir, config, provenance)
+    page = build_html({**T.load_tables(tables_dir), **stats_tables(tables_dir)}, figures_dir,
+                      config, provenance)
     out_html = Path(out_html)
     with atomic_path(out_html) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -40,6 +40,7 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.checks import expect_int, expect_number, expect_split
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.knn import CosineIndex, check_vote_params, knn_scores, l2_normalize
 from patchlens.tasks.metrics import confusion_matrix, mean_iou
 from patchlens.tasks.upsample import grid_fraction, resize_bilinear
@@ -297,9 +298,11 @@ def predict_image(scores: np.ndarray, classes: np.ndarray, size: tuple[int, int]
 
 
 def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
-               layers: list[int] | None = None) -> tuple[dict, dict]:
+               layers: list[int] | None = None, per_image: dict | None = None
+               ) -> tuple[dict, dict]:
     """Confusion matrices {(layer, seed, head): (K, K) int64} of the protocol above, and counts
-    {n_eval, n_skipped, seed -> (n_support_images, n_support_patches, short, missing)}."""
+    {n_eval, n_skipped, seed -> (n_support_images, n_support_patches, short, missing)}.
+    ``per_image`` (a dict) receives {(layer, seed, head): (n_query, K, K)} per-image matrices."""
     p = _params(params)
     layers = store.layers if layers is None else list(layers)
     K, lut, pool, labels, supports, query, skipped = _prepare(store, dataset, p)
@@ -327,7 +330,10 @@ def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
                     sc = np.asarray(score(q), np.float32).reshape(n, h, w, -1)
                     for i, gt in enumerate(gts):
                         pred = predict_image(sc[i], classes, gt.shape, sparse)
-                        conf[(seed, name)] += confusion_matrix(gt, pred, K)
+                        m_img = confusion_matrix(gt, pred, K)
+                        conf[(seed, name)] += m_img
+                        if per_image is not None:
+                            per_image.setdefault((layer, seed, name), []).append(m_img)
         for (seed, name), m in conf.items():
             if m.sum() == 0:
                 raise DataError(f"{dataset.root}: every pixel of query split "
@@ -340,11 +346,21 @@ def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
 
 
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
-        layers: list[int] | None = None) -> pd.DataFrame:
+        layers: list[int] | None = None, units: list | None = None) -> pd.DataFrame:
     """Score every layer: one row per (layer, seed, head) with metric ``miou_<head>``, ``value``,
     ``n_eval`` / ``n_skipped`` (query images), and ``n_support_images``, ``n_support_patches``,
-    ``n_classes_short``, ``n_classes_missing`` of that seed's support."""
-    conf, counts = confusions(store, dataset, transform, params, layers)
+    ``n_classes_short``, ``n_classes_missing`` of that seed's support. ``units`` (a list) receives
+    per query image and class tp / fp / fn (:mod:`patchlens.stats.units`, aggregator ``iou``)."""
+    per_image = {} if units is not None else None
+    conf, counts = confusions(store, dataset, transform, params, layers, per_image)
+    if units is not None:
+        query = _params(params)["query_split"]
+        ims = [im for im in dataset.split(query) if dataset.manifest["semantic"][im] != ""]
+        for (layer, seed, head), ms in per_image.items():
+            ms = np.stack(ms)
+            tp = np.diagonal(ms, axis1=1, axis2=2)
+            units.append(records(layer, seed, f"miou_{head}", ims, "iou", tp=tp,
+                                 fp=ms.sum(1) - tp, fn=ms.sum(2) - tp))
     rows = []
     for (layer, seed, head), m in conf.items():
         n_img, n_patch, n_short, n_missing = counts[seed]

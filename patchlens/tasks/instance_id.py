@@ -23,6 +23,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.metrics import average_precision, top1
 from patchlens.tasks.upsample import grid_fraction
@@ -102,9 +103,10 @@ def check_params(params: dict) -> dict:
 
 
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
-        layers: list[int] | None = None) -> pd.DataFrame:
+        layers: list[int] | None = None, units: list | None = None) -> pd.DataFrame:
     """Score every layer: rows (layer, seed=0, metric in {top1, map}, value, n_eval, n_skipped);
-    ``n_eval`` queries evaluated, ``n_skipped`` objects skipped (no mask, no positive)."""
+    ``n_eval`` queries evaluated, ``n_skipped`` objects skipped (no mask, no positive).
+    ``units`` (a list) receives every query's top-1 and AP (:mod:`patchlens.stats.units`)."""
     p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     layers = store.layers if layers is None else list(layers)
     if dataset.objects is None or len(dataset.objects) == 0:
@@ -149,4 +151,7 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
         for metric, vals in (("top1", t1), ("map", ap)):
             rows.append({"layer": layer, "seed": 0, "metric": metric, "value": float(np.mean(vals)),
                          "n_eval": len(queries), "n_skipped": n_skipped})
+            if units is not None:
+                names = [f"{img[i]}/{objs['instance'].iat[i]}" for i in queries]
+                units.append(records(layer, 0, metric, names, num=vals))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -52,6 +52,7 @@ import pandas as pd
 from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.upsample import resize_bilinear
 
@@ -251,9 +252,13 @@ def _chunks(kp: pd.DataFrame, per_chunk: int):
         yield chunk, sorted(images)
 
 
-def run(store, dataset, transform, params: dict, layers: list[int] | None = None) -> pd.DataFrame:
+def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
+        units: list | None = None) -> pd.DataFrame:
     """PCK@alpha per layer and category of nearest-neighbour keypoint transfer, plus the mean
-    over categories (``category = "all"``; see the module docstring)."""
+    over categories (``category = "all"``; see the module docstring). ``units`` (a list)
+    receives per keypoint pair the correct and scored keypoints (:mod:`patchlens.stats.units`):
+    a pooled ratio per category row, and the mean of the category ratios (resampled within
+    categories) for the ``all`` row."""
     p = _check_params(params)
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     kp, _ = _pairs(dataset, p["split"])
@@ -273,6 +278,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     rows = []
     for layer in layers:
         correct = {(c, a): 0 for c in cats for a in p["alphas"]}
+        per_pair = {a: [] for a in p["alphas"]}
         for groups, images in _chunks(kp, per_chunk):
             feats = transform(layer, store.tokens(layer, images))
             pos = {im: i for i, im in enumerate(images)}
@@ -284,11 +290,22 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                p["max_side"])
                 true = g[["trg_x", "trg_y"]].to_numpy()
                 for a in p["alphas"]:
-                    correct[r.category, a] += int(pck(pred, true, g.box.to_numpy(), a).sum())
+                    ok = int(pck(pred, true, g.box.to_numpy(), a).sum())
+                    correct[r.category, a] += ok
+                    per_pair[a].append((r.pair, r.category, ok, len(g)))
         for c in cats:
             for a in p["alphas"]:
                 rows.append((layer, seed, f"pck@{a:g}", correct[c, a] / counts[c], int(counts[c]),
                              int(skipped.get(c, 0)), c))
+        if units is not None:
+            for a in p["alphas"]:
+                u, cat, ok, n = (np.asarray(x) for x in zip(*per_pair[a]))
+                for c in cats:
+                    m = cat == c
+                    units.append(records(layer, seed, f"pck@{a:g}", u[m], num=ok[m], den=n[m],
+                                         category=c))
+                units.append(records(layer, seed, f"pck@{a:g}", u, agg="category_ratio",
+                                     strata=cat, num=ok, den=n, category="all"))
     cols = ["layer", "seed", "metric", "value", "n_eval", "n_skipped", "category"]
     per_cat = pd.DataFrame(rows, columns=cols)
     overall = category_means(per_cat)

@@ -26,6 +26,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.fewshot_seg import check_seeds, sample_support
 from patchlens.tasks.knn import CosineIndex, check_vote_params, weighted_vote
 from patchlens.tasks.metrics import accuracy, multilabel_map
@@ -92,9 +93,10 @@ def _labelled(dataset: Dataset, split: str, role: str) -> tuple[list[str], list[
 
 
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
-        layers: list[int] | None = None) -> pd.DataFrame:
+        layers: list[int] | None = None, units: list | None = None) -> pd.DataFrame:
     """Score every layer: rows (layer, seed, metric in {acc, mlmap}, value, n_eval, n_skipped,
-    shots, feature, n_classes_short, n_classes_missing)."""
+    shots, feature, n_classes_short, n_classes_missing). ``units`` (a list) receives per query
+    image its correctness (acc) and class votes and labels (mlmap); :mod:`patchlens.stats.units`."""
     p = _params(params)
     layers = store.layers if layers is None else list(layers)
     feats = [f for f in p["features"] if f == "patch" or store.has_cls]
@@ -161,10 +163,16 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                         "n_skipped": len(q_skipped), "shots": shots, "feature": feature,
                         "n_classes_short": n_short, "n_classes_missing": n_missing}
                 out.append({**base, "metric": "acc", "value": accuracy(sc.argmax(1), q_primary)})
+                if units is not None:
+                    units.append(records(layer, seed, "acc", query, shots=shots, feature=feature,
+                                         num=sc.argmax(1) == q_primary))
                 if multi:
                     ml = weighted_vote(sims, idx, s_all[rows].astype(np.float32), K,
                                        p["temperature"])
                     out.append({**base, "metric": "mlmap", "value": multilabel_map(ml, q_all)[0]})
+                    if units is not None:
+                        units.append(records(layer, seed, "mlmap", query, "mlmap", score=ml,
+                                             target=q_all, shots=shots, feature=feature))
     cols = ["layer", "seed", "metric", "value", "n_eval", "n_skipped", "shots", "feature",
             "n_classes_short", "n_classes_missing"]
     return pd.DataFrame(out, columns=cols)

@@ -25,6 +25,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.instance_id import object_weights, pooled_features
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.metrics import average_precision
@@ -101,9 +102,10 @@ def gallery_scores(store: FeatureStore, layer: int, transform, gallery: list[str
 
 
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
-        layers: list[int] | None = None) -> pd.DataFrame:
+        layers: list[int] | None = None, units: list | None = None) -> pd.DataFrame:
     """Score every layer: rows (layer, seed=0, metric ``map``, scale_bin, value, n_eval,
-    n_skipped) for each scale bin with at least one evaluable query, and for ``all``."""
+    n_skipped) for each scale bin with at least one evaluable query, and for ``all``.
+    ``units`` (a list) receives every evaluable query's AP per bin (:mod:`patchlens.stats.units`)."""
     p = _params(params)
     layers = store.layers if layers is None else list(layers)
     objects = dataset.objects
@@ -170,5 +172,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
             rows.append({"layer": layer, "seed": 0, "metric": "map", "scale_bin": label,
                          "value": float(np.mean(aps)), "n_eval": int(evaluable.size),
                          "n_skipped": n_skipped + len(queries) - int(evaluable.size)})
+            if units is not None:
+                names = [f"{queries['image'].iat[qi]}/{queries['instance'].iat[qi]}"
+                         for qi in evaluable]
+                units.append(records(layer, 0, "map", names, num=aps, scale_bin=label))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "scale_bin", "value", "n_eval",
                                        "n_skipped"])

@@ -62,6 +62,7 @@ from patchlens.data.dataset import VOID
 from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
+from patchlens.stats.units import records
 from patchlens.tasks.davis_metrics import jf_labels
 from patchlens.tasks.knn import l2_normalize
 from patchlens.tasks.upsample import resize_bilinear, resize_nearest
@@ -301,8 +302,29 @@ def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
     return out
 
 
-def run(store, dataset, transform, params: dict, layers: list[int] | None = None) -> pd.DataFrame:
+def _tracking_units(layer: int, per_seq: dict, average: str) -> list:
+    """Units records of one layer from {sequence: (J (n_obj,), F (n_obj,), n_frames)}."""
+    out = []
+    obj = {s: ([f"{s}/{i + 1}" for i in range(len(j))], j, f) for s, (j, f, _) in per_seq.items()}
+    seq = (list(per_seq), [r[0].mean() for r in per_seq.values()],
+           [r[1].mean() for r in per_seq.values()])
+    groups = [(s, o) for s, o in obj.items()]
+    groups.append(("all", seq if average == "sequences" else
+                   tuple(np.concatenate(x) if i else sum(x, []) for i, x in
+                         enumerate(zip(*obj.values())))))
+    for name, (u, j, f) in groups:
+        j, f = np.asarray(j, float), np.asarray(f, float)
+        for metric, v in (("j", j), ("f", f), ("jf", (j + f) / 2)):
+            out.append(records(layer, 0, metric, u, num=v, sequence=name))
+    return out
+
+
+def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
+        units: list | None = None) -> pd.DataFrame:
     """DAVIS label-propagation J, F and J&F per layer (see the module docstring for the protocol).
+    ``units`` (a list) receives per object J, F, J&F (per-sequence rows, and the overall row under
+    ``average: objects``) or per sequence (overall row, ``average: sequences``); see
+    :mod:`patchlens.stats.units`.
 
     Loops sequences outside and layers inside, so one sequence's masks are loaded once; features
     are read one frame of one layer at a time.
@@ -338,5 +360,8 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
             (np.mean(seq_j), np.mean(seq_f))
         for metric, v in (("j", J), ("f", F), ("jf", (J + F) / 2)):
             rows.append((layer, 0, metric, float(v), len(per_seq), skipped, "all"))
+        if units is not None:
+            units.extend(_tracking_units(layer, {s: r[layer] for s, r in per_seq.items()},
+                                         p["average"]))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped",
                                        "sequence"])

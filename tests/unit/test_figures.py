@@ -19,6 +19,7 @@ from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
+from patchlens.stats.report import FILES as STATS_FILES, load_tables as stats_tables
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"dino": {"family": "contrastive", "n_layers": 6, "timm": "vit_small_patch16_224.dino"},
@@ -157,7 +158,24 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
 
     # as the best_layer rule writes it
     write_csv(best_layer_table(df), tables_dir / "best_layer.csv")
+    synthetic_token_norms(models).to_parquet(tables_dir / "token_norms.parquet")
     return tables_dir
+
+
+def synthetic_token_norms(models=MODELS) -> pd.DataFrame:
+    """tables/token_norms.parquet from random tokens with a few planted high-norm ones from the
+    middle layer on (the statistics come from the real function)."""
+    from patchlens.analysis.token_norms import token_norm_stats
+    rng = np.random.default_rng(0)
+    out = []
+    for m, e in models.items():
+        for layer in range(e["n_layers"]):
+            tok = rng.normal(size=(4, 6, 6, 8)).astype(np.float32)
+            if layer >= e["n_layers"] // 2:
+                tok[:, 0, 0] *= 40
+            out.append(token_norm_stats(tok, rng.normal(size=(4, 8))).assign(
+                model=m, dataset="scenes", layer=layer))
+    return pd.concat(out, ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +185,7 @@ def tables_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tables(tables_dir):
-    return T.load_tables(tables_dir)
+    return {**T.load_tables(tables_dir), **stats_tables(tables_dir)}
 
 
 def test_catalogue_all_drawn_at_paper_width(tables):
@@ -194,7 +212,7 @@ def test_make_figures_writes_png_and_pdf(tables_dir, tmp_path):
 def test_catalogue_entries():
     for name, (fn, need, caption) in F.FIGURES.items():
         assert callable(fn) and fn.__name__ == f"fig_{name}"
-        assert need and set(need) <= set(T.TABLE_FILES), name
+        assert need and set(need) <= set(T.TABLE_FILES) | set(STATS_FILES), name
         assert len(caption) > 40
 
 
