@@ -172,7 +172,7 @@ def table_files():
                    f"{RESULTS}/tables/offset_maps.parquet"]
     if cka_files():
         tables.append(f"{RESULTS}/tables/cka.parquet")
-    if units_wired():  # rules/statistics.smk
+    if evaluation_jobs(config):  # paired comparisons over the units (rules/statistics.smk)
         tables.append(f"{RESULTS}/tables/paired.csv")
     if token_norm_files():
         tables.append(f"{RESULTS}/tables/token_norms.parquet")

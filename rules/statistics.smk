@@ -6,11 +6,6 @@ def units_files():
     return [f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet" for t, m, d, v in evaluation_jobs(config)]
 
 
-def units_wired():
-    """True once the task rules write the units files (output ``units``), which paired needs."""
-    return any("/units/" in str(f) for r in workflow.rules for f in r.output)
-
-
 def token_norm_files():
     if "token_norms" not in config["analyses"]:
         return []

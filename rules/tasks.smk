@@ -1,7 +1,8 @@
 # Task evaluators: one job per (task, model, data set) scores every layer for every variant of
 # the task, reading each layer of the feature file once, and writes one tidy CSV per variant.
 # Each task is its own rule (generated below), so a changed task parameter reruns that task's
-# jobs only. To add an output per variant, add a named expand() beside `scores`.
+# jobs only. Per variant: the scores (with bootstrap intervals) and the per-unit records that the
+# intervals and the paired comparisons resample (docs/protocols.md#resampling-units).
 
 
 def variant_paths(task, kind, ext):
@@ -19,10 +20,12 @@ for _task in config["tasks"]:
             unpack(evaluator_inputs(_task)),
         output:
             scores=variant_paths(_task, "scores", "csv"),
+            units=variant_paths(_task, "units", "parquet"),
         params:
             task=_task,
             variants=task_variants(config, _task),
             settings=settings("tasks", _task),
+            bootstrap=canonical(config["statistics"]),
         log:
             f"{RESULTS}/logs/{_task}/{{model}}/{{dataset}}.log",
         benchmark:

@@ -38,7 +38,8 @@ KEYS = ["model", "dataset", "task", "variant", "metric"]
 TASK_KEYS = ("shots", "feature", "head", "k")       # a task's own keys, where a table has them
 ITEM_COLUMNS = ("sequence", "scale_bin", "category")  # per-item breakdowns; "all" = overall row
 OVERALL = "all"
-NOT_KEYS = {"layer", "seed", "value", "n_layers", "params", "family", "label", "depth_frac"}
+NOT_KEYS = {"layer", "seed", "value", "n_layers", "params", "family", "label", "depth_frac",
+            "ci_low", "ci_high"}  # the intervals belong to a row, they never split one
 LOWER_IS_BETTER: frozenset = frozenset()  # metric names where smaller is better (none today)
 OUT_TAIL = ["best_layer", "best_value", "last_layer", "last_value", "gap", "n_layers",
             "depth_frac", "n_seeds"]
