@@ -15,35 +15,36 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from patchlens.analysis.best_layer import best_layer_table
+from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
 from patchlens.errors import DataError
 from patchlens.stats.bootstrap import DEFAULTS, paired_bootstrap, point
 from patchlens.stats.units import UNIT_COLUMNS, unit_data
 
 SCORE_KEYS = ["task", "dataset", "variant", "metric"]
-TASK_KEYS = ["scale_bin", "sequence", "shots", "feature", "head"]
-COLUMNS = SCORE_KEYS + TASK_KEYS + ["layer_choice", "model_a", "model_b", "layer_a", "layer_b",
+COLUMNS = SCORE_KEYS + list(TASK_KEYS) + ["layer_choice", "model_a", "model_b", "layer_a", "layer_b",
                                     "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
                                     "n_units", "n_seeds"]
 LABELS = ["task", "model", "dataset", "variant"]
 
 
 def layer_choices(scores: pd.DataFrame) -> pd.DataFrame:
-    """Best and last layer per (model, task, dataset, variant, metric, task keys), from the
-    scores table's key columns only (so interval and count columns never act as keys)."""
-    cols = ["model", "dataset", "task", "variant", "metric", "layer", "seed", "value"]
-    cols += [c for c in ["n_layers"] + TASK_KEYS if c in scores]
-    best = best_layer_table(scores[cols])
-    last = scores.groupby(["model", "task", "dataset", "variant"])["layer"].max().rename(
-        "last_layer").reset_index()
-    return best.merge(last, on=["model", "task", "dataset", "variant"], how="left")
+    """Best and last block per (model, task, dataset, variant, metric, task keys) of the overall
+    rows: the best-layer table (one home for that choice), built from the scores table's key
+    columns only."""
+    cols = ["model", "dataset", "task", "variant", "metric", "layer", "seed", "value", "n_layers"]
+    cols += [c for c in list(TASK_KEYS) + list(ITEM_COLUMNS) if c in scores]
+    return best_layer_table(scores[cols])
 
 
 def _select(units: pd.DataFrame, layer: int, metric: str, keys: dict) -> pd.DataFrame:
+    """The units of one overall score (per-item columns ``all`` or empty)."""
     sel = (units["layer"] == layer) & (units["metric"] == metric)
     for k, v in keys.items():
         if k in units:
             sel &= units[k].astype(str) == str(v)
+    for c in ITEM_COLUMNS:
+        if c in units:
+            sel &= units[c].fillna("").astype(str).isin(["all", ""])
     return units[sel]
 
 
@@ -62,6 +63,8 @@ def paired_table(scores: pd.DataFrame, units: dict, n_boot: int = DEFAULTS["n_bo
         models = sorted(m for m in g.index if (task, m, dataset, variant) in units)
         for ma, mb in combinations(models, 2):
             for choice, col in (("best", "best_layer"), ("last", "last_layer")):
+                if pd.isna(g.at[ma, col]) or pd.isna(g.at[mb, col]):
+                    continue  # that block was not scored (a layer subset)
                 la, lb = int(g.at[ma, col]), int(g.at[mb, col])
                 ua = _select(units[(task, ma, dataset, variant)], la, metric, tk)
                 ub = _select(units[(task, mb, dataset, variant)], lb, metric, tk)

@@ -223,7 +223,7 @@ def test_config_validates(config):
     assert set(config["variants"]) == VARIANTS
     assert set(config["tasks"]) == {"fewshot_seg", "instance_id", "retrieval", "tracking",
                                      "keypoints", "lowshot_cls"}
-    assert set(config["analyses"]) == {"attention", "cka"}
+    assert set(config["analyses"]) == {"attention", "cka", "token_norms"}
     assert "oracle" not in {e.get("baseline") for e in config["models"].values()}  # tests only
 
 
