@@ -16,7 +16,7 @@ Counting (multiply-adds count as 2 FLOPs; float16 tokens as 2 bytes):
 * extraction = images x the ViT's forward FLOPs (patch embedding; per block qkv, projection,
   MLP and the two attention products);
 * an evaluator job (one per task, model and data set; every variant from one read of each
-  layer) reads the feature rows of the splits its task uses once, and computes per layer and
+  layer) reads the whole feature file once, and computes per layer and
   variant the matmuls of its protocol (docs/protocols.md): few-shot segmentation a cosine k-NN
   of every query patch against the support patches plus the L-BFGS linear probe; low-shot
   classification a k-NN of the query images; instance identification all object pairs;
@@ -223,10 +223,6 @@ def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> fl
     raise ValueError(task)
 
 
-def task_splits(p: dict) -> set[str]:
-    return {v for k, v in p.items() if k.endswith("split") and isinstance(v, str)}
-
-
 # ----------------------------------------------------------------------------- the plan
 
 def _stage():
@@ -291,10 +287,9 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
                     continue
                 f = facts[m]
                 grid = grid_of(de.get("img_size", 224), f["patch_size"])
-                used = task_splits(p) & set(counts[d]) or set(counts[d])
-                n_used = sum(counts[d][s] for s in used)
-                read = feature_bytes(f, n_used, grid)
-                layer_mem = read / max(f["n_layers"], 1) * 2  # float16 layer -> float32 in memory
+                # every layer is read once, whole (patchlens.evaluate.LayerView): the file
+                read = feature_bytes(f, sum(counts[d].values()), grid)
+                layer_mem = read / max(f["n_layers"], 1) * 2  # float16 layer + float32 chunks
                 flop = f["n_layers"] * len(variants) * task_flop(task, p, counts[d], de, grid,
                                                                  f["dim"])
                 add(task, m, d, task, flop=flop, read=read, mem=layer_mem)
@@ -364,15 +359,16 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None) -> dict:
     (a 128 MiB file written, dropped from the page cache where the OS allows, read back)."""
     import numpy as np
 
-    n = 1024
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    b = a.T.copy()
+    m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, c), dtype=np.float32)
+    b = rng.standard_normal((c, n), dtype=np.float32)
     a @ b  # warm up the BLAS threads
     t0, reps = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds * 0.6:
         a @ b
         reps += 1
-    gflops = 2.0 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    gflops = 2.0 * m * c * n * reps / (time.perf_counter() - t0) / 1e9
     size = 128 * 2 ** 20
     with tempfile.NamedTemporaryFile(dir=path, delete=True) as tmp:
         tmp.write(os.urandom(size))
