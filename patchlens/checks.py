@@ -60,6 +60,14 @@ def expect_split(value, where: str, optional: bool = False) -> str | None:
                       + (" or null" if optional else ""))
 
 
+def expect_splits(value, where: str) -> list | None:
+    """The splits an analysis reads: null (every image) or a non-empty list of split names."""
+    if value is None or (isinstance(value, list) and value
+                         and all(isinstance(v, str) and v for v in value)):
+        return value
+    raise ConfigError(f"{where} = {value!r}: expected a list of split names (e.g. [val]) or null")
+
+
 # -- the checks run by patchlens.config.validate ------------------------------------------------
 def check_values(config: dict) -> None:
     """Every value check of the module docstring; ConfigError (one line) on the first failure."""
@@ -75,14 +83,20 @@ def check_values(config: dict) -> None:
         p = settings["attention"]
         attention_stats.check_params({k: p[k] for k in attention_stats.DEFAULTS})
         offset_heads.check_params(p["offset_heads"])
-        expect_split(p["split"], "analyses.attention.params.split", optional=True)
+        expect_splits(p["split"], "analyses.attention.params.split")
         expect_int(p["max_images"], "analyses.attention.params.max_images", 1)
     if "cka" in settings:
         from patchlens.analysis import cka
 
         p = settings["cka"]
         cka.check_params({k: p[k] for k in cka.DEFAULTS})
-        expect_split(p["split"], "analyses.cka.params.split", optional=True)
+        expect_splits(p["split"], "analyses.cka.params.split")
+    if "token_norms" in settings:
+        from patchlens.analysis import token_norms
+
+        p = settings["token_norms"]
+        token_norms.check_params({k: v for k, v in p.items() if k != "split"})
+        expect_splits(p["split"], "analyses.token_norms.params.split")
 
     specs = {key: model_spec(key, entry) for key, entry in config["models"].items()}
     for key, spec in specs.items():
