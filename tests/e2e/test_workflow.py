@@ -162,7 +162,7 @@ def test_model_labels_and_families_reach_tables_and_report(workdir):
     assert TINY_LABEL in html
 
 
-PRESENTATION_ONLY = {"collect_scores", "best_layer", "attention_tables", "variance_table",
+PRESENTATION_ONLY = {"collect_scores", "best_layer", "paired", "attention_tables", "variance_table",
                      "cka_table", "figures", "report", "all"}
 
 
@@ -197,7 +197,7 @@ def test_changed_task_parameter_reruns_only_that_task(workdir):
             "params", {}).update(k=7)):
         jobs = planned_jobs(snakemake(workdir, "--dry-run"))
     assert jobs.get("fewshot_seg", 0) > 0, jobs
-    allowed = {"fewshot_seg", "collect_scores", "best_layer", "figures", "report", "all"}
+    allowed = {"fewshot_seg", "collect_scores", "best_layer", "paired", "figures", "report", "all"}
     assert set(jobs) <= allowed, jobs
     assert "extract_features" not in jobs and "channel_variance" not in jobs
 
