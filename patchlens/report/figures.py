@@ -522,14 +522,11 @@ def fig_variance_spectra(tables):
     return fig
 
 
-@_figure("attention_distance", ("attention",), """
-    Mean attention distance (pixels; CLS excluded, rows renormalised) of every head (dots) per
-    layer, one panel per model; the line is the mean over heads. Local heads sit low, global heads
-    high (Dosovitskiy et al. 2021; Xie et al. 2022).""")
-def fig_attention_distance(tables):
-    """Per-head attention distance vs layer, scatter, one panel per model."""
+def _per_head_figure(tables, metric: str, ylabel: str, from_zero: bool = False):
+    """One attention metric of every head (dots) vs layer, one panel per model; the line is the
+    mean over heads."""
     a = _table(tables, "attention")
-    a = a[a["metric"] == "distance"] if len(a) else a
+    a = a[a["metric"] == metric] if len(a) else a
     if not len(a):
         return None
     ctx = _Ctx(tables)
@@ -541,9 +538,20 @@ def fig_attention_distance(tables):
         ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
         ax.set_xlabel("block")
         _integer_ticks(ax.xaxis)
+        if from_zero:
+            ax.set_ylim(bottom=0)
     for ax in axes[:, 0]:
-        ax.set_ylabel("attention distance (px)")
+        ax.set_ylabel(ylabel)
     return fig
+
+
+@_figure("attention_distance", ("attention",), """
+    Mean attention distance (pixels; CLS excluded, rows renormalised) of every head (dots) per
+    layer, one panel per model; the line is the mean over heads. Local heads sit low, global heads
+    high (Dosovitskiy et al. 2021; Xie et al. 2022).""")
+def fig_attention_distance(tables):
+    """Per-head attention distance vs layer, scatter, one panel per model."""
+    return _per_head_figure(tables, "distance", "attention distance (px)")
 
 
 @_figure("attention_stats", ("attention",), """
@@ -829,24 +837,7 @@ def fig_best_layer(tables):
     at 0.""")
 def fig_attention_offset(tables):
     """Per-head average attention offset vs layer, scatter, one panel per model."""
-    a = _table(tables, "attention")
-    a = a[a["metric"] == "avg_offset"] if len(a) else a
-    if not len(a):
-        return None
-    ctx = _Ctx(tables)
-    fig, axes, panels = _model_panels(a, ctx, sharey=True)
-    for ax, m, ds in panels:
-        d = a[(a["model"] == m) & (a["dataset"] == ds) & (a["head"] >= 0)]
-        ax.scatter(d["layer"], d["value"], s=4, color=ctx.color(m), alpha=0.6, linewidths=0)
-        mean = d.groupby("layer")["value"].mean()
-        ax.plot(mean.index, mean.to_numpy(), color="0.15", linewidth=0.8)
-        ax.set_xlabel("block")
-        _integer_ticks(ax.xaxis)
-    for ax in axes.flat:
-        ax.set_ylim(bottom=0)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("average attention offset")
-    return fig
+    return _per_head_figure(tables, "avg_offset", "average attention offset", from_zero=True)
 
 
 @_figure("cka_tokens_ln", ("cka",), """
