@@ -26,8 +26,12 @@ demo: $(PY)
 figures: $(PY)
 	$(VENV)/bin/snakemake --cores 1 --configfile config/demo.yaml --forcerun figures report
 
+## workflow lint (both configs), Snakefile formatting, and a small Python rule set (pyproject.toml)
 lint: $(PY)
 	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	$(VENV)/bin/ruff check patchlens scripts benchmarks tests
 
 clean:
 	rm -rf results/* .snakemake

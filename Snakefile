@@ -9,8 +9,12 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-if not config:  # a --configfile on the command line replaces the default study, never merges
+if (
+    not config
+):  # a --configfile on the command line replaces the default study, never merges
+
     configfile: "config.yaml"
+
 
 import sys
 
@@ -21,8 +25,11 @@ from patchlens.errors import PatchlensError
 # once, in the driver (the jobs it spawns re-read this file with the config already checked)
 try:
     validate(config, values=not (workflow.subprocess_exec or workflow.remote_exec))
-except PatchlensError as exc:  # the config alone shows it: one line, no traceback, exit code 1
+except (
+    PatchlensError
+) as exc:  # the config alone shows it: one line, no traceback, exit code 1
     sys.exit(f"patchlens: {exc}")
+
 
 report: "report/workflow.rst"
 
@@ -42,6 +49,6 @@ onstart:
 
 
 rule all:
+    default_target: True
     input:
         "results/report/index.html",
-    default_target: True

@@ -473,7 +473,7 @@ def format_plan(result: dict, top: int = 10) -> str:
                  f"{r['disk_gbps']:g} GB/s disk)")
     lines.append(f"disk: {human_bytes(result['disk_bytes'])} with keep_features: true, "
                  f"{human_bytes(result['disk_bytes_temp'])} peak with keep_features: false")
-    lines.append(f"largest cost drivers (model x data set x stage):")
+    lines.append("largest cost drivers (model x data set x stage):")
     for d in drivers(result, top):
         lines.append(f"  {d['hours_cpu']:9.1f} h cpu {d['hours_gpu']:8.2f} h gpu  "
                      f"{d['model']:16s} {d['dataset']:11s} {d['rule']}")

@@ -7,21 +7,21 @@ rule attention_stats:
         manifest=lambda wc: manifest(wc.dataset),
     output:
         f"{RESULTS}/attention/{{model}}/{{dataset}}.h5",
+    log:
+        f"{RESULTS}/logs/attention_stats/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
+    conda:
+        EXTRACT_ENV
+    threads: config["extraction"]["threads"]
+    resources:
+        **extraction_resources("attention_stats"),
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
         settings=attention_forward_settings(),
         # weights_dir and extraction.batch_size are read from the config by the script: where
         # weights are cached and how many images go per batch do not change the statistics
-    log:
-        f"{RESULTS}/logs/attention_stats/{{model}}/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
-    threads: config["extraction"]["threads"]
-    resources:
-        **extraction_resources("attention_stats"),
-    conda:
-        EXTRACT_ENV
     script:
         "../scripts/attention_stats.py"
 
@@ -33,18 +33,18 @@ rule attention_tables:
         attention=f"{RESULTS}/tables/attention.parquet",
         offset_heads=f"{RESULTS}/tables/offset_heads.csv",
         offset_maps=f"{RESULTS}/tables/offset_maps.parquet",
-    params:
-        settings=settings("analyses", "attention"),
     log:
         f"{RESULTS}/logs/attention_tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/attention_tables.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../envs/report.yaml"
+    params:
+        settings=settings("analyses", "attention"),
     script:
         "../scripts/attention_tables.py"
 
@@ -55,19 +55,19 @@ rule cka:
         manifest=lambda wc: manifest(wc.dataset),
     output:
         f"{RESULTS}/cka/{{dataset}}.parquet",
-    params:
-        settings=settings("analyses", "cka"),
     log:
         f"{RESULTS}/logs/cka/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/cka/{{dataset}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        **({"gpu": 1} if config["gpu"] else {}),
     conda:
         EVAL_ENV
+    threads: 2
+    resources:
+        **({"gpu": 1} if config["gpu"] else {}),
+        mem_mb=8000,
+        runtime=120,
+    params:
+        settings=settings("analyses", "cka"),
     script:
         "../scripts/cka.py"
 
@@ -81,12 +81,12 @@ rule cka_table:
         f"{RESULTS}/logs/cka_table.log",
     benchmark:
         f"{RESULTS}/benchmarks/cka_table.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/report.yaml"
     script:
         "../scripts/concat_tables.py"
 
@@ -100,11 +100,11 @@ rule best_layer:
         f"{RESULTS}/logs/best_layer.log",
     benchmark:
         f"{RESULTS}/benchmarks/best_layer.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/report.yaml"
     script:
         "../scripts/best_layer.py"

@@ -4,8 +4,14 @@ import json
 import sys
 from pathlib import Path
 
-from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
-                              task_params, task_variants)
+from patchlens.config import (
+    analysis_models,
+    analysis_params,
+    evaluation_jobs,
+    model_datasets,
+    task_params,
+    task_variants,
+)
 from patchlens.errors import ConfigError
 from patchlens.features.variants import needs_stats
 from patchlens.models.registry import feature_entry, model_label
@@ -51,7 +57,10 @@ def variance(model, dataset):
 
 
 def score_files():
-    return [f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(config)]
+    return [
+        f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
 
 
 def evaluator_inputs(task):
@@ -60,8 +69,10 @@ def evaluator_inputs(task):
     stats = any(needs_stats(v) for v in task_variants(config, task))
 
     def inputs(wildcards):
-        files = {"features": features(wildcards.model, wildcards.dataset),
-                 "manifest": manifest(wildcards.dataset)}
+        files = {
+            "features": features(wildcards.model, wildcards.dataset),
+            "manifest": manifest(wildcards.dataset),
+        }
         if stats:
             files["variance"] = variance(wildcards.model, wildcards.dataset)
         return files
@@ -82,20 +93,30 @@ def model_entry(wildcards):
 def attention_forward_settings():
     """Attention settings that reach the forward pass: not the offset-head thresholds, which
     only attention_tables applies."""
-    return {k: v for k, v in settings("analyses", "attention").items() if k != "offset_heads"}
+    return {
+        k: v
+        for k, v in settings("analyses", "attention").items()
+        if k != "offset_heads"
+    }
 
 
 def attention_files():
     if "attention" not in config["analyses"]:
         return []
-    return [f"{RESULTS}/attention/{m}/{d}.h5"
-            for d in config["analyses"]["attention"]["datasets"]
-            for m in analysis_models(config, "attention") if d in model_datasets(config, m)]
+    return [
+        f"{RESULTS}/attention/{m}/{d}.h5"
+        for d in config["analyses"]["attention"]["datasets"]
+        for m in analysis_models(config, "attention")
+        if d in model_datasets(config, m)
+    ]
 
 
 def cka_feature_files(wildcards):
-    models = [m for m in analysis_models(config, "cka", timm_only=False)
-              if wildcards.dataset in model_datasets(config, m)]
+    models = [
+        m
+        for m in analysis_models(config, "cka", timm_only=False)
+        if wildcards.dataset in model_datasets(config, m)
+    ]
     return {m: features(m, wildcards.dataset) for m in models}
 
 
@@ -111,14 +132,21 @@ def study_plan():
     return plan_study(config, RESULTS)
 
 
-def planned_resources(rule, gpu=False):
+def planned_resources(rule_name, gpu=False):
     """mem_mb / runtime of a rule's jobs from the plan (patchlens.plan.job_resources); a GPU
     when the config asks for one (``gpu`` is the resource the SLURM profile passes)."""
+
     def resource(key):
         def get(wildcards):
             rates = {"cpu_gflops": 50e3, "read_mbps": 2000.0} if gpu else {}
-            return job_resources(study_plan(), rule, wildcards.get("model", "all"),
-                                 wildcards.dataset, **rates)[key]
+            return job_resources(
+                study_plan(),
+                rule_name,
+                wildcards.get("model", "all"),
+                wildcards.dataset,
+                **rates,
+            )[key]
+
         return get
 
     res = {"mem_mb": resource("mem_mb"), "runtime": resource("runtime")}
@@ -127,10 +155,10 @@ def planned_resources(rule, gpu=False):
     return res
 
 
-def extraction_resources(rule="extract_features"):
+def extraction_resources(rule_name="extract_features"):
     """Requests a SLURM plugin understands, from the plan unless `extraction.mem_mb` /
     `extraction.runtime` are set; a GPU only when the config asks for one."""
-    res = planned_resources(rule, config["gpu"])
+    res = planned_resources(rule_name, config["gpu"])
     for key in ("mem_mb", "runtime"):
         if config["extraction"].get(key) is not None:
             res[key] = config["extraction"][key]
@@ -144,7 +172,8 @@ def feature_output(path):
 
 def disk_check():
     """Stop before any job when the planned feature bytes exceed the free space under results/
-    (patchlens.plan.check_disk; `disk_check: false` or `--config disk_check=False` overrides)."""
+    (patchlens.plan.check_disk; `disk_check: false` or `--config disk_check=False` overrides).
+    """
     if config.get("disk_check", True):
         try:
             check_disk(study_plan(), RESULTS, bool(config.get("keep_features", True)))
@@ -164,15 +193,23 @@ def variance_files():
 
 def table_files():
     """Every table the figures are drawn from (those the config asks for)."""
-    tables = [f"{RESULTS}/tables/scores.parquet", f"{RESULTS}/tables/models.csv",
-              f"{RESULTS}/tables/best_layer.csv",
-              f"{RESULTS}/tables/variance.parquet"]
+    tables = [
+        f"{RESULTS}/tables/scores.parquet",
+        f"{RESULTS}/tables/models.csv",
+        f"{RESULTS}/tables/best_layer.csv",
+        f"{RESULTS}/tables/variance.parquet",
+    ]
     if attention_files():
-        tables += [f"{RESULTS}/tables/attention.parquet", f"{RESULTS}/tables/offset_heads.csv",
-                   f"{RESULTS}/tables/offset_maps.parquet"]
+        tables += [
+            f"{RESULTS}/tables/attention.parquet",
+            f"{RESULTS}/tables/offset_heads.csv",
+            f"{RESULTS}/tables/offset_maps.parquet",
+        ]
     if cka_files():
         tables.append(f"{RESULTS}/tables/cka.parquet")
-    if evaluation_jobs(config):  # paired comparisons over the units (rules/statistics.smk)
+    if evaluation_jobs(
+        config
+    ):  # paired comparisons over the units (rules/statistics.smk)
         tables.append(f"{RESULTS}/tables/paired.csv")
     if token_norm_files():
         tables.append(f"{RESULTS}/tables/token_norms.parquet")
@@ -180,12 +217,38 @@ def table_files():
 
 
 def model_labels():
-    return canonical({m: {"family": model_label(m, e)[1], "label": model_label(m, e)[0],
-                          "timm": e.get("timm", e.get("baseline")), "weights": e.get("weights")}
-                      for m, e in config["models"].items()})
+    return canonical(
+        {
+            m: {
+                "family": model_label(m, e)[1],
+                "label": model_label(m, e)[0],
+                "timm": e.get("timm", e.get("baseline")),
+                "weights": e.get("weights"),
+            }
+            for m, e in config["models"].items()
+        }
+    )
 
 
 def figure_captions():
     """Figure name -> caption (report/captions/{name}.rst), shown by `snakemake --report`."""
     captions = Path(workflow.basedir) / "report" / "captions"
     return {p.stem: p.read_text().strip() for p in sorted(captions.glob("*.rst"))}
+
+
+def units_files():
+    return [
+        f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
+
+
+def token_norm_files():
+    if "token_norms" not in config["analyses"]:
+        return []
+    return [
+        f"{RESULTS}/token_norms/{m}/{d}.parquet"
+        for d in config["analyses"]["token_norms"]["datasets"]
+        for m in analysis_models(config, "token_norms", timm_only=False)
+        if d in model_datasets(config, m)
+    ]

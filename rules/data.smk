@@ -4,19 +4,19 @@
 rule prepare_dataset:
     output:
         manifest=f"{RESULTS}/data/{{dataset}}/manifest.csv",
-    params:
-        entry=dataset_entry,
-        # data_dir (the download cache) is read from the config by the script: it does not
-        # change the prepared data set
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
+    conda:
+        "../envs/data.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=240,
-    conda:
-        "../envs/data.yaml"
+    params:
+        entry=dataset_entry,
+        # data_dir (the download cache) is read from the config by the script: it does not
+        # change the prepared data set
     script:
         "../scripts/prepare_dataset.py"

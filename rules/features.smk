@@ -6,19 +6,19 @@ rule extract_features:
         manifest=lambda wc: manifest(wc.dataset),
     output:
         feature_output(f"{RESULTS}/features/{{model}}/{{dataset}}.h5"),
+    log:
+        f"{RESULTS}/logs/extract_features/{{model}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/extract_features/{{model}}/{{dataset}}.tsv"
+    conda:
+        EXTRACT_ENV
+    threads: config["extraction"]["threads"]
+    resources:
+        **extraction_resources(),
     params:
         model=model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
         # weights_dir and extraction.batch_size are read from the config by the script: where
         # weights are cached and how many images go per batch do not change the features
-    log:
-        f"{RESULTS}/logs/extract_features/{{model}}/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/extract_features/{{model}}/{{dataset}}.tsv"
-    threads: config["extraction"]["threads"]
-    resources:
-        **extraction_resources(),
-    conda:
-        EXTRACT_ENV
     script:
         "../scripts/extract_features.py"

@@ -8,18 +8,18 @@ rule collect_scores:
     output:
         scores=f"{RESULTS}/tables/scores.parquet",
         models=f"{RESULTS}/tables/models.csv",
-    params:
-        models=model_labels(),
     log:
         f"{RESULTS}/logs/collect_scores.log",
     benchmark:
         f"{RESULTS}/benchmarks/collect_scores.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/report.yaml"
+    params:
+        models=model_labels(),
     script:
         "../scripts/collect_scores.py"
 
@@ -33,12 +33,12 @@ rule variance_table:
         f"{RESULTS}/logs/variance_table.log",
     benchmark:
         f"{RESULTS}/benchmarks/variance_table.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/report.yaml"
     script:
         "../scripts/variance_table.py"
 
@@ -47,20 +47,24 @@ rule figures:
     input:
         table_files(),
     output:
-        report(directory(f"{RESULTS}/figures"), patterns=["{name}.png"],
-               caption="../report/figure.rst", category="Figures"),
-    params:
-        captions=figure_captions(),
+        report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figure.rst",
+            category="Figures",
+        ),
     log:
         f"{RESULTS}/logs/figures.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=20,
-    conda:
-        "../envs/report.yaml"
+    params:
+        captions=figure_captions(),
     script:
         "../scripts/figures.py"
 
@@ -71,17 +75,17 @@ rule report:
         tables=table_files(),
     output:
         f"{RESULTS}/report/index.html",
-    params:
-        config=canonical(config),
     log:
         f"{RESULTS}/logs/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report.tsv"
+    conda:
+        "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../envs/report.yaml"
+    params:
+        config=canonical(config),
     script:
         "../scripts/report.py"

@@ -7,8 +7,10 @@
 
 def variant_paths(task, kind, ext):
     """results/<kind>/<task>/{model}/{dataset}/<variant>.<ext> for every variant of the task."""
-    return expand(f"{RESULTS}/{kind}/{task}/{{{{model}}}}/{{{{dataset}}}}/{{variant}}.{ext}",
-                  variant=task_variants(config, task))
+    return expand(
+        f"{RESULTS}/{kind}/{task}/{{{{model}}}}/{{{{dataset}}}}/{{variant}}.{ext}",
+        variant=task_variants(config, task),
+    )
 
 
 for _task in config["tasks"]:
@@ -21,21 +23,21 @@ for _task in config["tasks"]:
         output:
             scores=variant_paths(_task, "scores", "csv"),
             units=variant_paths(_task, "units", "parquet"),
+        log:
+            f"{RESULTS}/logs/{_task}/{{model}}/{{dataset}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/{_task}/{{model}}/{{dataset}}.tsv"
+        group:
+            "evaluate"
+        conda:
+            EVAL_ENV
+        threads: 1
+        resources:
+            **evaluator_resources(_task),
         params:
             task=_task,
             variants=task_variants(config, _task),
             settings=settings("tasks", _task),
             bootstrap=canonical(config["statistics"]),
-        log:
-            f"{RESULTS}/logs/{_task}/{{model}}/{{dataset}}.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/{_task}/{{model}}/{{dataset}}.tsv"
-        threads: 1
-        resources:
-            **evaluator_resources(_task),
-        group:
-            "evaluate"
-        conda:
-            EVAL_ENV
         script:
             "../scripts/evaluate.py"

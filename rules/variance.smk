@@ -7,19 +7,19 @@ rule channel_variance:
         manifest=lambda wc: manifest(wc.dataset),
     output:
         f"{RESULTS}/variance/{{model}}/{{dataset}}.h5",
-    params:
-        split=config["variance"]["split"],
     log:
         f"{RESULTS}/logs/channel_variance/{{model}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/channel_variance/{{model}}/{{dataset}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
     group:
         "evaluate"
     conda:
         EVAL_ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    params:
+        split=config["variance"]["split"],
     script:
         "../scripts/channel_variance.py"

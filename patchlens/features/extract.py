@@ -28,7 +28,6 @@ attribute ``ln_layers``, where a layer has no such LayerNorm, e.g. the norm entr
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

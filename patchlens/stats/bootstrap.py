@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from patchlens.tasks.metrics import multilabel_map
 
 AGGREGATORS = ("ratio", "category_ratio", "iou", "mlmap")
 DEFAULTS = {"n_boot": 1000, "level": 0.95, "seed": 0}

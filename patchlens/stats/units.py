@@ -39,7 +39,6 @@ def records(layer: int, seed: int, metric: str, units, agg: str = "ratio", strat
     units = np.asarray([str(u) for u in units], dtype=object)
     n = units.size
     strata = np.full(n, "", object) if strata is None else np.asarray(strata, dtype=str)
-    nan = np.full(n, np.nan)
     if agg in ("ratio", "category_ratio"):
         num = np.asarray(num, float)
         den = np.ones(n) if den is None else np.asarray(den, float)

@@ -5,7 +5,6 @@ label, family or offset-head threshold reruns only the jobs it reaches."""
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter

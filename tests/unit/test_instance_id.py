@@ -28,7 +28,7 @@ def scene(rng, idents):
 
 def build(tmp_path, n_images=30, identities=True, seed=0):
     rng = np.random.default_rng(seed)
-    specs, objects, grids, maps = [], [], [], []
+    specs, objects, grids = [], [], []
     for i in range(n_images):
         idents = rng.choice(N_ID, 3, replace=False)
         g = scene(rng, idents)

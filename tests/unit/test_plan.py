@@ -3,7 +3,6 @@ timm forward pass, the bytes of a real feature file, a prepared manifest, the CL
 import copy
 import json
 
-import numpy as np
 import pytest
 import timm
 import torch
