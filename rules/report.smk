@@ -1,5 +1,6 @@
 # Summary tables -> figures -> report. Figures are drawn from tables only, so
 # `snakemake --cores 1 --forcerun figures report` redraws them without rerunning any evaluator.
+from patchlens.report.provenance import provenance_datasets, provenance_pairs
 
 
 rule collect_scores:
@@ -73,6 +74,8 @@ rule report:
     input:
         figures=f"{RESULTS}/figures",
         tables=table_files(),
+        features=[features(m, d) for m, d in provenance_pairs(config)],
+        manifests=[manifest(d) for d in provenance_datasets(config)],
     output:
         f"{RESULTS}/report/index.html",
     log:

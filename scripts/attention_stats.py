@@ -5,8 +5,8 @@ from patchlens.analysis.attention_stats import (attention_statistics, stratified
                                                 write_attention)
 from patchlens.data.dataset import Dataset
 from patchlens.device import device, use_gpu
-from patchlens.features.extract import load_batch
-from patchlens.models.registry import build_timm, input_geometry, resolve_model
+from patchlens.features.extract import build_model, image_batches
+from patchlens.models.registry import input_geometry, resolve_model
 from patchlens.workflow import run
 
 
@@ -17,17 +17,17 @@ def main(snakemake):
     seed = settings.pop("seed")
     settings.pop("offset_heads", None)  # thresholds reach attention_tables only
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
-    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    dataset = Dataset.from_manifest(snakemake.input.manifest)
     pool = dataset.split(*split) if split else dataset.images
     # stratified over the primary label (first manifest label) where the data set has labels
     strata = [(dataset.labels(im) or [""])[0] for im in pool]
     images = stratified_sample(pool, strata, max_images, seed)
     size, grid = input_geometry(snakemake.params.img_size, spec["patch_size"])
     bs = snakemake.config["extraction"]["batch_size"]
-    batches = (torch.from_numpy(load_batch(dataset, images[i:i + bs], size, spec["mean"],
-                                           spec["std"])) for i in range(0, len(images), bs))
+    batches = map(torch.from_numpy, image_batches(dataset, images, size, spec["mean"],
+                                                  spec["std"], bs))
     use_gpu(bool(snakemake.config.get("gpu", False)))
-    model = build_timm(spec, snakemake.config["weights_dir"], size).to(device())  # CUDA if asked
+    model = build_model(spec, snakemake.config["weights_dir"], size, device())  # CUDA if asked
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     ds = ds.assign_coords(image=("image", list(images)))  # the images the statistics are over

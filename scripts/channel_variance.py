@@ -6,7 +6,7 @@ from patchlens.workflow import run
 
 
 def main(snakemake):
-    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    dataset = Dataset.from_manifest(snakemake.input.manifest)
     images = dataset.split(*snakemake.params.split)
     with FeatureStore(snakemake.input.features) as store:
         mean, var, n = channel_stats(store, images)

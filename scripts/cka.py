@@ -15,7 +15,7 @@ def main(snakemake):
     use_gpu(bool(snakemake.config.get("gpu", False)))  # CUDA when asked and present
     settings = dict(snakemake.params.settings)
     split = settings.pop("split")
-    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    dataset = Dataset.from_manifest(snakemake.input.manifest)
     images = dataset.split(*split) if split else dataset.images
     paths = {k: v for k, v in snakemake.input.items() if k != "manifest"}
     stores = {m: FeatureStore(p) for m, p in paths.items()}

@@ -1,6 +1,7 @@
 """Rules fewshot_seg, instance_id, retrieval, tracking, keypoints, lowshot_cls: one task on one
 (model, data set) for every layer and every variant (each layer read once) -> one tidy CSV per
 variant."""
+from patchlens.data.dataset import Dataset
 from patchlens.device import use_gpu
 from patchlens.evaluate import evaluate_all
 from patchlens.workflow import run
@@ -12,7 +13,7 @@ def main(snakemake):
     scores = list(snakemake.output.scores)
     evaluate_all(task=snakemake.params.task, params=dict(snakemake.params.settings),
                  features=snakemake.input.features,
-                 dataset_dir=snakemake.input.manifest.rsplit("/", 1)[0],
+                 dataset_dir=Dataset.from_manifest(snakemake.input.manifest).root,
                  out_csvs=dict(zip(variants, scores, strict=True)),
                  variance=snakemake.input.get("variance"),
                  labels={"model": snakemake.wildcards.model,

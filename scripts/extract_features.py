@@ -10,7 +10,7 @@ from patchlens.workflow import run
 def main(snakemake):
     torch.set_num_threads(snakemake.threads)
     spec = resolve_model(snakemake.wildcards.model, snakemake.params.model)
-    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    dataset = Dataset.from_manifest(snakemake.input.manifest)
     extract(spec, dataset, snakemake.output[0], snakemake.params.img_size,
             batch_size=snakemake.config["extraction"]["batch_size"],
             layers=snakemake.params.model.get("layers", "all"),

@@ -10,8 +10,9 @@ from patchlens.workflow import run
 def main(snakemake):
     tables_dir = Path(snakemake.input.tables[0]).parent
     config = snakemake.params.config
-    write_report(tables_dir, snakemake.input.figures, snakemake.output[0], config,
-                 collect_provenance(config, results_dir=tables_dir.parent))
+    provenance = collect_provenance(config, features=snakemake.input.features,
+                                    manifests=snakemake.input.manifests)
+    write_report(tables_dir, snakemake.input.figures, snakemake.output[0], config, provenance)
 
 
 run(snakemake, main)  # noqa: F821

@@ -9,7 +9,7 @@ from patchlens.workflow import run
 def main(snakemake):
     settings = dict(snakemake.params.settings)
     split = settings.pop("split")
-    dataset = Dataset(snakemake.input.manifest.rsplit("/", 1)[0])
+    dataset = Dataset.from_manifest(snakemake.input.manifest)
     with FeatureStore(snakemake.input.features) as store:
         images = dataset.split(*split) if split else store.images
         images = [im for im in images if im in set(store.images)]

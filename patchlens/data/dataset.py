@@ -107,6 +107,14 @@ class Dataset:
         self.objects = _read_table(self.root / "objects.csv", OBJECT_COLUMNS, False)
         self.keypoints = _read_table(self.root / "keypoints.csv", KEYPOINT_COLUMNS, False)
 
+    @classmethod
+    def from_manifest(cls, manifest: str | Path) -> "Dataset":
+        """The data set whose ``manifest.csv`` is ``manifest`` (what a rule declares as input)."""
+        manifest = Path(manifest)
+        if manifest.name != "manifest.csv":
+            raise DataError(f"{manifest}: expected a data set's manifest.csv")
+        return cls(manifest.parent)
+
     # -- selection -------------------------------------------------------------------------
     @property
     def images(self) -> list[str]:

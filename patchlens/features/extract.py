@@ -108,6 +108,20 @@ def _batches(items: list, size: int):
         yield items[i:i + size]
 
 
+def image_batches(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std,
+                  batch_size: int):
+    """The normalised NCHW float32 batches of ``images`` in order, ``batch_size`` at a time."""
+    for chunk in _batches(images, batch_size):
+        yield load_batch(dataset, chunk, size, mean, std)
+
+
+def build_model(spec: dict, weights_dir, size: tuple[int, int], dev):
+    """The timm/ONNX backbone of a resolved model entry on ``dev``, as extraction runs it."""
+    from patchlens.models.registry import build_timm
+
+    return build_timm(spec, weights_dir, size).to(dev)
+
+
 def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 16,
             layers="all", device: str = "auto", weights_dir="weights", progress: bool = True,
             attrs: dict | None = None) -> None:
@@ -149,11 +163,9 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
 
     import torch
 
-    from patchlens.models.registry import build_timm
-
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    model = build_timm(spec, weights_dir, size).to(dev)
+    model = build_model(spec, weights_dir, size, dev)
     idx = select_layers(layers, spec["n_blocks"], f"models.{spec['key']}.layers")
     final = has_final_norm(model)
     entries = norm_entry(idx, spec["n_blocks"], final)
