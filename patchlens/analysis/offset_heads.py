@@ -174,3 +174,18 @@ def offset_table(ds: xr.Dataset, model: str, dataset: str) -> pd.DataFrame:
     out.insert(0, "model", model)
     out[["layer", "head"]] = out[["layer", "head"]].astype(int)
     return out[["model", "dataset", "layer", "head", "metric", "value"]]
+
+
+def offset_candidates(maps: pd.DataFrame, per_model: int = 6) -> pd.DataFrame:
+    """Per model the ``per_model`` heads with the most attention mass on one of the four
+    neighbouring patches of the query (|dy| + |dx| = 1, named as in :data:`DIRECTIONS`): model,
+    layer, head, direction, strength. ``maps`` is the tidy table of centred maps (``model``,
+    ``layer``, ``head``, ``dy``, ``dx``, ``value``); what the offset-heads figure shows where no
+    head passes the thresholds of :func:`find_offset_heads` (docs/protocols.md)."""
+    nb = maps[(maps["dy"].abs() + maps["dx"].abs()) == 1]
+    best = nb.sort_values("value", ascending=False, kind="stable").drop_duplicates(
+        ["model", "layer", "head"])
+    best = best.assign(direction=[DIRECTIONS[(int(a), int(b))] for a, b in zip(best.dy, best.dx)],
+                       strength=best["value"])
+    return best.groupby("model").head(per_model)[["model", "layer", "head", "direction",
+                                                  "strength"]]

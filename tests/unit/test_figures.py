@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from patchlens.analysis.best_layer import best_layer_table
+from patchlens.analysis.offset_heads import DIRECTIONS, offset_candidates
 from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
@@ -216,18 +217,38 @@ def test_catalogue_entries():
         assert len(caption) > 40
 
 
-def test_captions_match_rst_files():
-    """report/captions/<name>.rst (Snakemake report captions) hold the catalogue caption and
-    parse as one plain reStructuredText paragraph."""
+def test_every_figure_has_its_rst_caption():
+    """report/captions/<name>.rst is the one source of each caption (Snakemake's report and the
+    catalogue both read it): one per figure, no orphan, each one plain reStructuredText
+    paragraph, and the catalogue holds exactly its text."""
     core = pytest.importorskip("docutils.core")
+    captions = REPO / "report" / "captions"
+    assert sorted(p.stem for p in captions.glob("*.rst")) == sorted(F.FIGURES)
     for name, spec in F.FIGURES.items():
-        rst = REPO / "report" / "captions" / f"{name}.rst"
-        assert rst.exists(), f"missing {rst}"
-        text = rst.read_text()
-        assert " ".join(text.split()) == spec.caption, name
+        text = (captions / f"{name}.rst").read_text()
+        assert spec.caption == " ".join(text.split()) and len(spec.caption) > 40, name
         doc = core.publish_doctree(text, settings_overrides={"report_level": 5})
         assert [n.tagname for n in doc.children] == ["paragraph"], name
         assert doc.astext() == text.strip(), name
+
+
+def test_missing_caption_is_a_config_error(tmp_path):
+    from patchlens.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="new_fig.rst"):
+        F.read_caption("new_fig", tmp_path)
+
+
+def test_offset_candidates_name_every_neighbour_as_directions():
+    """One head per neighbour, each putting its mass on that neighbour: the candidate's
+    direction is the analysis' own name for the offset."""
+    rows = [dict(model="m", layer=0, head=h, dy=dy, dx=dx, value=float((dy, dx) == nb))
+            for h, nb in enumerate([(0, 1), (0, -1), (-1, 0), (1, 0)])
+            for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    cand = offset_candidates(pd.DataFrame(rows), per_model=4).sort_values("head")
+    assert cand["direction"].tolist() == [DIRECTIONS[nb] for nb in
+                                          [(0, 1), (0, -1), (-1, 0), (1, 0)]]
+    assert cand["direction"].tolist() == ["right", "left", "up", "down"]
 
 
 @pytest.mark.parametrize("name", list(F.FIGURES))
@@ -451,7 +472,7 @@ def test_offset_heads_without_flagged_head_shows_strongest_neighbours(tmp_path):
                 v = mass if (dy, dx) == (ly, lx) else (1 - mass) / 8
                 rows.append(dict(model="m", layer=0, head=head, dy=dy, dx=dx, value=v))
     maps = pd.DataFrame(rows)
-    cand = F.offset_candidates(maps)
+    cand = offset_candidates(maps)
     assert cand.iloc[0][["head", "direction"]].tolist() == [0, "left"]
     assert cand.iloc[0]["strength"] == pytest.approx(0.4)
     heads = pd.DataFrame([dict(model="m", layer=0, head=h, direction="self", dy=0, dx=0,
