@@ -221,7 +221,7 @@ def test_square_aligned_masks_are_unions_of_patches(tmp_path):
     ({"n_val": 1}, "n_val"),
 ])
 def test_bad_params_name_the_key(bad, key):
-    with pytest.raises(ConfigError, match=repr(key)):
+    with pytest.raises(ConfigError, match=rf"\b{key}\b"):
         scenes.resolve_params({**TINY, **bad})
 
 
@@ -231,7 +231,7 @@ def test_killed_run_leaves_no_manifest(tmp_path, monkeypatch):
     scenes.generate_scenes(out, small)
     assert (out / "manifest.csv").exists()
     calls = {"n": 0}
-    real = scenes._write_record
+    real = scenes.write._write_record  # the writer generate_scenes calls
 
     def dying(o, rec):
         calls["n"] += 1
@@ -239,7 +239,7 @@ def test_killed_run_leaves_no_manifest(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(o, rec)
 
-    monkeypatch.setattr(scenes, "_write_record", dying)
+    monkeypatch.setattr(scenes.write, "_write_record", dying)
     with pytest.raises(KeyboardInterrupt):
         scenes.generate_scenes(out, small)
     assert not (out / "manifest.csv").exists()
