@@ -256,3 +256,12 @@ def test_shapes_touch_their_box():
         assert 0.2 < m.mean() <= 1.0, shape
     masks = [scenes.shape_mask(s, u, v) for s in scenes.SHAPES]
     assert len({m.tobytes() for m in masks}) == len(masks)  # all shapes differ
+
+
+def test_dataset_from_manifest_is_the_directory(tmp_path):
+    """Dataset.from_manifest (what the rules pass: the manifest path) opens the same data set."""
+    out = tmp_path / "m"
+    scenes.generate_scenes(out, {**TINY, "n_videos": 0, "n_pairs": 0, "n_gallery": 0})
+    a, b = Dataset.from_manifest(out / "manifest.csv"), Dataset(out)
+    assert a.root == b.root and a.images == b.images and len(a.images) > 0
+    assert (a.manifest == b.manifest).all().all()
