@@ -23,22 +23,19 @@ from patchlens import __version__
 from patchlens.io import atomic_path
 from patchlens.report import tables as T
 from patchlens.report.figures import FIGURES, panel_key, metric_title
-from patchlens.report.style import TASK_TITLES, model_order
+from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
 from patchlens.stats.report import load_tables as stats_tables
+from patchlens.tasks.registry import all_tasks
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide
 SCREEN_SCALE = 0.7
 
-# (anchor, title, figures, task whose summary table goes under the figures)
+# (anchor, title, figures, task whose summary table goes under the figures); one section per
+# registered task (its title and report figures, patchlens.tasks.registry), in task order
 SECTIONS = [
     ("overview", "Overview: best layer", ["best_layer"], None),
-    ("fewshot_seg", TASK_TITLES["fewshot_seg"], ["fewshot_seg"], "fewshot_seg"),
-    ("instance_id", TASK_TITLES["instance_id"], ["instance_id"], "instance_id"),
-    ("retrieval", TASK_TITLES["retrieval"], ["retrieval_scale"], "retrieval"),
-    ("tracking", TASK_TITLES["tracking"], ["tracking"], "tracking"),
-    ("keypoints", TASK_TITLES["keypoints"], ["keypoints"], "keypoints"),
-    ("lowshot_cls", TASK_TITLES["lowshot_cls"], ["lowshot_cls"], "lowshot_cls"),
+    *[(s.name, s.title, list(s.figures), s.name) for s in all_tasks()],
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
     ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
                             "offset_heads"], None),

@@ -44,6 +44,7 @@ from patchlens.evaluation.metrics import confusion_matrix, mean_iou
 from patchlens.evaluation.probes import LinearProbe
 from patchlens.evaluation.support import check_seeds, sample_support
 from patchlens.evaluation.upsample import grid_fraction, resize_bilinear
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -323,3 +324,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                      "n_support_patches": sup.n_patches, "n_classes_short": sup.n_short,
                      "n_classes_missing": sup.n_missing})
     return pd.DataFrame(rows)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=10, figures=("fewshot_seg",)))

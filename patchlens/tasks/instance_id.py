@@ -27,6 +27,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.metrics import average_precision, top1
 from patchlens.evaluation.pooling import object_weights, pooled_features
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -105,3 +106,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                 names = [f"{img[i]}/{objs['instance'].iat[i]}" for i in queries]
                 units.append(records(layer, 0, metric, names, num=vals))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Instance identification", color="#d55e00", headline="top1",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=20, figures=("instance_id",)))

@@ -55,6 +55,7 @@ from patchlens.params import merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.upsample import resize_bilinear
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -308,3 +309,9 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     overall = category_means(per_cat)
     overall["n_skipped"] = int(skipped.sum())     # also categories with no valid keypoint left
     return pd.concat([per_cat, overall[cols]], ignore_index=True)
+
+
+SPEC = register_task(TaskSpec(
+    name="keypoints", title="Keypoint correspondence", color="#e69f00", headline="pck@0.1",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=50, figures=("keypoints",)))

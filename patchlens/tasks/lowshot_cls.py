@@ -30,6 +30,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, weighted_vote
 from patchlens.evaluation.metrics import accuracy, multilabel_map
 from patchlens.evaluation.support import check_seeds, sample_support
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -173,3 +174,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     cols = ["layer", "seed", "metric", "value", "n_eval", "n_skipped", "shots", "feature",
             "n_classes_short", "n_classes_missing"]
     return pd.DataFrame(out, columns=cols)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Low-shot classification", color="#56b4e9", headline="acc",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=60, figures=("lowshot_cls",)))

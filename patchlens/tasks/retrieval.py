@@ -29,6 +29,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.metrics import average_precision
 from patchlens.evaluation.pooling import object_weights, pooled_features
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -175,3 +176,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                 units.append(records(layer, 0, "map", names, num=aps, scale_bin=label))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "scale_bin", "value", "n_eval",
                                        "n_skipped"])
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Object retrieval", color="#009e73", headline="map",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=30, figures=("retrieval_scale",)))

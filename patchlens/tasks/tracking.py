@@ -66,6 +66,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.davis_metrics import jf_labels
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.upsample import resize_bilinear, resize_nearest
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -362,3 +363,9 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                          p["average"]))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped",
                                        "sequence"])
+
+
+SPEC = register_task(TaskSpec(
+    name="tracking", title="Tracking", color="#cc79a7", headline="jf",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=40, figures=("tracking",)))
