@@ -243,30 +243,19 @@ def _value_html(v) -> str:
 
 
 def _title(key: str) -> str:
-    return {"datasets": "Data sets", "models": "Models"}.get(key, key.replace("_", " ")
-                                                                  .capitalize())
+    return key.replace("_", " ").capitalize()
 
 
 def provenance_html(provenance: dict, models: pd.DataFrame) -> str:
-    """Package version; the model list (models.csv) joined with the provenance of each model
-    (source, weights SHA-256); one table per other mapping of mappings (data sets and their
-    checksums); remaining keys as item / value rows."""
+    """Package version; the model list (models.csv); one table per mapping of mappings of the
+    provenance (:func:`patchlens.report.provenance.collect_provenance`: the feature files with
+    their model source and weights checksum, the data sets with their manifest checksum);
+    remaining keys as item / value rows."""
     prov = dict(provenance or {})
     version = str(prov.pop("patchlens_version", __version__))
     out = [html_table(["item", "value"], [["patchlens version", version]])]
-    pm = prov.pop("models", None)
-    pm = pm if isinstance(pm, dict) and all(isinstance(v, dict) for v in pm.values()) else None
-    if len(models) or pm:
-        mt = models[T.TABLE_COLUMNS["models"]].copy() if len(models) else \
-            pd.DataFrame(columns=T.TABLE_COLUMNS["models"])
-        if pm:
-            extra = pd.DataFrame.from_dict(pm, orient="index")
-            extra.index.name = "model"
-            extra = extra.reset_index()
-            both = [c for c in extra.columns if c != "model" and c in mt.columns]
-            mt = mt.merge(extra, on="model", how="outer", suffixes=("_cfg", ""))
-            for c in both:  # the provenance wins where it has a value
-                mt[c] = mt[c].where(mt[c].notna(), mt.pop(f"{c}_cfg"))
+    if len(models):
+        mt = models[T.TABLE_COLUMNS["models"]].copy()
         fam = dict(zip(mt["model"], mt["family"].fillna(T.DEFAULT_FAMILY)))
         mt = mt.set_index("model").loc[model_order(fam)].reset_index()
         mt = mt.astype(object).where(mt.notna(), "")
