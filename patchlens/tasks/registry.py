@@ -51,7 +51,10 @@ class TaskSpec:
     the ground truth the data set must have (:meth:`patchlens.data.dataset.Dataset.has`).
     ``order``: its rank in tables, figures and the report (ascending).
     ``figures``: names of the report figures (:data:`patchlens.report.figures.FIGURES`) shown in
-    the task's report section (names without a figure are ignored)."""
+    the task's report section (names without a figure are ignored). ``flop``: optional cost
+    model ``flop(params, split_counts, dataset_entry, grid, channels)`` of one layer and one
+    variant for the resource plan (:func:`patchlens.plan.task_flop`; without it, one pass over
+    every token of the data set)."""
     name: str
     title: str
     color: str
@@ -62,6 +65,7 @@ class TaskSpec:
     run: Callable
     order: int = 100
     figures: tuple[str, ...] = field(default=())
+    flop: Callable | None = None
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -86,6 +90,8 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f"{where}: requires and figures must be tuples")
     if not isinstance(spec.order, int) or isinstance(spec.order, bool):
         raise ValueError(f"{where}: order must be an integer")
+    if spec.flop is not None and not callable(spec.flop):
+        raise ValueError(f"{where}: flop must be a callable or None")
     if not (callable(spec.check_params) and callable(spec.run)):
         raise ValueError(f"{where}: check_params and run must be callables")
     _REGISTRY[spec.name] = spec

@@ -140,6 +140,7 @@ spec.loader.exec_module(mod)
 
 from patchlens import config as C
 from patchlens.evaluate import evaluate_all
+from patchlens.plan import task_flop
 from patchlens.report import html, style, tables
 
 cfg = yaml.safe_load(open(sys.argv[2]))
@@ -152,6 +153,7 @@ print(json.dumps({"tasks": list(C.TASKS), "params": C.task_params(cfg, "toy"),
                   "headline": tables.HEADLINE_METRIC.get("toy"),
                   "title": style.TASK_TITLES.get("toy"), "color": style.TASK_COLORS.get("toy"),
                   "section": [list(s) for s in html.SECTIONS if s[0] == "toy"],
+                  "flop": task_flop("toy", {}, {"train": 3, "val": 2}, {}, (2, 2), 3),
                   "bytes": res["bytes_read"]}))
 '''
 
@@ -177,6 +179,7 @@ def test_a_seventh_task_is_one_new_module(tmp_path):
     assert got["params"] == {"split": "train"}
     assert (got["headline"], got["title"], got["color"]) == ("norm", "Toy norm", "#123456")
     assert got["section"] == [["toy", "Toy norm", [], "toy"]]
+    assert got["flop"] == 2.0 * 5 * 4 * 3  # no cost model: one pass over every token
     # the score table the evaluator wrote, against the norms computed here
     table = pd.read_csv(out).set_index("layer")
     want = np.linalg.norm(tokens[:3], axis=-1).mean((2, 3)).mean(0)  # (layers,)
