@@ -186,3 +186,28 @@ def test_a_seventh_task_is_one_new_module(tmp_path):
     np.testing.assert_allclose(table["value"].to_numpy(), want, rtol=1e-5)
     assert set(table["task"]) == {"toy"} and (table["n_eval"] == 3).all()
     assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+
+
+def _imports(path: Path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_tasks_and_analyses_share_evaluation_code_not_each_other():
+    pkg = ROOT / "patchlens"
+    tasks = {f"patchlens.tasks.{n}" for n in TASK_MODULES}
+    for path in sorted((pkg / "tasks").glob("*.py")):
+        other = (_imports(path) & tasks) - {f"patchlens.tasks.{path.stem}"}
+        assert not other, f"{path.name} imports task module(s) {sorted(other)}"
+    for sub in ("analysis", "evaluation", "stats"):
+        for path in sorted((pkg / sub).glob("*.py")):
+            bad = {m for m in _imports(path) if m.startswith("patchlens.tasks")}
+            assert not bad, f"{sub}/{path.name} imports {sorted(bad)}"
