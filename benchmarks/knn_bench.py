@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from patchlens.tasks.knn import CosineIndex
+from patchlens.evaluation.knn import CosineIndex
 
 
 def rate(fn, flop, repeat):

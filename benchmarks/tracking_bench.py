@@ -30,7 +30,7 @@ def parse():
 def synthetic(args, rng):
     import numpy as np
 
-    from patchlens.tasks.upsample import resize_nearest
+    from patchlens.evaluation.upsample import resize_nearest
     T, H, W, (h, w), C, n = args.frames, args.height, args.width, args.grid, args.channels, \
         args.objects
     yy, xx = np.mgrid[:H, :W]
@@ -58,7 +58,7 @@ def main():
     import numpy as np
 
     from patchlens.tasks import tracking
-    from patchlens.tasks.davis_metrics import jf_labels
+    from patchlens.evaluation.davis_metrics import jf_labels
 
     rng = np.random.default_rng(0)
     masks, feats = synthetic(args, rng)

@@ -71,10 +71,10 @@ def expect_splits(value, where: str) -> list | None:
 # -- the checks run by patchlens.config.validate ------------------------------------------------
 def check_values(config: dict) -> None:
     """Every value check of the module docstring; ConfigError (one line) on the first failure."""
-    from patchlens.config import analysis_params, task_module
+    from patchlens.config import analysis_params, task_spec
 
     for task, entry in config["tasks"].items():
-        task_module(task).check_params(entry.get("params"))
+        task_spec(task).check_params(entry.get("params"))
     analyses = config.get("analyses") or {}
     settings = {name: analysis_params(config, name) for name in analyses}
     if "attention" in settings:

@@ -3,21 +3,22 @@
 The JSON schema (``schemas/config.schema.yaml``) checks types and fills defaults; this module adds
 the cross-references a schema cannot express (a task naming an unknown data set, a model limited to
 data sets that do not exist, unknown task parameters) and expands the config into the job lists the
-Snakefile asks for. Nothing here imports torch.
+Snakefile asks for. The tasks are those of the registry (:mod:`patchlens.tasks.registry`).
+Nothing here imports torch.
 """
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import yaml
 
 from patchlens.errors import ConfigError
 from patchlens.params import merge_params
+from patchlens.tasks.registry import TaskSpec, get_task, task_names
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
-TASKS = ("fewshot_seg", "instance_id", "retrieval", "tracking", "keypoints", "lowshot_cls")
+TASKS = task_names()  # every registered task (patchlens/tasks/*.py)
 
 
 def validate(config: dict, values: bool = True) -> dict:
@@ -121,6 +122,8 @@ def load_config(path) -> dict:
 
 
 def check_references(config: dict) -> None:
+    for task in config["tasks"]:
+        task_spec(task)  # unknown task names fail here, naming the entry
     datasets = set(config["datasets"])
     for key, entry in config["models"].items():
         for ds in entry.get("datasets", []):
@@ -142,15 +145,15 @@ def check_references(config: dict) -> None:
         analysis_params(config, name)
 
 
-def task_module(task: str):
-    if task not in TASKS:
-        raise ConfigError(f"tasks.{task}: unknown task (known: {', '.join(TASKS)})")
-    return importlib.import_module(f"patchlens.tasks.{task}")
+def task_spec(task: str) -> TaskSpec:
+    """The registered :class:`~patchlens.tasks.registry.TaskSpec` of ``task``; ConfigError
+    naming ``tasks.<task>`` when no module registers it."""
+    return get_task(task)
 
 
 def task_params(config: dict, task: str) -> dict:
-    """The task module's defaults updated with the config's ``tasks.<task>.params``."""
-    return merge_params(config["tasks"][task].get("params"), task_module(task).DEFAULT_PARAMS,
+    """The task's defaults updated with the config's ``tasks.<task>.params``."""
+    return merge_params(config["tasks"][task].get("params"), task_spec(task).defaults,
                         f"tasks.{task}.params")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from patchlens.config import task_module
+from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
@@ -44,7 +44,7 @@ def make_transform(variant: str, variance_path=None):
 class LayerView:
     """One layer of a feature file held in memory (float16, as stored), with the read interface
     of :class:`FeatureStore`: ``tokens(layer, images)`` float32 (n, h, w, C), ``cls``, ``grid``,
-    ``layers``, ``images``, ``attrs``, ``channels``, ``has_cls``, ``path``, ``patch_size``.
+    ``layers``, ``images``, ``attrs``, ``channels``, ``has_cls``, ``path``.
 
     Asking for another layer is a programming error (RuntimeError): the view exists so that a
     layer is read once. ``bytes_read`` is what was read from the file for it."""
@@ -60,10 +60,6 @@ class LayerView:
         self._cls = f["cls"][:, li] if self.has_cls else None
         self.bytes_read = self._tokens.nbytes + (self._cls.nbytes if self.has_cls else 0)
         self._index = {im: i for i, im in enumerate(self.images)}
-
-    @property
-    def patch_size(self) -> int:
-        return int(self.attrs.get("patch_size", 0))
 
     def _rows(self, layer, images):
         if int(layer) != self.layer:
@@ -95,10 +91,11 @@ class LayerView:
         self._tokens = self._cls = None
 
 
-def score_layers(module, store: FeatureStore, dataset: Dataset, transforms: dict, params: dict):
+def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms: dict, params: dict):
     """``{variant: table}`` of every layer, each layer read once for all variants; the per-unit
     records ``{variant: [DataFrame]}`` the task collected (``run(..., units=)``, for the bootstrap
-    intervals, docs/protocols.md#resampling-units); and the bytes read. ``transforms`` maps variant ->
+    intervals, docs/protocols.md#resampling-units); and the bytes read. ``spec`` is the task's
+    :class:`~patchlens.tasks.registry.TaskSpec`; ``transforms`` maps variant ->
     ``transform(layer, x)``."""
     parts: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
     units: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
@@ -107,7 +104,7 @@ def score_layers(module, store: FeatureStore, dataset: Dataset, transforms: dict
         view = LayerView(store, layer)
         read += view.bytes_read
         for variant, transform in transforms.items():
-            parts[variant].append(module.run(view, dataset, transform, params, layers=[layer],
+            parts[variant].append(spec.run(view, dataset, transform, params, layers=[layer],
                                              units=units[variant]))
         view.close()
     tables = {v: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for v, p in parts.items()}
@@ -122,16 +119,16 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
     (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
     (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
     ``{"tables", "bytes_read", "file_bytes"}``."""
-    module = task_module(task)
+    spec = task_spec(task)
     dataset = Dataset(dataset_dir)
-    missing = [k for k in getattr(module, "REQUIRES", ()) if not dataset.has(k)]
+    missing = [k for k in spec.requires if not dataset.has(k)]
     if missing:
         raise DataError(f"{dataset.root}: task {task} needs {', '.join(missing)} ground truth, "
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
     transforms = {v: make_transform(v, variance) for v in out_csvs}
     with FeatureStore(features) as store:
-        tables, units, read = score_layers(module, store, dataset, transforms, params)
+        tables, units, read = score_layers(spec, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size
     log.info("%s on %s: read %.1f MB of tokens for %d variant(s) (file %.1f MB, ratio %.2f)",

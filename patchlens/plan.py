@@ -220,7 +220,12 @@ def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> fl
         h, w = input_size(entry.get("img_size", 224), 1)
         kp = SPAIR_KEYPOINTS_PER_PAIR
         return pairs * kp * (2.0 * P * C + 8.0 * h * w)
-    raise ValueError(task)
+    from patchlens.tasks.registry import get_task
+
+    flop = get_task(task).flop  # a task registered with its own cost model
+    if flop is not None:
+        return float(flop(p, counts, entry, grid, C))
+    return 2.0 * sum(counts.values()) * P * C  # none: one pass over every token of the data set
 
 
 # ----------------------------------------------------------------------------- the plan

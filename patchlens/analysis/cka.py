@@ -56,7 +56,7 @@ import pandas as pd
 from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
-from patchlens.tasks.upsample import resize_bilinear
+from patchlens.evaluation.upsample import resize_bilinear
 
 DEFAULTS = {"batch_size": 256, "levels": ["patch", "image"], "max_patches_per_image": 16,
             "set_size": 4096, "read_chunk": 64, "seed": 0, "mode": "residual"}

@@ -33,7 +33,7 @@ import pandas as pd
 
 from patchlens.errors import ConfigError
 from patchlens.params import merge_params
-from patchlens.tasks.upsample import grid_fraction
+from patchlens.evaluation.upsample import grid_fraction
 
 DEFAULTS = {"max_images": 64, "thresholds": [5.0, 10.0, 20.0],
             "quantiles": [0.01, 0.25, 0.5, 0.75, 0.99, 1.0], "background": 0}

@@ -223,10 +223,6 @@ class FeatureStore:
         """A small per-layer variable (layer, channel) as float32, or None if the file lacks it."""
         return self._f[name][:].astype(np.float32) if name in self._f else None
 
-    @property
-    def patch_size(self) -> int:
-        return int(self.attrs.get("patch_size", 0))
-
     def _rows(self, images):
         if images is None:
             return slice(None), None

@@ -6,7 +6,7 @@ position), so every evaluator must score at or near its maximum on it". Numpy on
 Construction, per patch of an ``(h, w)`` grid laid over the ``(H, W)`` image (pixel ``[r, c]``
 belongs to the patch containing its centre, ``[floor((r + 0.5) h / H), floor((c + 0.5) w / W)]``,
 i.e. the patches of a ViT that sees the image resized to ``(h p, w p)``; the same convention as
-:func:`patchlens.tasks.upsample.resize_nearest`)::
+:func:`patchlens.evaluation.upsample.resize_nearest`)::
 
     x = [ A * share(class) | B * share(identity or instance slot) | D * phi(u, v) ]
 

@@ -23,22 +23,19 @@ from patchlens import __version__
 from patchlens.io import atomic_path
 from patchlens.report import tables as T
 from patchlens.report.figures import FIGURES, panel_key, metric_title
-from patchlens.report.style import TASK_TITLES, model_order
+from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
 from patchlens.stats.report import load_tables as stats_tables
+from patchlens.tasks.registry import all_tasks
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide
 SCREEN_SCALE = 0.7
 
-# (anchor, title, figures, task whose summary table goes under the figures)
+# (anchor, title, figures, task whose summary table goes under the figures); one section per
+# registered task (its title and report figures, patchlens.tasks.registry), in task order
 SECTIONS = [
     ("overview", "Overview: best layer", ["best_layer"], None),
-    ("fewshot_seg", TASK_TITLES["fewshot_seg"], ["fewshot_seg"], "fewshot_seg"),
-    ("instance_id", TASK_TITLES["instance_id"], ["instance_id"], "instance_id"),
-    ("retrieval", TASK_TITLES["retrieval"], ["retrieval_scale"], "retrieval"),
-    ("tracking", TASK_TITLES["tracking"], ["tracking"], "tracking"),
-    ("keypoints", TASK_TITLES["keypoints"], ["keypoints"], "keypoints"),
-    ("lowshot_cls", TASK_TITLES["lowshot_cls"], ["lowshot_cls"], "lowshot_cls"),
+    *[(s.name, s.title, list(s.figures), s.name) for s in all_tasks()],
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
     ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
                             "offset_heads"], None),
@@ -246,30 +243,19 @@ def _value_html(v) -> str:
 
 
 def _title(key: str) -> str:
-    return {"datasets": "Data sets", "models": "Models"}.get(key, key.replace("_", " ")
-                                                                  .capitalize())
+    return key.replace("_", " ").capitalize()
 
 
 def provenance_html(provenance: dict, models: pd.DataFrame) -> str:
-    """Package version; the model list (models.csv) joined with the provenance of each model
-    (source, weights SHA-256); one table per other mapping of mappings (data sets and their
-    checksums); remaining keys as item / value rows."""
+    """Package version; the model list (models.csv); one table per mapping of mappings of the
+    provenance (:func:`patchlens.report.provenance.collect_provenance`: the feature files with
+    their model source and weights checksum, the data sets with their manifest checksum);
+    remaining keys as item / value rows."""
     prov = dict(provenance or {})
     version = str(prov.pop("patchlens_version", __version__))
     out = [html_table(["item", "value"], [["patchlens version", version]])]
-    pm = prov.pop("models", None)
-    pm = pm if isinstance(pm, dict) and all(isinstance(v, dict) for v in pm.values()) else None
-    if len(models) or pm:
-        mt = models[T.TABLE_COLUMNS["models"]].copy() if len(models) else \
-            pd.DataFrame(columns=T.TABLE_COLUMNS["models"])
-        if pm:
-            extra = pd.DataFrame.from_dict(pm, orient="index")
-            extra.index.name = "model"
-            extra = extra.reset_index()
-            both = [c for c in extra.columns if c != "model" and c in mt.columns]
-            mt = mt.merge(extra, on="model", how="outer", suffixes=("_cfg", ""))
-            for c in both:  # the provenance wins where it has a value
-                mt[c] = mt[c].where(mt[c].notna(), mt.pop(f"{c}_cfg"))
+    if len(models):
+        mt = models[T.TABLE_COLUMNS["models"]].copy()
         fam = dict(zip(mt["model"], mt["family"].fillna(T.DEFAULT_FAMILY)))
         mt = mt.set_index("model").loc[model_order(fam)].reset_index()
         mt = mt.astype(object).where(mt.notna(), "")

@@ -24,6 +24,7 @@ from matplotlib import colors as mcolors  # noqa: E402
 
 from patchlens.models.registry import DEFAULT_FAMILY  # noqa: E402
 from patchlens.report.tables import FAMILIES, family_order  # noqa: E402,F401
+from patchlens.tasks.registry import all_tasks  # noqa: E402
 
 SINGLE = 3.3   # in, one paper column
 DOUBLE = 6.9   # in, full page width
@@ -40,22 +41,9 @@ FAMILY_COLORS = {
 }
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 
-TASK_COLORS = {
-    "fewshot_seg": "#0072b2",
-    "instance_id": "#d55e00",
-    "retrieval": "#009e73",
-    "tracking": "#cc79a7",
-    "keypoints": "#e69f00",
-    "lowshot_cls": "#56b4e9",
-}
-TASK_TITLES = {
-    "fewshot_seg": "Few-shot segmentation",
-    "instance_id": "Instance identification",
-    "retrieval": "Object retrieval",
-    "tracking": "Tracking",
-    "keypoints": "Keypoint correspondence",
-    "lowshot_cls": "Low-shot classification",
-}
+# each task's colour and title, as its module registers them (patchlens.tasks.registry)
+TASK_COLORS = {s.name: s.color for s in all_tasks()}
+TASK_TITLES = {s.name: s.title for s in all_tasks()}
 RAW_LINE, DROP_LINE, ALT_LINE = "-", "--", ":"
 
 RC = {

@@ -26,6 +26,7 @@ import pandas as pd
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
 from patchlens.models.registry import DEFAULT_FAMILY, model_label
+from patchlens.tasks.registry import all_tasks
 
 SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
                  "n_eval", "n_skipped", "params"]
@@ -38,9 +39,8 @@ MODEL_COLUMNS = ["family", "n_layers", "depth_frac"]
 # model families (config ``family``), in the order figures and tables list them
 FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", DEFAULT_FAMILY]
 
-# primary metric of each task: the one the overview figures and the drop sweep use
-HEADLINE_METRIC = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
-                   "tracking": "jf", "keypoints": "pck@0.1", "lowshot_cls": "acc"}
+# primary metric of each task (the one the overview figures and the drop sweep use), in task order
+HEADLINE_METRIC = {s.name: s.headline for s in all_tasks()}
 TASK_ORDER = list(HEADLINE_METRIC)
 OVERALL = "all"  # value of scale_bin / sequence that marks the task-level score
 

@@ -75,7 +75,7 @@ def category_ratio_score(num: np.ndarray, den: np.ndarray, group: np.ndarray,
 def iou_score(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Confusion-matrix mean IoU re-accumulated under weights ``w`` (B, n): per class
     TP / (TP + FP + FN) of the weighted sums, averaged over the classes whose union is > 0
-    (PASCAL VOC, as :func:`patchlens.tasks.metrics.mean_iou`)."""
+    (PASCAL VOC, as :func:`patchlens.evaluation.metrics.mean_iou`)."""
     t, u = w @ np.asarray(tp, float), w @ (np.asarray(tp, float) + fp + fn)
     present = u > 0
     iou = np.where(present, t / np.where(present, u, 1.0), 0.0)
@@ -86,8 +86,8 @@ def mlmap_score(score: np.ndarray, target: np.ndarray, w: np.ndarray) -> np.ndar
     """Multi-label mAP of the queries drawn by every row of counts ``w`` (B, n): a query drawn c
     times is c tied items of the ranking, so per class AP = sum over the tie groups of the
     descending scores of (dTP / TP) * TP_cum / N_cum with the drawn counts (the definition of
-    :func:`patchlens.tasks.metrics.average_precision`), averaged over the classes with a drawn
-    positive (:func:`~patchlens.tasks.metrics.multilabel_map`); NaN where none is drawn."""
+    :func:`patchlens.evaluation.metrics.average_precision`), averaged over the classes with a drawn
+    positive (:func:`~patchlens.evaluation.metrics.multilabel_map`); NaN where none is drawn."""
     score, target, w = np.asarray(score, float), np.asarray(target, bool), np.asarray(w, float)
     total = np.zeros(len(w))
     n_cls = np.zeros(len(w))

@@ -2,7 +2,7 @@
 heads).
 
 Protocol (Vanyan et al. 2024, "Analyzing Local Representations of Self-supervised Vision
-Transformers", arXiv 2401.00463, Sec. 4; DESIGN.md Sec. 5):
+Transformers", arXiv 2401.00463, Sec. 4; docs/protocols.md#fewshot_seg):
 
 1. Support (per seed): for every class except ``background``, ``n_shots`` images are drawn without
    replacement from the support split among the images that contain the class (an image is a
@@ -15,7 +15,7 @@ Transformers", arXiv 2401.00463, Sec. 4; DESIGN.md Sec. 5):
    share exceeds ``max_void``.
 3. Query: every patch of every image of the query split is scored by
    - ``knn``: cosine k-NN over the support patches with DINO's vote exp(sim / T) (Caron et al.
-     2021), see :mod:`patchlens.tasks.knn`;
+     2021), see :mod:`patchlens.evaluation.knn`;
    - ``linear``: a linear probe (multinomial logistic regression, L2 weight decay, full-batch
      L-BFGS for a fixed number of iterations from zero: deterministic) on the support patches.
 4. The (h, w, K) scores are upsampled bilinearly to the image's own (H, W), argmax gives the
@@ -32,18 +32,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
 
 from patchlens.data.dataset import VOID, Dataset
-from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.checks import expect_int, expect_number, expect_split
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.knn import CosineIndex, check_vote_params, knn_scores, l2_normalize
-from patchlens.tasks.metrics import confusion_matrix, mean_iou
-from patchlens.tasks.upsample import grid_fraction, resize_bilinear
+from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
+from patchlens.evaluation.metrics import confusion_matrix, mean_iou
+from patchlens.evaluation.probes import LinearProbe
+from patchlens.evaluation.support import check_seeds, sample_support
+from patchlens.evaluation.upsample import grid_fraction, resize_bilinear
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -107,83 +108,6 @@ def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
     return out
 
 
-# -- support sampling ----------------------------------------------------------------------------
-def check_seeds(seeds, where: str) -> None:
-    """ConfigError unless ``seeds`` (one support draw each) is a non-empty list of integers."""
-    if not isinstance(seeds, (list, tuple)) or not seeds \
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"{where} = {seeds!r}: expected a non-empty list of integers")
-
-
-def sample_support(presence: np.ndarray, n_shots: int, seed: int,
-                   classes: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
-    """Draw ``n_shots`` candidate rows per class (without replacement, seeded) from a presence
-    matrix (n_images, K) bool, for the class indices ``classes`` in order. Returns the sorted
-    union of the drawn rows, the classes with fewer candidates than shots (all taken) and the
-    classes without candidates."""
-    rng = np.random.default_rng(seed)
-    chosen: set[int] = set()
-    short, missing = [], []
-    for c in classes:
-        cand = np.flatnonzero(presence[:, c])
-        if cand.size == 0:
-            missing.append(int(c))
-            continue
-        if cand.size < n_shots:
-            short.append(int(c))
-            take = cand
-        else:
-            take = rng.choice(cand, size=n_shots, replace=False)
-        chosen.update(int(i) for i in take)
-    return np.array(sorted(chosen), dtype=np.int64), short, missing
-
-
-# -- linear probe ----------------------------------------------------------------------------------
-@dataclass
-class LinearProbe:
-    """Multinomial logistic regression on L2-normalised, standardised features."""
-    mean: np.ndarray
-    scale: np.ndarray
-    weight: np.ndarray  # (C, K)
-    bias: np.ndarray    # (K,)
-
-    @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float,
-            iters: int) -> "LinearProbe":
-        """Minimise mean cross-entropy + (weight_decay / 2) |W|^2 (bias not penalised) with
-        full-batch L-BFGS (scipy), ``iters`` iterations from zero: deterministic given the data.
-        Features are L2-normalised (the geometry the k-NN head uses), then standardised with the
-        support mean and standard deviation (conditioning only: the model class is unchanged)."""
-        x = l2_normalize(x)
-        mean = x.mean(0)
-        scale = np.maximum(x.std(0), 1e-6)
-        x = np.ascontiguousarray((x - mean) / scale, dtype=np.float32)
-        n, c = x.shape
-        onehot = np.zeros((n, n_classes), np.float32)
-        onehot[np.arange(n), y] = 1.0
-
-        def objective(theta):
-            w = theta[:c * n_classes].reshape(c, n_classes).astype(np.float32)
-            z = matmul(x, w).astype(np.float64) + theta[c * n_classes:]
-            z -= z.max(1, keepdims=True)
-            lse = np.log(np.exp(z).sum(1, keepdims=True))
-            p = np.exp(z - lse)
-            loss = -np.mean(np.sum(onehot * (z - lse), 1)) + 0.5 * weight_decay * np.sum(w * w)
-            g = ((p - onehot) / n).astype(np.float32)
-            gw = matmul(x.T, g).astype(np.float64) + weight_decay * w
-            return loss, np.concatenate([gw.ravel(), g.sum(0, dtype=np.float64)])
-
-        res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
-        theta = res.x
-        return cls(mean, scale, theta[:c * n_classes].reshape(c, n_classes).astype(np.float32),
-                   theta[c * n_classes:].astype(np.float32))
-
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Class scores (n, K) of features (n, C)."""
-        return ((l2_normalize(x) - self.mean) / self.scale) @ self.weight + self.bias
-
-
 # -- protocol ------------------------------------------------------------------------------------
 def check_params(params: dict) -> dict:
     """``tasks.fewshot_seg.params`` with defaults filled; ConfigError naming the key otherwise
@@ -207,9 +131,6 @@ def check_params(params: dict) -> dict:
     return p
 
 
-_params = check_params  # the former name
-
-
 @dataclass
 class _Support:
     seed: int
@@ -218,7 +139,38 @@ class _Support:
     missing: list[int]
 
 
-def _prepare(store: FeatureStore, dataset: Dataset, p: dict):
+@dataclass(frozen=True)
+class Episode:
+    """What every layer of one job is scored on: the class lookup, the support pool's patch
+    labels, one support draw per seed and the query images."""
+    n_classes: int
+    lut: np.ndarray              # (256,) pixel value -> class index (:func:`class_lut`)
+    pool: list[str]              # support-split images with a semantic mask
+    labels: np.ndarray           # (n_pool, h, w) patch labels of the pool, -1 dropped
+    supports: list[_Support]     # one per seed, in the order of ``params.seeds``
+    query: list[str]             # query images scored
+    skipped: list[str]           # query images without a semantic mask
+
+
+@dataclass(frozen=True)
+class SupportCounts:
+    """Size of one seed's support: images, labelled patches, classes short of ``n_shots``
+    images, classes without any support patch."""
+    n_images: int
+    n_patches: int
+    n_short: int
+    n_missing: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Query images evaluated and skipped, and every seed's :class:`SupportCounts`."""
+    n_eval: int
+    n_skipped: int
+    support: dict[int, SupportCounts]
+
+
+def _prepare(store: FeatureStore, dataset: Dataset, p: dict) -> Episode:
     lut, ids = class_lut(dataset)
     K = len(ids)
     names = dict(zip(dataset.classes["class"], dataset.classes["name"]))
@@ -265,7 +217,7 @@ def _prepare(store: FeatureStore, dataset: Dataset, p: dict):
             raise DataError(f"{dataset.root}: seed {seed} drew no labelled support patch from "
                             f"split {p['support_split']!r} (max_void={p['max_void']})")
         supports.append(_Support(seed, rows, short, missing))
-    return K, lut, pool, labels, supports, query, skipped
+    return Episode(K, lut, pool, labels, supports, query, skipped)
 
 
 def _heads_for(x: np.ndarray, y: np.ndarray, p: dict) -> dict:
@@ -299,13 +251,15 @@ def predict_image(scores: np.ndarray, classes: np.ndarray, size: tuple[int, int]
 
 def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
                layers: list[int] | None = None, per_image: dict | None = None
-               ) -> tuple[dict, dict]:
-    """Confusion matrices {(layer, seed, head): (K, K) int64} of the protocol above, and counts
-    {n_eval, n_skipped, seed -> (n_support_images, n_support_patches, short, missing)}.
+               ) -> tuple[dict, Counts]:
+    """Confusion matrices {(layer, seed, head): (K, K) int64} of the protocol above, and the
+    :class:`Counts` (query images evaluated and skipped, every seed's support size).
     ``per_image`` (a dict) receives {(layer, seed, head): (n_query, K, K)} per-image matrices."""
-    p = _params(params)
+    p = check_params(params)
     layers = store.layers if layers is None else list(layers)
-    K, lut, pool, labels, supports, query, skipped = _prepare(store, dataset, p)
+    ep = _prepare(store, dataset, p)
+    K, lut, pool, labels, supports, query = (ep.n_classes, ep.lut, ep.pool, ep.labels,
+                                             ep.supports, ep.query)
     union = np.unique(np.concatenate([s.rows for s in supports]))
     pos = {int(r): i for i, r in enumerate(union)}
     out = {}
@@ -339,9 +293,9 @@ def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
                 raise DataError(f"{dataset.root}: every pixel of query split "
                                 f"{p['query_split']!r} is void; nothing to evaluate")
             out[(layer, seed, name)] = m
-    counts = {"n_eval": len(query), "n_skipped": len(skipped),
-              **{s.seed: (len(s.rows), int((labels[s.rows] >= 0).sum()), len(s.short),
-                          len(s.missing)) for s in supports}}
+    counts = Counts(len(query), len(ep.skipped),
+                    {s.seed: SupportCounts(len(s.rows), int((labels[s.rows] >= 0).sum()),
+                                           len(s.short), len(s.missing)) for s in supports})
     return out, counts
 
 
@@ -354,7 +308,7 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     per_image = {} if units is not None else None
     conf, counts = confusions(store, dataset, transform, params, layers, per_image)
     if units is not None:
-        query = _params(params)["query_split"]
+        query = check_params(params)["query_split"]
         ims = [im for im in dataset.split(query) if dataset.manifest["semantic"][im] != ""]
         for (layer, seed, head), ms in per_image.items():
             ms = np.stack(ms)
@@ -363,10 +317,16 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                                  fp=ms.sum(1) - tp, fn=ms.sum(2) - tp))
     rows = []
     for (layer, seed, head), m in conf.items():
-        n_img, n_patch, n_short, n_missing = counts[seed]
+        sup = counts.support[seed]
         rows.append({"layer": layer, "seed": seed, "metric": f"miou_{head}",
-                     "value": mean_iou(m), "n_eval": counts["n_eval"],
-                     "n_skipped": counts["n_skipped"], "n_support_images": n_img,
-                     "n_support_patches": n_patch, "n_classes_short": n_short,
-                     "n_classes_missing": n_missing})
+                     "value": mean_iou(m), "n_eval": counts.n_eval,
+                     "n_skipped": counts.n_skipped, "n_support_images": sup.n_images,
+                     "n_support_patches": sup.n_patches, "n_classes_short": sup.n_short,
+                     "n_classes_missing": sup.n_missing})
     return pd.DataFrame(rows)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=10, figures=("fewshot_seg",)))

@@ -1,16 +1,16 @@
 """Instance identification from pooled patch features, layer by layer.
 
 Protocol (Vanyan et al. 2024, "Analyzing Local Representations of Self-supervised Vision
-Transformers", arXiv 2401.00463, Sec. 4; DESIGN.md Sec. 5): the objects of the evaluation split
-with a known appearance identity (objects.csv ``identity >= 0``) are each a query; its feature is
-the mean of the (transformed) patch tokens over its instance mask, every patch weighted by the
-fraction of it the mask covers (the mask resized to the grid by area). The gallery of a query is
-every object in the *other* images (same-class objects of other identities are the distractors);
-gallery objects are ranked by cosine similarity. Positives are the occurrences of the same
-identity in other images. Metrics: ``top1`` (the first-ranked object is a positive) and ``map``
-(mean over queries of the average precision). Queries without a positive are skipped and counted,
-as are objects whose mask is empty or whose image has no instance mask. Data sets without
-identities (PASCAL VOC: identity -1 everywhere) are skipped with a warning and an empty table.
+Transformers", arXiv 2401.00463, Sec. 4; ``docs/protocols.md#instance_id``): the objects of the
+evaluation split with a known appearance identity (objects.csv ``identity >= 0``) are each a query;
+its feature is the mean of the (transformed) patch tokens over its instance mask, every patch
+weighted by the fraction of it the mask covers (the mask resized to the grid by area). The gallery
+of a query is every object in the *other* images (same-class objects of other identities are the
+distractors); gallery objects are ranked by cosine similarity. Positives are the occurrences of the
+same identity in other images. Metrics: ``top1`` (the first-ranked object is a positive) and ``map``
+(mean over queries of the average precision). Queries without a positive are skipped and counted, as
+are objects whose mask is empty or whose image has no instance mask. Data sets without identities
+(PASCAL VOC: identity -1 everywhere) are skipped with a warning and an empty table.
 """
 from __future__ import annotations
 
@@ -24,9 +24,10 @@ from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.knn import l2_normalize
-from patchlens.tasks.metrics import average_precision, top1
-from patchlens.tasks.upsample import grid_fraction
+from patchlens.evaluation.knn import l2_normalize
+from patchlens.evaluation.metrics import average_precision, top1
+from patchlens.evaluation.pooling import object_weights, pooled_features
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -36,56 +37,6 @@ DEFAULT_PARAMS = {
 }
 REQUIRES = ("objects", "instance")
 COLUMNS = ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
-_CHUNK = 64  # images read per batch
-
-
-def object_weights(dataset: Dataset, objects: pd.DataFrame, grid: tuple[int, int],
-                   task: str) -> tuple[np.ndarray, np.ndarray]:
-    """Patch weights (n_obj, h, w) of each object row: the fraction of every grid cell covered by
-    the object's instance mask (``instance`` id in the image's instance PNG, resized to the grid
-    by area). Also returns a bool (n_obj,) of usable objects; the others (no instance mask for the
-    image, or an empty mask) are logged as skipped."""
-    weights = np.zeros((len(objects), *grid), np.float32)
-    ok = np.zeros(len(objects), bool)
-    has_mask = dataset.manifest["instance"] != ""
-    for image, rows in objects.groupby("image", sort=False):
-        pos = objects.index.get_indexer(rows.index)
-        if not has_mask.get(image, False):
-            for inst in rows["instance"]:
-                log.warning("%s: object %s/%s skipped: image has no instance mask", task, image,
-                            inst)
-            continue
-        inst_map = dataset.load_instance(image)
-        for i, inst in zip(pos, rows["instance"]):
-            mask = inst_map == int(inst)
-            if not mask.any():
-                log.warning("%s: object %s/%s skipped: instance id %s is not in its instance "
-                            "mask", task, image, inst, inst)
-                continue
-            weights[i] = grid_fraction(mask, grid)
-            ok[i] = True
-    return weights, ok
-
-
-def pooled_features(store: FeatureStore, layer: int, transform, images: list[str],
-                    weights: np.ndarray) -> np.ndarray:
-    """Weighted mean (n_obj, C) of the transformed tokens of one layer: object i pools the tokens
-    of ``images[i]`` with ``weights[i]`` (h, w). Reads each image once, in batches."""
-    order = list(dict.fromkeys(images))
-    where = {im: [] for im in order}
-    for i, im in enumerate(images):
-        where[im].append(i)
-    out = None
-    for c0 in range(0, len(order), _CHUNK):
-        chunk = order[c0:c0 + _CHUNK]
-        tok = transform(layer, store.tokens(layer, chunk))  # (n, h, w, C)
-        if out is None:
-            out = np.zeros((len(images), tok.shape[-1]), np.float32)
-        for j, im in enumerate(chunk):
-            idx = where[im]
-            w = weights[idx]
-            out[idx] = np.einsum("ohw,hwc->oc", w, tok[j]) / w.sum((1, 2))[:, None]
-    return out
 
 
 def _empty() -> pd.DataFrame:
@@ -155,3 +106,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                 names = [f"{img[i]}/{objs['instance'].iat[i]}" for i in queries]
                 units.append(records(layer, 0, metric, names, num=vals))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Instance identification", color="#d55e00", headline="top1",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=20, figures=("instance_id",)))

@@ -53,8 +53,9 @@ from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.knn import l2_normalize
-from patchlens.tasks.upsample import resize_bilinear
+from patchlens.evaluation.knn import l2_normalize
+from patchlens.evaluation.upsample import resize_bilinear
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -76,7 +77,7 @@ _CHUNK_BYTES = 256 << 20  # feature bytes read at once (images of a group of pai
 
 def sample_bilinear(fmap: np.ndarray, xy: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Values (K, C) of the map (h, w, C), resized bilinearly to ``size`` = (H, W) pixels
-    (align_corners=False, as :func:`~patchlens.tasks.upsample.resize_bilinear`), at pixel
+    (align_corners=False, as :func:`~patchlens.evaluation.upsample.resize_bilinear`), at pixel
     coordinates ``xy`` (K, 2) = (x, y); exact at integer pixels, continuous in between."""
     (h, w), (H, W) = fmap.shape[:2], size
     gx = np.clip((xy[:, 0] + 0.5) * w / W - 0.5, 0, w - 1)
@@ -147,9 +148,6 @@ def check_params(params: dict) -> dict:
         raise ConfigError("tasks.keypoints.params.split: expected a split name, "
                           f"got {p['split']!r}")
     return p
-
-
-_check_params = check_params  # the former name
 
 
 def _pairs(dataset, split: str) -> tuple[pd.DataFrame, int]:
@@ -259,7 +257,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     receives per keypoint pair the correct and scored keypoints (:mod:`patchlens.stats.units`):
     a pooled ratio per category row, and the mean of the category ratios (resampled within
     categories) for the ``all`` row."""
-    p = _check_params(params)
+    p = check_params(params)
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     kp, _ = _pairs(dataset, p["split"])
     kp["category"] = pair_categories(dataset, kp)
@@ -311,3 +309,9 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     overall = category_means(per_cat)
     overall["n_skipped"] = int(skipped.sum())     # also categories with no valid keypoint left
     return pd.concat([per_cat, overall[cols]], ignore_index=True)
+
+
+SPEC = register_task(TaskSpec(
+    name="keypoints", title="Keypoint correspondence", color="#e69f00", headline="pck@0.1",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=50, figures=("keypoints",)))

@@ -1,9 +1,9 @@
 """Low-shot image classification from pooled features (patch mean and CLS), layer by layer.
 
-Protocol (DESIGN.md Sec. 1; the low-shot evaluations of SelfPatch, Yun et al. 2022, and of MIM
-studies, with DINO's weighted k-NN classifier, Caron et al. 2021): an image's feature is the mean
-of its (transformed) patch tokens (``feature = patch``) or its (transformed) class token
-(``feature = cls``, when the model has one). For each seed and each ``shots`` in ``n_shots``,
+Protocol (``docs/protocols.md#lowshot_cls``; the low-shot evaluations of SelfPatch, Yun et al.
+2022, and of MIM studies, with DINO's weighted k-NN classifier, Caron et al. 2021): an image's
+feature is the mean of its (transformed) patch tokens (``feature = patch``) or its (transformed)
+class token (``feature = cls``, when the model has one). For each seed and each ``shots`` in ``n_shots``,
 ``shots`` support images are drawn per class without replacement from the support split among
 the images whose primary label (the first of the manifest ``labels``) is that class; classes with
 fewer candidates use all of them (warning, counted in ``n_classes_short``); classes that are the
@@ -27,9 +27,10 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.fewshot_seg import check_seeds, sample_support
-from patchlens.tasks.knn import CosineIndex, check_vote_params, weighted_vote
-from patchlens.tasks.metrics import accuracy, multilabel_map
+from patchlens.evaluation.knn import CosineIndex, check_vote_params, weighted_vote
+from patchlens.evaluation.metrics import accuracy, multilabel_map
+from patchlens.evaluation.support import check_seeds, sample_support
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -66,9 +67,6 @@ def check_params(params: dict) -> dict:
     return p
 
 
-_params = check_params  # the former name
-
-
 def image_features(store: FeatureStore, layer: int, transform, images: list[str],
                    feature: str) -> np.ndarray:
     """(n, C) image features of one layer: mean of the transformed patch tokens (``patch``) or the
@@ -97,7 +95,7 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     """Score every layer: rows (layer, seed, metric in {acc, mlmap}, value, n_eval, n_skipped,
     shots, feature, n_classes_short, n_classes_missing). ``units`` (a list) receives per query
     image its correctness (acc) and class votes and labels (mlmap); :mod:`patchlens.stats.units`."""
-    p = _params(params)
+    p = check_params(params)
     layers = store.layers if layers is None else list(layers)
     feats = [f for f in p["features"] if f == "patch" or store.has_cls]
     if "cls" in p["features"] and not store.has_cls:
@@ -176,3 +174,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     cols = ["layer", "seed", "metric", "value", "n_eval", "n_skipped", "shots", "feature",
             "n_classes_short", "n_classes_missing"]
     return pd.DataFrame(out, columns=cols)
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Low-shot classification", color="#56b4e9", headline="acc",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=60, figures=("lowshot_cls",)))

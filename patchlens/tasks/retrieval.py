@@ -4,7 +4,7 @@ Protocol (Vanyan et al. 2024, "Analyzing Local Representations of Self-supervise
 Transformers", arXiv 2401.00463, Sec. 4, object retrieval; small objects are where DINOv2 falls
 behind DINO): every object of the ``query_split`` (``crop``) with a known identity is a query; its
 feature is the mean of the (transformed) patch tokens over its instance mask (patch weights = mask
-fraction, see :func:`patchlens.tasks.instance_id.object_weights`). A gallery image (split
+fraction, see :func:`patchlens.evaluation.pooling.object_weights`). A gallery image (split
 ``gallery_split``) scores the cosine similarity of its best patch (``pool: max``) or the mean of
 its ``pool_k`` best patches (``pool: topk``) with the query. For each scale bin (edges
 ``scale_bins`` over an occurrence's sqrt(area_frac); bins are [lo, hi), the last one closed) the
@@ -26,9 +26,10 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.instance_id import object_weights, pooled_features
-from patchlens.tasks.knn import l2_normalize
-from patchlens.tasks.metrics import average_precision
+from patchlens.evaluation.knn import l2_normalize
+from patchlens.evaluation.metrics import average_precision
+from patchlens.evaluation.pooling import object_weights, pooled_features
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -61,9 +62,6 @@ def check_params(params: dict) -> dict:
                           "least two increasing edges")
     p["scale_bins"] = edges
     return p
-
-
-_params = check_params  # the former name
 
 
 def bin_labels(edges: np.ndarray) -> list[str]:
@@ -106,7 +104,7 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     """Score every layer: rows (layer, seed=0, metric ``map``, scale_bin, value, n_eval,
     n_skipped) for each scale bin with at least one evaluable query, and for ``all``.
     ``units`` (a list) receives every evaluable query's AP per bin (:mod:`patchlens.stats.units`)."""
-    p = _params(params)
+    p = check_params(params)
     layers = store.layers if layers is None else list(layers)
     objects = dataset.objects
     if objects is None or len(objects) == 0:
@@ -178,3 +176,9 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                 units.append(records(layer, 0, "map", names, num=aps, scale_bin=label))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "scale_bin", "value", "n_eval",
                                        "n_skipped"])
+
+
+SPEC = register_task(TaskSpec(
+    name=TASK, title="Object retrieval", color="#009e73", headline="map",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=30, figures=("retrieval_scale",)))

@@ -30,14 +30,14 @@ used per layer by Walmer et al. (CVPR 2023, "Teaching Matters") and Vanyan et al
    size; here features map onto the whole frame, so the bilinear step goes to (H, W) directly.)
 5. Evaluation (Pont-Tuset et al. 2017; github.com/davisvideochallenge/davis2017-evaluation): J
    (region IoU) and F (boundary F-measure, tolerance 0.008 of the diagonal) per object and frame,
-   see :mod:`patchlens.tasks.davis_metrics`; frames 1..T-2 are scored (the official semi-supervised
-   evaluation drops the first and the last frame; ``skip_last_frame: false`` scores 1..T-1).
+   see :mod:`patchlens.evaluation.davis_metrics`; frames 1..T-2 are scored (the official
+   semi-supervised evaluation drops the first and the last frame; ``skip_last_frame: false`` scores 1..T-1).
    Per object the mean over frames; per sequence the mean over its objects. The overall row
    (``sequence = "all"``) averages objects pooled over all sequences, as the official
    ``J&F-Mean`` does (``average: objects``, the default), or the per-sequence means
    (``average: sequences``); ``jf = (j + f) / 2``. Void (255) pixels are excluded from J and F
    here; the toolkit's semi-supervised path counts them as background (see
-   :mod:`patchlens.tasks.davis_metrics` and ``docs/protocols.md#tracking``).
+   :mod:`patchlens.evaluation.davis_metrics` and ``docs/protocols.md#tracking``).
 
 Cost: per target frame one (P x C) by (C x n_ctx P) product, done in bands of target rows whose
 sources are only the rows within the radius (never quadratic in the video length); memory is a few
@@ -63,9 +63,10 @@ from patchlens.device import matmul
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.davis_metrics import jf_labels
-from patchlens.tasks.knn import l2_normalize
-from patchlens.tasks.upsample import resize_bilinear, resize_nearest
+from patchlens.evaluation.davis_metrics import jf_labels
+from patchlens.evaluation.knn import l2_normalize
+from patchlens.evaluation.upsample import resize_bilinear, resize_nearest
+from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
 
@@ -245,9 +246,6 @@ def check_params(params: dict) -> dict:
     return p
 
 
-_check_params = check_params  # the former name
-
-
 def _sequences(dataset, split: str) -> dict[str, list[str]]:
     in_split = set(dataset.split(split))
     seqs = {s: [f for f in frames if f in in_split] for s, frames in dataset.sequences.items()}
@@ -329,7 +327,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     Loops sequences outside and layers inside, so one sequence's masks are loaded once; features
     are read one frame of one layer at a time.
     """
-    p = _check_params(params)
+    p = check_params(params)
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     grid = tuple(store.grid)
     seqs = _sequences(dataset, p["split"])
@@ -365,3 +363,9 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                          p["average"]))
     return pd.DataFrame(rows, columns=["layer", "seed", "metric", "value", "n_eval", "n_skipped",
                                        "sequence"])
+
+
+SPEC = register_task(TaskSpec(
+    name="tracking", title="Tracking", color="#cc79a7", headline="jf",
+    defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+    order=40, figures=("tracking",)))

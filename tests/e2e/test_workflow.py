@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from patchlens.tasks.registry import get_task
+
 ROOT = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.e2e
@@ -80,12 +82,12 @@ def test_workflow_completes_with_every_output(workdir):
     assert scores["value"].notna().all()
     # the oracle is the ceiling of every task: at its best layer it is at least as good as
     # every other model on each task's headline metric (raw features, task-level rows)
-    headline = {"fewshot_seg": "miou_knn", "instance_id": "top1", "retrieval": "map",
-                "tracking": "jf", "keypoints": "pck@0.1", "lowshot_cls": "acc"}
     task_level = scores[(scores.variant == "raw") & scores.sequence.isin(["", "all"])
                         & scores.scale_bin.isin(["", "all"])]
-    for task, metric in headline.items():
+    for task in config["tasks"]:
+        metric = get_task(task).headline
         rows = task_level[(task_level.task == task) & (task_level.metric == metric)]
+        assert len(rows), (task, metric)  # the registered headline metric is what the task writes
         best = rows.groupby(["model", "layer"])["value"].mean().groupby("model").max()
         assert best["oracle"] >= best.drop("oracle").max(), (task, best.to_dict())
     assert (workdir / "results" / "report" / "index.html").stat().st_size > 1000

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchlens.config import task_module
+from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import evaluate
@@ -69,7 +69,7 @@ def real_score_files(root) -> list[Path]:
     _deep_store(feats["oracle"], feats["deep"])
     paths = []
     for task, given in TASK_PARAMS.items():
-        params = merge_params(given, task_module(task).DEFAULT_PARAMS, f"tasks.{task}.params")
+        params = merge_params(given, task_spec(task).defaults, f"tasks.{task}.params")
         for m, f in feats.items():
             out = root / "scores" / task / m / "scenes" / "raw.csv"
             evaluate(task, params, f, data, "raw", out, labels={"model": m, "dataset": "scenes"})

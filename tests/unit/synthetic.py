@@ -8,6 +8,7 @@ of pixels and "oracle" features built from the ground truth at the grid are exac
     band_map(rng, grid, labels, ...)  a grid-aligned label map made of straight bands
     one_hot(labels, n)                float32 one-hot along a new last axis
     identity(layer, x)                the ``raw`` transform
+    random_ranking_ap(n_items, n_pos) chance-level AP of a uniformly random ranking
 
 Other test modules may import these read-only (``from synthetic import ...``).
 """
@@ -124,3 +125,14 @@ def object_rows(image: str, instance: np.ndarray, classes: dict[int, int],
                      "x0": int(xs.min()), "y0": int(ys.min()),
                      "x1": int(xs.max()) + 1, "y1": int(ys.max()) + 1})
     return rows
+
+
+def random_ranking_ap(n_items: int, n_pos: int) -> float:
+    """Expected AP of a uniformly random ranking of ``n_items`` with ``n_pos`` positives (chance
+    level): E[AP] = (H_N + (R - 1) / (N - 1) * (N - H_N)) / N with H_N the N-th harmonic number,
+    from E[rel_k rel_j] = R/N (j = k) and R(R-1)/(N(N-1)) (j < k)."""
+    n, r = int(n_items), int(n_pos)
+    if not 0 < r <= n:
+        raise ValueError(f"need 0 < n_pos <= n_items, got {r}, {n}")
+    h = float(np.sum(1.0 / np.arange(1, n + 1)))
+    return (h + ((r - 1) / (n - 1) if n > 1 else 0.0) * (n - h)) / n

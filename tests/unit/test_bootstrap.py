@@ -4,7 +4,7 @@ import pytest
 
 from patchlens.stats.bootstrap import (UnitData, bootstrap_ci, iou_score, mlmap_score,
                                        paired_bootstrap, point, resample_counts)
-from patchlens.tasks.metrics import mean_iou, multilabel_map
+from patchlens.evaluation.metrics import mean_iou, multilabel_map
 
 
 def ratio(x, den=None):

@@ -4,7 +4,7 @@ import pytest
 from scipy import ndimage
 from skimage.morphology import disk
 
-from patchlens.tasks import davis_metrics as dm
+from patchlens.evaluation import davis_metrics as dm
 
 
 def square(shape, y0, x0, s):

@@ -9,9 +9,11 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import fewshot_seg
-from patchlens.tasks.fewshot_seg import LinearProbe, patch_labels, sample_support
-from patchlens.tasks.metrics import mean_iou
-from patchlens.tasks.upsample import area_matrix, grid_fraction
+from patchlens.evaluation.probes import LinearProbe
+from patchlens.evaluation.support import sample_support
+from patchlens.tasks.fewshot_seg import patch_labels
+from patchlens.evaluation.metrics import mean_iou
+from patchlens.evaluation.upsample import area_matrix, grid_fraction
 from synthetic import band_map, identity, one_hot, upscale, write_dataset, write_store
 
 GRID = (8, 8)

@@ -22,10 +22,14 @@ _spec.loader.exec_module(syn)
 CONFIG = {"models": {"dino": {"timm": "vit_small_patch16_224.dino", "family": "contrastive"}},
           "tasks": {"fewshot_seg": {"shots": 1, "k": 20, "temperature": 0.07}},
           "note": "a <script>alert(1)</script> & more"}
-PROV = {"patchlens_version": __version__,
-        "models": {"dino": {"source": "timm:vit_small_patch16_224.dino", "sha256": "ab" * 32},
-                   "mae": {"source": "https://example.org/mae.pth", "sha256": "cd" * 32}},
-        "datasets": {"scenes": {"sha256": "ef" * 32}},
+# shaped as patchlens.report.provenance.collect_provenance returns it
+PROV = {"patchlens_version": __version__, "python": "3.11.7",
+        "feature files": {
+            "dino / scenes": {"source": "timm:vit_small_patch16_224.dino", "weights": "",
+                              "sha256": "ab" * 32, "input": "224x224"},
+            "mae / scenes": {"source": "https://example.org/mae.pth", "weights": "",
+                             "sha256": "cd" * 32, "input": "224x224"}},
+        "data sets": {"scenes": {"source": "scenes", "manifest_sha256": "ef" * 32}},
         "snakemake": "9.27.1"}
 
 
@@ -144,15 +148,20 @@ def test_report_modules_do_not_import_torch():
     assert out.stdout.strip() == "[]"
 
 
-def test_provenance_joins_models_table(tables_dir, tmp_path):
+def test_provenance_lists_models_feature_files_and_data_sets(tables_dir, tmp_path):
     from patchlens.report.html import provenance_html
     models = T.load_tables(tables_dir)["models"]
     out = Page(provenance_html(PROV, models))
     text = " ".join(out.text)
-    # a model without provenance keeps its config source; one with provenance shows its own
-    assert "https://example.org/ibot.pth" in text and "https://example.org/mae.pth" in text
-    assert "vit_base_patch16_224.mae" not in text
-    assert text.count("ab" * 32) == 1
+    # the models table is models.csv (config sources); the feature files table is the
+    # provenance of each file (its own source and weights checksum), each shown once
+    for source in models["source"]:
+        assert str(source) in text
+    assert "https://example.org/mae.pth" in text
+    assert text.count("ab" * 32) == 1 and text.count("ef" * 32) == 1
+    assert ["Models", "Feature files", "Data sets", "Other"] == [
+        t.strip() for t in out.text if t.strip() in ("Models", "Feature files", "Data sets",
+                                                     "Other")]
 
 
 def test_real_tables_labels_and_out_layer(tmp_path_factory, tmp_path):

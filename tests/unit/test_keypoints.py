@@ -9,7 +9,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import keypoints as K
-from patchlens.tasks.upsample import resize_bilinear
+from patchlens.evaluation.upsample import resize_bilinear
 from video_fixtures import box_uv, patch_centres, rbf_code, write_pair_dataset, write_tokens
 
 GRID = (16, 16)
@@ -168,13 +168,13 @@ def test_empty_box_skips_pair_and_no_pairs_in_split_is_an_error(tmp_path, caplog
                                      ("max_side", 12.5)])
 def test_bad_params_raise_config_error(key, bad):
     with pytest.raises(ConfigError, match=rf"tasks\.keypoints\.params\.{key}"):
-        K._check_params({key: bad})
+        K.check_params({key: bad})
 
 
 def test_unknown_param_raises_config_error():
     msg = r"tasks\.keypoints\.params: unknown parameter\(s\) seeds;"
     with pytest.raises(ConfigError, match=msg):
-        K._check_params({"seeds": [0]})
+        K.check_params({"seeds": [0]})
 
 
 def test_prediction_is_invariant_to_per_patch_feature_scale():
@@ -233,7 +233,7 @@ def test_teaching_matters_sampling_draws_k_pairs_per_category(uv_pairs, tmp_path
     few = K.run(store, Dataset(root), identity, {**p, "pairs_per_category": 10}, layers=[1])
     assert few.set_index("category").n_eval["dog"] == 8 * 20          # all 8 'dog' pairs
     with pytest.raises(ConfigError, match=r"tasks\.keypoints\.params\.sampling"):
-        K._check_params({"sampling": "random"})
+        K.check_params({"sampling": "random"})
 
 
 def test_unknown_sampling_fails_at_config_validation():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from patchlens.errors import ConfigError
-from patchlens.tasks.knn import (CosineIndex, check_vote_params, knn_scores, l2_normalize,
+from patchlens.evaluation.knn import (CosineIndex, check_vote_params, knn_scores, l2_normalize,
                                  weighted_vote)
 
 

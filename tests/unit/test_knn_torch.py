@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from patchlens import device as dev
-from patchlens.tasks.knn import CosineIndex, knn_scores, l2_normalize
+from patchlens.evaluation.knn import CosineIndex, knn_scores, l2_normalize
 
 
 @pytest.mark.parametrize("nq, n, c, k", [(500, 300, 32, 10), (37, 5, 8, 20), (2000, 1500, 64, 5)])
@@ -28,7 +28,7 @@ def test_torch_topk_equals_faiss(nq, n, c, k):
 
 
 def test_small_chunks_give_the_same_result(monkeypatch):
-    import patchlens.tasks.knn as knn
+    import patchlens.evaluation.knn as knn
 
     rng = np.random.default_rng(1)
     bank, q = rng.normal(size=(200, 16)), rng.normal(size=(300, 16))

@@ -12,7 +12,7 @@ import pytest
 from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
 from patchlens.models import oracle
-from patchlens.tasks.upsample import resize_bilinear
+from patchlens.evaluation.upsample import resize_bilinear
 
 TINY = dict(image_size=64, n_train=12, n_val=8, n_gallery=0, n_videos=1, n_frames=3, n_pairs=4,
             n_keypoints=8, n_identities=12, n_shots_max=2, patch_align=16)

@@ -27,12 +27,12 @@ def test_unknown_keys_named_sorted_with_the_known_ones():
 
 
 @pytest.mark.parametrize("check,where", [
-    (fewshot_seg._params, "tasks.fewshot_seg.params"),
+    (fewshot_seg.check_params, "tasks.fewshot_seg.params"),
     (lambda p: instance_id.run(None, None, None, p), "tasks.instance_id.params"),
-    (retrieval._params, "tasks.retrieval.params"),
-    (lowshot_cls._params, "tasks.lowshot_cls.params"),
-    (tracking._check_params, "tasks.tracking.params"),
-    (keypoints._check_params, "tasks.keypoints.params"),
+    (retrieval.check_params, "tasks.retrieval.params"),
+    (lowshot_cls.check_params, "tasks.lowshot_cls.params"),
+    (tracking.check_params, "tasks.tracking.params"),
+    (keypoints.check_params, "tasks.keypoints.params"),
     (cka_params, "analyses.cka.params"),
     (offset_params, "analyses.attention.params.offset_heads"),
     (lambda p: attention_statistics(None, [], 16, (2, 2), 1, p), "analyses.attention.params"),

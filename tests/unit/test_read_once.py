@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from patchlens.config import task_module
+from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import LayerView, evaluate_all, make_transform
@@ -63,8 +63,8 @@ def _key(t):
 @pytest.mark.parametrize("task", list(PARAMS))
 def test_every_variant_from_one_read_equals_one_variant_at_a_time(study, tmp_path, task):
     ds, feats, stats, *_ = study
-    module = task_module(task)
-    params = {**module.DEFAULT_PARAMS, **PARAMS[task]}
+    spec = task_spec(task)
+    params = {**spec.defaults, **PARAMS[task]}
     variants = VARIANTS if task in ("fewshot_seg", "lowshot_cls", "instance_id") else ["raw"]
     outs = {v: tmp_path / f"{v}.csv" for v in variants}
     res = evaluate_all(task, params, feats, ds.root, outs, variance=stats,
@@ -73,7 +73,7 @@ def test_every_variant_from_one_read_equals_one_variant_at_a_time(study, tmp_pat
     assert res["bytes_read"] <= 1.2 * size  # the target, whatever the variant count
     for v in variants:
         with FeatureStore(feats) as store:  # the independent path: every layer, one variant
-            ref = module.run(store, ds, make_transform(v, stats), params)
+            ref = spec.run(store, ds, make_transform(v, stats), params)
         got = pd.read_csv(outs[v], keep_default_na=False)
         assert set(got["variant"]) == {v} and set(got["task"]) == {task}
         a, b = _key(got[ref.columns.intersection(got.columns)]), _key(ref)

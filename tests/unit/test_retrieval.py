@@ -8,9 +8,8 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import retrieval
-from patchlens.tasks.metrics import random_ranking_ap
 from patchlens.tasks.retrieval import bin_labels, image_scores, scale_bin
-from synthetic import identity, object_rows, upscale, write_dataset, write_store
+from synthetic import identity, object_rows, random_ranking_ap, upscale, write_dataset, write_store
 
 GRID = (8, 8)
 N_ID = 10

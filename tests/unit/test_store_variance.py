@@ -33,7 +33,7 @@ def test_layout_is_xarray_readable_with_named_dims(tmp_path):
 def test_store_reads_layers_and_image_subsets_in_asked_order(tmp_path):
     path, t, images = _store(tmp_path)
     with FeatureStore(path) as s:
-        assert s.layers == [0, 2, 5] and s.grid == (2, 3) and s.patch_size == 16
+        assert s.layers == [0, 2, 5] and s.grid == (2, 3) and s.attrs["patch_size"] == 16
         x = s.tokens(5, ["im6", "im0", "im3"])
         np.testing.assert_array_equal(x, t[[6, 0, 3], 2].reshape(3, 2, 3, 5))
         np.testing.assert_array_equal(s.cls(0, ["im1"]), t[[1], 0, 0])

@@ -8,8 +8,8 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import tracking
-from patchlens.tasks.davis_metrics import jf_labels, region_similarity
-from patchlens.tasks.knn import l2_normalize
+from patchlens.evaluation.davis_metrics import jf_labels, region_similarity
+from patchlens.evaluation.knn import l2_normalize
 from video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
 # Bilinear upsampling of one-hot label maps rounds every convex corner off (about 0.097 p^2
@@ -193,13 +193,13 @@ def test_overall_average_pools_objects_or_sequences(tmp_path):
                                      ("norm_mask", "yes")])
 def test_bad_params_raise_config_error(key, bad):
     with pytest.raises(ConfigError, match=rf"tasks\.tracking\.params\.{key}"):
-        tracking._check_params({key: bad})
+        tracking.check_params({key: bad})
 
 
 def test_unknown_param_raises_config_error():
     msg = r"tasks\.tracking\.params: unknown parameter\(s\) seeds;"
     with pytest.raises(ConfigError, match=msg):
-        tracking._check_params({"seeds": [0]})
+        tracking.check_params({"seeds": [0]})
 
 
 @pytest.mark.parametrize("m,block", [(600, 20), (600, 7), (30, 10)])

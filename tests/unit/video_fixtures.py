@@ -11,7 +11,7 @@ from PIL import Image
 
 from patchlens.data.dataset import KEYPOINT_COLUMNS, MANIFEST_COLUMNS
 from patchlens.features.store import write_features
-from patchlens.tasks.upsample import resize_nearest
+from patchlens.evaluation.upsample import resize_nearest
 
 
 def _row(image, path, split, height, width, instance="", sequence="", frame=-1):

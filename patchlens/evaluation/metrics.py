@@ -86,14 +86,3 @@ def multilabel_map(scores: np.ndarray, targets: np.ndarray) -> tuple[float, int]
         raise ValueError("multi-label mAP needs at least one positive label")
     aps = [average_precision(scores[:, c], targets[:, c]) for c in cols]
     return float(np.mean(aps)), int(cols.size)
-
-
-def random_ranking_ap(n_items: int, n_pos: int) -> float:
-    """Expected AP of a uniformly random ranking of ``n_items`` with ``n_pos`` positives (chance
-    level): E[AP] = (H_N + (R - 1) / (N - 1) * (N - H_N)) / N with H_N the N-th harmonic number,
-    from E[rel_k rel_j] = R/N (j = k) and R(R-1)/(N(N-1)) (j < k)."""
-    n, r = int(n_items), int(n_pos)
-    if not 0 < r <= n:
-        raise ValueError(f"need 0 < n_pos <= n_items, got {r}, {n}")
-    h = float(np.sum(1.0 / np.arange(1, n + 1)))
-    return (h + ((r - 1) / (n - 1) if n > 1 else 0.0) * (n - h)) / n

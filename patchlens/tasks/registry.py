@@ -1,0 +1,125 @@
+"""The task registry: every evaluation task declares, in its own module, what the workflow, the
+config checks and the report need to know about it (in the spirit of timm's ``register_model``).
+
+A task module ends with one call::
+
+    SPEC = register_task(TaskSpec(
+        name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
+        defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
+        order=10, figures=("fewshot_seg",)))
+
+and :mod:`patchlens.tasks` imports every module of the package, so that the task exists for the config
+(:data:`patchlens.config.TASKS`, unknown names rejected before any job runs), the workflow (one
+rule per configured task, ``rules/tasks.smk``), the evaluator (:mod:`patchlens.evaluate`), the
+tables (headline metric, task order: :mod:`patchlens.report.tables`), the figure style (colour,
+title: :mod:`patchlens.report.style`) and the report (one section per task:
+:mod:`patchlens.report.html`). The protocols are documented in ``docs/protocols.md``.
+
+The contract of ``run`` and ``check_params``:
+
+- ``check_params(params) -> dict``: ``tasks.<name>.params`` with ``defaults`` filled;
+  :class:`~patchlens.errors.ConfigError` naming the key otherwise. Run when the workflow starts
+  (:func:`patchlens.checks.check_values`) and by the jobs.
+- ``run(store, dataset, transform, params, layers=None, units=None) -> DataFrame``: one row per
+  (layer, seed, metric, ...) with columns ``layer, seed, metric, value, n_eval, n_skipped``
+  (:func:`patchlens.evaluate.finish_table`); ``units`` (a list) receives the per-unit records of
+  the bootstrap intervals (:mod:`patchlens.stats.units`).
+
+Nothing here imports a task module. ``order`` (ascending, then the name) is the order of tasks
+in tables, figures and the report.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from patchlens.errors import ConfigError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_COLOR = re.compile(r"^#[0-9a-f]{6}$")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What one evaluation task declares.
+
+    ``name``: the key under ``tasks:`` in the config, the rule name and the ``task`` column.
+    ``title``: its heading in figures and the report. ``color``: its hex colour where several
+    tasks share a panel. ``headline``: the metric (``metric`` column) the overview figures, the
+    drop sweep and the best-layer summary use. ``defaults``: ``DEFAULT_PARAMS``. ``requires``:
+    the ground truth the data set must have (:meth:`patchlens.data.dataset.Dataset.has`).
+    ``order``: its rank in tables, figures and the report (ascending).
+    ``figures``: names of the report figures (:data:`patchlens.report.figures.FIGURES`) shown in
+    the task's report section (names without a figure are ignored). ``flop``: optional cost
+    model ``flop(params, split_counts, dataset_entry, grid, channels)`` of one layer and one
+    variant for the resource plan (:func:`patchlens.plan.task_flop`; without it, one pass over
+    every token of the data set)."""
+    name: str
+    title: str
+    color: str
+    headline: str
+    defaults: Mapping
+    requires: tuple[str, ...]
+    check_params: Callable[[dict | None], dict]
+    run: Callable
+    order: int = 100
+    figures: tuple[str, ...] = field(default=())
+    flop: Callable | None = None
+
+
+_REGISTRY: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add ``spec`` to the registry and return it. ValueError (a programming error, raised at
+    import) for a second task of the same name or a malformed declaration."""
+    where = f"task {spec.name!r} ({getattr(spec.run, '__module__', '?')})"
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+        raise ValueError(f"{where}: name must be lower_case_with_underscores")
+    if spec.name in _REGISTRY:
+        raise ValueError(f"{where}: a task of this name is already registered")
+    if not isinstance(spec.color, str) or not _COLOR.match(spec.color):
+        raise ValueError(f"{where}: color must be #rrggbb (lower case), got {spec.color!r}")
+    if not (isinstance(spec.title, str) and spec.title and isinstance(spec.headline, str)
+            and spec.headline):
+        raise ValueError(f"{where}: title and headline must be non-empty strings")
+    if not isinstance(spec.defaults, Mapping):
+        raise ValueError(f"{where}: defaults must be a mapping (DEFAULT_PARAMS)")
+    if not isinstance(spec.requires, tuple) or not isinstance(spec.figures, tuple):
+        raise ValueError(f"{where}: requires and figures must be tuples")
+    if not isinstance(spec.order, int) or isinstance(spec.order, bool):
+        raise ValueError(f"{where}: order must be an integer")
+    if spec.flop is not None and not callable(spec.flop):
+        raise ValueError(f"{where}: flop must be a callable or None")
+    if not (callable(spec.check_params) and callable(spec.run)):
+        raise ValueError(f"{where}: check_params and run must be callables")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def all_tasks() -> tuple[TaskSpec, ...]:
+    """Every registered :class:`TaskSpec`, by ``order`` then name."""
+    _load()
+    return tuple(sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name)))
+
+
+def task_names() -> tuple[str, ...]:
+    """Every registered task's name, by ``order`` then name."""
+    return tuple(s.name for s in all_tasks())
+
+
+def get_task(name: str) -> TaskSpec:
+    """The :class:`TaskSpec` of ``name``; ConfigError naming ``tasks.<name>`` if there is none."""
+    _load()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"tasks.{name}: unknown task (known: {', '.join(task_names())}); "
+                          "remove it from the config or add its module to patchlens/tasks"
+                          ) from None
+
+
+def _load() -> None:
+    """Import :mod:`patchlens.tasks` (whose ``__init__`` imports every task module)."""
+    import patchlens.tasks  # noqa: F401
