@@ -24,7 +24,7 @@ from skimage import data as skdata
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import extract, load_batch
-from patchlens.models.registry import build_timm, resolve_model
+from patchlens.models.resolve import build_timm, resolve_model
 
 
 def make_dataset(root: Path, n: int) -> Dataset:

@@ -4,7 +4,7 @@ before any data set is prepared or any feature is extracted.
 The schema checks types; :func:`patchlens.config.check_references` checks names; this module runs
 the validators the jobs themselves run -- every task's and analysis's ``check_params`` -- and the
 facts a model's architecture fixes, read from a build on torch's ``meta`` device (no memory, no
-weights, one build per architecture, :func:`patchlens.models.registry.resolve_model`):
+weights, one build per architecture, :func:`patchlens.models.resolve.resolve_model`):
 
 * ``models.<m>.timm`` / ``kwargs``: timm can build the architecture with those arguments;
 * ``models.<m>.layers``: block indices in ``-n_blocks .. n_blocks-1``;
@@ -81,7 +81,7 @@ def check_values(config: dict) -> None:
         from patchlens.analysis import attention_stats, offset_heads
 
         p = settings["attention"]
-        attention_stats.check_params({k: p[k] for k in attention_stats.DEFAULTS})
+        attention_stats.check_params({k: p[k] for k in attention_stats.DEFAULT_PARAMS})
         offset_heads.check_params(p["offset_heads"])
         expect_splits(p["split"], "analyses.attention.params.split")
         expect_int(p["max_images"], "analyses.attention.params.max_images", 1)
@@ -89,7 +89,7 @@ def check_values(config: dict) -> None:
         from patchlens.analysis import cka
 
         p = settings["cka"]
-        cka.check_params({k: p[k] for k in cka.DEFAULTS})
+        cka.check_params({k: p[k] for k in cka.DEFAULT_PARAMS})
         expect_splits(p["split"], "analyses.cka.params.split")
     if "token_norms" in settings:
         from patchlens.analysis import token_norms
@@ -113,9 +113,9 @@ def check_values(config: dict) -> None:
 
 
 def model_spec(key: str, entry: dict) -> dict:
-    """:func:`~patchlens.models.registry.resolve_model`, plus ``channels`` (None for the oracle:
+    """:func:`~patchlens.models.resolve.resolve_model`, plus ``channels`` (None for the oracle:
     its width depends on the data set)."""
-    from patchlens.models.registry import resolve_model
+    from patchlens.models.resolve import resolve_model
 
     spec = resolve_model(key, entry)
     if spec["kind"] == "pixels":
@@ -143,7 +143,7 @@ def check_layers(layers, n_blocks: int, where: str, negative: bool = True,
 def check_grids(config: dict, specs: dict) -> None:
     """Every (data set, model) input gives a patch grid of at least 2x2."""
     from patchlens.config import model_datasets
-    from patchlens.models.registry import input_geometry
+    from patchlens.models.resolve import input_geometry
 
     for key, spec in specs.items():
         for ds in model_datasets(config, key):

@@ -167,13 +167,13 @@ ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "seed": 0,
 def analysis_params(config: dict, name: str) -> dict:
     """``analyses.<name>.params`` with every default filled (unknown names fail here)."""
     if name == "attention":
-        from patchlens.analysis.attention_stats import DEFAULTS
+        from patchlens.analysis.attention_stats import DEFAULT_PARAMS
     elif name == "token_norms":
-        from patchlens.analysis.token_norms import DEFAULTS
+        from patchlens.analysis.token_norms import DEFAULT_PARAMS
     else:
-        from patchlens.analysis.cka import DEFAULTS
+        from patchlens.analysis.cka import DEFAULT_PARAMS
     given = config["analyses"][name].get("params")
-    return merge_params(given, {**ANALYSIS_SAMPLING[name], **DEFAULTS},
+    return merge_params(given, {**ANALYSIS_SAMPLING[name], **DEFAULT_PARAMS},
                         f"analyses.{name}.params")
 
 

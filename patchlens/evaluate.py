@@ -20,7 +20,7 @@ from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
-from patchlens.features.variance import VarianceStats
+from patchlens.features.channel_stats import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.io import write_csv, write_parquet
 from patchlens.stats.units import finish

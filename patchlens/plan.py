@@ -173,7 +173,7 @@ def vit_flop(f: dict, grid: tuple[int, int]) -> float:
 
 
 def grid_of(img_size, patch: int) -> tuple[int, int]:
-    from patchlens.models.registry import input_geometry
+    from patchlens.models.resolve import input_geometry
 
     return input_geometry(img_size, patch)[1]
 
@@ -215,7 +215,7 @@ def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> fl
         return 2.0 * frames * (p["n_last_frames"] + 1) * P * window * C
     if task == "keypoints":
         pairs = n_pairs(entry, counts)
-        from patchlens.models.registry import input_size
+        from patchlens.models.resolve import input_size
 
         h, w = input_size(entry.get("img_size", 224), 1)
         kp = SPAIR_KEYPOINTS_PER_PAIR

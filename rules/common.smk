@@ -14,7 +14,7 @@ from patchlens.config import (
 )
 from patchlens.errors import ConfigError
 from patchlens.features.variants import needs_stats
-from patchlens.models.registry import feature_entry, model_label
+from patchlens.models.resolve import feature_entry, model_label
 from patchlens.plan import check_disk, job_resources, plan as plan_study
 
 RESULTS = "results"

@@ -6,7 +6,7 @@ from patchlens.analysis.attention_stats import (attention_statistics, stratified
 from patchlens.data.dataset import Dataset
 from patchlens.device import device, use_gpu
 from patchlens.features.extract import build_model, image_batches
-from patchlens.models.registry import input_geometry, resolve_model
+from patchlens.models.resolve import input_geometry, resolve_model
 from patchlens.workflow import run
 
 

@@ -1,7 +1,7 @@
 """Rule channel_variance: per layer x channel mean/variance of patch tokens on the support split."""
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureStore
-from patchlens.features.variance import channel_stats, write_stats
+from patchlens.features.channel_stats import channel_stats, write_stats
 from patchlens.workflow import run
 
 

@@ -3,7 +3,7 @@ import torch
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import extract
-from patchlens.models.registry import resolve_model
+from patchlens.models.resolve import resolve_model
 from patchlens.workflow import run
 
 

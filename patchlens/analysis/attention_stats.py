@@ -54,7 +54,7 @@ from patchlens.io import atomic_path
 from patchlens.params import merge_params
 
 STAT_VARS = ("distance", "entropy", "cls_share")
-DEFAULTS = {"radius": None, "layers": None}  # parameters of :func:`attention_statistics`
+DEFAULT_PARAMS = {"radius": None, "layers": None}  # parameters of :func:`attention_statistics`
 WHERE = "analyses.attention.params"  # where they live in the config (error messages)
 
 
@@ -314,7 +314,7 @@ def check_params(params: dict | None) -> dict:
     range of ``layers`` against each model's depth is checked by :mod:`patchlens.checks`."""
     from patchlens.checks import expect_int
 
-    p = merge_params(params, DEFAULTS, WHERE)
+    p = merge_params(params, DEFAULT_PARAMS, WHERE)
     if p["radius"] is not None:
         expect_int(p["radius"], f"{WHERE}.radius", 1)
     if p["layers"] is not None:
@@ -335,7 +335,7 @@ def attention_statistics(model, batches: Iterable, patch_size: int, grid: tuple[
     centred canvas; ``layers`` (list of block indices or None = all) selects blocks.
     The attention maps of one layer of one batch are the most ever held in memory.
     """
-    params = merge_params(params, DEFAULTS, WHERE)  # before importing torch: fail fast
+    params = merge_params(params, DEFAULT_PARAMS, WHERE)  # before importing torch: fail fast
     import torch
 
     from patchlens.models.attention import AttentionCapture

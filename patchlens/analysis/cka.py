@@ -58,7 +58,7 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.evaluation.upsample import resize_bilinear
 
-DEFAULTS = {"batch_size": 256, "levels": ["patch", "image"], "max_patches_per_image": 16,
+DEFAULT_PARAMS = {"batch_size": 256, "levels": ["patch", "image"], "max_patches_per_image": 16,
             "set_size": 4096, "read_chunk": 64, "seed": 0, "mode": "residual"}
 LEVELS = ("patch", "image")
 MODES = ("residual", "teaching_matters")
@@ -282,8 +282,8 @@ def minibatch_cka_matrix(sets: Iterable[tuple[LayerArrays, LayerArrays | None]],
 # ----------------------------------------------------------------------------- feature stores
 
 def check_params(params: dict | None) -> dict:
-    """Validated CKA parameters (keys of :data:`DEFAULTS`); ConfigError naming the key."""
-    p = merge_params(params, DEFAULTS, WHERE)
+    """Validated CKA parameters (keys of :data:`DEFAULT_PARAMS`); ConfigError naming the key."""
+    p = merge_params(params, DEFAULT_PARAMS, WHERE)
     levels = [p["levels"]] if isinstance(p["levels"], str) else list(p["levels"])
     bad = [lv for lv in levels if lv not in LEVELS]
     if bad or not levels:

@@ -49,7 +49,7 @@ import xarray as xr
 from patchlens.errors import ConfigError
 from patchlens.params import merge_params
 
-DEFAULTS = {"min_share": 0.3, "min_ratio": 2.0, "diagonals": False}
+DEFAULT_PARAMS = {"min_share": 0.3, "min_ratio": 2.0, "diagonals": False}
 WHERE = "analyses.attention.params.offset_heads"  # where they live in the config (messages)
 
 DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (1, 0): "down",
@@ -58,13 +58,13 @@ DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (
 
 
 def check_params(params: dict | None) -> dict:
-    """Validated thresholds (keys of :data:`DEFAULTS`); ConfigError naming the key otherwise."""
+    """Validated thresholds (keys of :data:`DEFAULT_PARAMS`); ConfigError naming the key otherwise."""
     from patchlens.checks import expect_number
 
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"{WHERE} = {params!r}: expected a mapping of "
-                          f"{', '.join(DEFAULTS)}")
-    p = merge_params(params, DEFAULTS, WHERE)
+                          f"{', '.join(DEFAULT_PARAMS)}")
+    p = merge_params(params, DEFAULT_PARAMS, WHERE)
     share = expect_number(p["min_share"], f"{WHERE}.min_share", 0, 1, lo_open=True)
     ratio = expect_number(p["min_ratio"], f"{WHERE}.min_ratio", 0, lo_open=True)
     if not isinstance(p["diagonals"], bool):

@@ -35,7 +35,7 @@ from patchlens.errors import ConfigError
 from patchlens.params import merge_params
 from patchlens.evaluation.upsample import grid_fraction
 
-DEFAULTS = {"max_images": 64, "thresholds": [5.0, 10.0, 20.0],
+DEFAULT_PARAMS = {"max_images": 64, "thresholds": [5.0, 10.0, 20.0],
             "quantiles": [0.01, 0.25, 0.5, 0.75, 0.99, 1.0], "background": 0}
 WHERE = "analyses.token_norms.params"
 COLUMNS = ["layer", "statistic", "threshold", "value", "n_images", "n_tokens"]
@@ -43,7 +43,7 @@ COLUMNS = ["layer", "statistic", "threshold", "value", "n_images", "n_tokens"]
 
 def check_params(params: dict | None) -> dict:
     """Defaults filled; ConfigError naming the key for a bad value."""
-    p = merge_params(params, DEFAULTS, WHERE)
+    p = merge_params(params, DEFAULT_PARAMS, WHERE)
     th = p["thresholds"]
     if not isinstance(th, (list, tuple)) or not th or not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and t > 1 for t in th):
@@ -67,8 +67,8 @@ def border_mask(grid: tuple[int, int]) -> np.ndarray:
 
 
 def token_norm_stats(tokens: np.ndarray, cls: np.ndarray | None = None,
-                     objects: np.ndarray | None = None, thresholds=DEFAULTS["thresholds"],
-                     quantiles=DEFAULTS["quantiles"]) -> pd.DataFrame:
+                     objects: np.ndarray | None = None, thresholds=DEFAULT_PARAMS["thresholds"],
+                     quantiles=DEFAULT_PARAMS["quantiles"]) -> pd.DataFrame:
     """Statistics (module doc) of one layer: ``tokens`` (n, h, w, C), ``cls`` (n, C) or None,
     ``objects`` (n, h, w) bool object patches or None. Returns rows statistic, threshold, value."""
     tokens = np.asarray(tokens, np.float32)

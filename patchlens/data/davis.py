@@ -32,7 +32,7 @@ from patchlens.errors import DataError
 from patchlens.params import merge_params
 
 DAVIS_CLASSES = ("background", "object")
-DEFAULTS = {"split": "val", "resolution": "480p", "max_sequences": None, "max_frames": None,
+DEFAULT_PARAMS = {"split": "val", "resolution": "480p", "max_sequences": None, "max_frames": None,
             "seed": 0}
 
 
@@ -48,7 +48,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when a listed sequence has no frames, a frame has no
     annotation, or an annotation does not match its frame size.
     """
-    p = merge_params(params, DEFAULTS, "davis2017 params")
+    p = merge_params(params, DEFAULT_PARAMS, "davis2017 params")
     max_seq = check_count(p["max_sequences"], "max_sequences", "davis2017 params")
     max_frames = check_count(p["max_frames"], "max_frames", "davis2017 params")
     root, out_dir, res = Path(root), Path(out_dir), str(p["resolution"])

@@ -27,7 +27,7 @@ IMAGENETTE_NAMES = {
     "n03888257": "parachute",
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-DEFAULTS = {"splits": ["train", "val"], "max_images": None, "max_per_class": None,
+DEFAULT_PARAMS = {"splits": ["train", "val"], "max_images": None, "max_per_class": None,
             "names": None, "seed": 0}
 
 
@@ -36,7 +36,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
 
     Raises DataError naming the directory when a split folder is missing or holds no images.
     """
-    p = merge_params(params, DEFAULTS, "imageset params")
+    p = merge_params(params, DEFAULT_PARAMS, "imageset params")
     max_images = check_count(p["max_images"], "max_images", "imageset params")
     max_per_class = check_count(p["max_per_class"], "max_per_class", "imageset params")
     if not isinstance(p["names"] or {}, dict):

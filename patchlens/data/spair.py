@@ -32,7 +32,7 @@ SPAIR_CATEGORIES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "ca
                     "chair", "cow", "dog", "horse", "motorbike", "person", "pottedplant",
                     "sheep", "train", "tvmonitor")
 SPLIT_DIRS = {"trn": "trn", "train": "trn", "val": "val", "test": "test"}
-DEFAULTS = {"split": "test", "max_pairs": None, "categories": None, "seed": 0}
+DEFAULT_PARAMS = {"split": "test", "max_pairs": None, "categories": None, "seed": 0}
 _FIELDS = ("src_imname", "trg_imname", "category", "src_kps", "trg_kps", "trg_bndbox")
 
 
@@ -83,7 +83,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when the split has no pair annotations, an annotation is
     malformed, or a referenced image is missing.
     """
-    p = merge_params(params, DEFAULTS, "spair71k params")
+    p = merge_params(params, DEFAULT_PARAMS, "spair71k params")
     max_pairs = check_count(p["max_pairs"], "max_pairs", "spair71k params")
     if p["split"] not in SPLIT_DIRS:
         raise ConfigError(f"spair71k params: split {p['split']!r} is unknown; use trn, val or "

@@ -34,7 +34,7 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
                "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
-DEFAULTS = {"splits": ["train", "val"], "max_images": None, "seed": 0}
+DEFAULT_PARAMS = {"splits": ["train", "val"], "max_images": None, "seed": 0}
 
 
 def classes_by_area(semantic: np.ndarray) -> list[int]:
@@ -85,7 +85,7 @@ def convert(root: str | Path, out_dir: str | Path, params: dict | None = None) -
     Raises DataError naming the file when a listed image has no JPEG or mask, or a mask does
     not match its image size.
     """
-    p = merge_params(params, DEFAULTS, "voc2012 params")
+    p = merge_params(params, DEFAULT_PARAMS, "voc2012 params")
     max_images = check_count(p["max_images"], "max_images", "voc2012 params")
     splits = [p["splits"]] if isinstance(p["splits"], str) else list(p["splits"])
     root, out_dir = Path(root), Path(out_dir)

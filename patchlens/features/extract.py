@@ -34,7 +34,7 @@ from PIL import Image
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
-from patchlens.models.registry import input_geometry
+from patchlens.models.resolve import input_geometry
 
 
 def load_batch(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std) -> np.ndarray:
@@ -117,7 +117,7 @@ def image_batches(dataset: Dataset, images: list[str], size: tuple[int, int], me
 
 def build_model(spec: dict, weights_dir, size: tuple[int, int], dev):
     """The timm/ONNX backbone of a resolved model entry on ``dev``, as extraction runs it."""
-    from patchlens.models.registry import build_timm
+    from patchlens.models.resolve import build_timm
 
     return build_timm(spec, weights_dir, size).to(dev)
 

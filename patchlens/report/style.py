@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 
 from matplotlib import colors as mcolors  # noqa: E402
 
-from patchlens.models.registry import DEFAULT_FAMILY  # noqa: E402
+from patchlens.models.resolve import DEFAULT_FAMILY  # noqa: E402
 from patchlens.report.tables import FAMILIES, family_order  # noqa: E402,F401
 from patchlens.tasks.registry import all_tasks  # noqa: E402
 

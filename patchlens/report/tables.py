@@ -6,7 +6,7 @@ Files (all written atomically):
                       model's ``family``, ``n_layers`` and ``depth_frac = (layer + 1) / n_layers``
     variance.parquet  model, dataset, layer, rank, variance (channel variances sorted descending)
     models.csv        model, label, family, n_layers, source (so every figure names and colours
-                      models alike; label and family from ``models.registry.model_label``)
+                      models alike; label and family from ``models.resolve.model_label``)
 Tables written by the analysis stage and read here: attention.parquet, offset_heads.csv,
 offset_maps.parquet, cka.parquet, best_layer.csv (columns in :data:`TABLE_COLUMNS`).
 
@@ -25,7 +25,7 @@ import pandas as pd
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
-from patchlens.models.registry import DEFAULT_FAMILY, model_label
+from patchlens.models.resolve import DEFAULT_FAMILY, model_label
 from patchlens.tasks.registry import all_tasks
 
 SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
@@ -198,7 +198,7 @@ def write_scores(csv_paths, models: dict, out_path) -> pd.DataFrame:
 
 def models_table(models: dict) -> pd.DataFrame:
     """model, label, family, n_layers, source (timm name or weights location) per config entry;
-    label and family from :func:`patchlens.models.registry.model_label` (the one source)."""
+    label and family from :func:`patchlens.models.resolve.model_label` (the one source)."""
     rows = []
     for key, entry in models.items():
         entry = entry or {}
@@ -316,7 +316,7 @@ def flag_mask(col: pd.Series) -> pd.Series:
 
 def model_families(tables: dict) -> dict[str, str]:
     """model -> family over every table: models.csv first, then scores; others
-    ``DEFAULT_FAMILY`` (as :func:`patchlens.models.registry.model_label` defaults it)."""
+    ``DEFAULT_FAMILY`` (as :func:`patchlens.models.resolve.model_label` defaults it)."""
     fam: dict[str, str] = {}
     for name in ("scores", "models"):
         df = tables.get(name)
@@ -335,7 +335,7 @@ def model_families(tables: dict) -> dict[str, str]:
 
 def model_labels(tables: dict) -> dict[str, str]:
     """model -> the name shown in figures and the report: models.csv ``label`` (written from
-    the config by :func:`patchlens.models.registry.model_label`), else the model key."""
+    the config by :func:`patchlens.models.resolve.model_label`), else the model key."""
     df = tables.get("models")
     if df is None or not len(df) or "label" not in df:
         return {}

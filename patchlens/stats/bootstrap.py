@@ -29,7 +29,7 @@ import numpy as np
 
 
 AGGREGATORS = ("ratio", "category_ratio", "iou", "mlmap")
-DEFAULTS = {"n_boot": 1000, "level": 0.95, "seed": 0}
+DEFAULT_PARAMS = {"n_boot": 1000, "level": 0.95, "seed": 0}
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
 from patchlens.errors import DataError
-from patchlens.stats.bootstrap import DEFAULTS, paired_bootstrap, point
+from patchlens.stats.bootstrap import DEFAULT_PARAMS, paired_bootstrap, point
 from patchlens.stats.units import UNIT_COLUMNS, unit_data
 
 SCORE_KEYS = ["task", "dataset", "variant", "metric"]
@@ -48,8 +48,8 @@ def _select(units: pd.DataFrame, layer: int, metric: str, keys: dict) -> pd.Data
     return units[sel]
 
 
-def paired_table(scores: pd.DataFrame, units: dict, n_boot: int = DEFAULTS["n_boot"],
-                 level: float = DEFAULTS["level"], seed: int = DEFAULTS["seed"]) -> pd.DataFrame:
+def paired_table(scores: pd.DataFrame, units: dict, n_boot: int = DEFAULT_PARAMS["n_boot"],
+                 level: float = DEFAULT_PARAMS["level"], seed: int = DEFAULT_PARAMS["seed"]) -> pd.DataFrame:
     """The paired table (module doc). ``units``: {(task, model, dataset, variant): units
     DataFrame (:mod:`patchlens.stats.units`)}."""
     choices = layer_choices(scores)

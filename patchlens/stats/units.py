@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from patchlens.errors import DataError
-from patchlens.stats.bootstrap import DEFAULTS, UnitData, bootstrap_ci
+from patchlens.stats.bootstrap import DEFAULT_PARAMS, UnitData, bootstrap_ci
 
 BASE = ["layer", "seed", "metric"]
 VALUES = ["kind", "unit", "stratum", "cls", "num", "den", "tp", "fp", "fn", "score", "target"]
@@ -127,8 +127,8 @@ def unit_data(group: pd.DataFrame, order: np.ndarray | None = None
     return out, units, strata
 
 
-def intervals(units: pd.DataFrame, n_boot: int = DEFAULTS["n_boot"],
-              level: float = DEFAULTS["level"], seed: int = DEFAULTS["seed"]) -> pd.DataFrame:
+def intervals(units: pd.DataFrame, n_boot: int = DEFAULT_PARAMS["n_boot"],
+              level: float = DEFAULT_PARAMS["level"], seed: int = DEFAULT_PARAMS["seed"]) -> pd.DataFrame:
     """One row per score (layer, metric, task keys): ``value_units`` (the score re-accumulated
     without resampling, seed mean), ``ci_low``, ``ci_high`` (bootstrap_ci), ``n_units``."""
     keys = key_columns(units)
@@ -141,8 +141,8 @@ def intervals(units: pd.DataFrame, n_boot: int = DEFAULTS["n_boot"],
 
 
 def add_intervals(table: pd.DataFrame, units: list[pd.DataFrame] | pd.DataFrame,
-                  n_boot: int = DEFAULTS["n_boot"], level: float = DEFAULTS["level"],
-                  seed: int = DEFAULTS["seed"]) -> pd.DataFrame:
+                  n_boot: int = DEFAULT_PARAMS["n_boot"], level: float = DEFAULT_PARAMS["level"],
+                  seed: int = DEFAULT_PARAMS["seed"]) -> pd.DataFrame:
     """``table`` (a task's scores) with ``ci_low``/``ci_high`` joined on layer, metric and the
     task keys: the interval of the seed-mean score (the same on every seed row of a score). Raises
     if a score row has no units (a task that does not collect them)."""
@@ -164,10 +164,10 @@ def finish(table: pd.DataFrame, units: list[pd.DataFrame], bootstrap: dict | Non
            units_out=None, labels: dict | None = None) -> pd.DataFrame:
     """The evaluator's last step: ``ci_low``/``ci_high`` on every score row of ``table`` (see
     :func:`add_intervals`; ``bootstrap`` = {n_boot, level, seed}, defaults
-    :data:`~patchlens.stats.bootstrap.DEFAULTS`), and, if ``units_out`` is given, the units
+    :data:`~patchlens.stats.bootstrap.DEFAULT_PARAMS`), and, if ``units_out`` is given, the units
     written there (parquet, with the ``labels`` columns, e.g. task/model/dataset/variant)."""
     from patchlens.io import write_parquet
-    b = {**DEFAULTS, **(bootstrap or {})}
+    b = {**DEFAULT_PARAMS, **(bootstrap or {})}
     if not units:
         raise DataError("the task returned no unit records; it cannot be given intervals")
     u = pd.concat(units, ignore_index=True)

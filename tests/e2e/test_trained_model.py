@@ -91,7 +91,7 @@ def test_attention_distance_equals_independent_recomputation(workdir):
     from patchlens.analysis.attention_stats import read_attention
     from patchlens.data.dataset import Dataset
     from patchlens.features.extract import load_batch
-    from patchlens.models.registry import build_timm, resolve_model
+    from patchlens.models.resolve import build_timm, resolve_model
 
     import yaml
 

@@ -22,7 +22,7 @@ from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import evaluate
 from patchlens.features.extract import extract
 from patchlens.features.store import FeatureStore, write_features
-from patchlens.models.registry import resolve_model
+from patchlens.models.resolve import resolve_model
 from patchlens.params import merge_params
 
 SCENES = {"seed": 0, "image_size": 96, "patch_align": 16, "rotation": 0, "n_train": 12,

@@ -10,7 +10,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, WeightsError
 from patchlens.features.extract import extract, load_batch, pixel_tokens
 from patchlens.features.store import FeatureStore
-from patchlens.models.registry import build_timm, input_size, resolve_model
+from patchlens.models.resolve import build_timm, input_size, resolve_model
 
 TINY = {"timm": "vit_tiny_patch16_224", "pretrained": False,
         "kwargs": {"depth": 3, "embed_dim": 48, "num_heads": 3}}
@@ -89,7 +89,7 @@ def test_checkpoint_weights_with_sha256_and_key_map(tmp_path):
 
 
 def test_uncached_hub_weights_fail_with_one_line(monkeypatch):
-    import patchlens.models.registry as reg
+    import patchlens.models.resolve as reg
 
     monkeypatch.setattr(reg, "_online", lambda *a, **k: False)
     with pytest.raises(WeightsError) as err:
@@ -113,7 +113,7 @@ def test_norm_entry_equals_timm_forward_features(tmp_path, image_dataset, monkey
         ref_block = model.forward_intermediates(batch, indices=[2], output_fmt="NLC",
                                                 intermediates_only=True)[0]
     out2 = tmp_path / "g.h5"
-    import patchlens.models.registry as reg
+    import patchlens.models.resolve as reg
     monkeypatch.setattr(reg, "build_timm", lambda *a, **k: model)
     extract(spec, ds, out2, img_size=[48, 64], batch_size=3, progress=False)
     with torch.no_grad():

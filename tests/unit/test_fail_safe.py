@@ -359,7 +359,7 @@ def weights_server(tmp_path, monkeypatch):
 
 
 def _build(tmp_path, url, **entry):
-    from patchlens.models.registry import build_timm, resolve_model
+    from patchlens.models.resolve import build_timm, resolve_model
 
     return build_timm(resolve_model("m", {**TINY, "weights": url, **entry}), tmp_path / "w")
 

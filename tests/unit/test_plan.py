@@ -13,7 +13,7 @@ from patchlens.cli import main
 from patchlens.config import ROOT, validate
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import extract
-from patchlens.models.registry import resolve_model
+from patchlens.models.resolve import resolve_model
 from patchlens.plan import (add_hours, feature_bytes, job_resources, model_facts, plan,
                             split_counts, task_flop, vit_flop)
 

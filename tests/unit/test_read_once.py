@@ -9,7 +9,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import LayerView, evaluate_all, make_transform
 from patchlens.features.store import FeatureStore, write_features
-from patchlens.features.variance import channel_stats, write_stats
+from patchlens.features.channel_stats import channel_stats, write_stats
 from patchlens.models.oracle import oracle_tokens
 
 SCENES = {"seed": 0, "image_size": 64, "patch_align": 16, "rotation": 0, "n_train": 12,

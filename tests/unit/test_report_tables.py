@@ -218,9 +218,9 @@ def test_models_table_roundtrip(tmp_path):
 
 
 def test_models_table_labels_and_family_defaults(tmp_path):
-    """Label and family from models.registry.model_label: a baseline without a family is
+    """Label and family from models.resolve.model_label: a baseline without a family is
     'baseline' (grey), a timm model without one 'other'; the label defaults to the key."""
-    from patchlens.models.registry import model_label
+    from patchlens.models.resolve import model_label
     cfg = {"dino": {"timm": "vit_small_patch16_224.dino", "label": "DINO ViT-S/16",
                     "family": "contrastive", "n_layers": 12},
            "plain": {"timm": "vit_base_patch16_224", "n_layers": 12},

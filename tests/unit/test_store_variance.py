@@ -4,7 +4,7 @@ import xarray as xr
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore, FeatureWriter, write_features
-from patchlens.features.variance import VarianceStats, channel_stats, write_stats
+from patchlens.features.channel_stats import VarianceStats, channel_stats, write_stats
 from patchlens.features.variants import apply_variant, parse_variant
 
 
