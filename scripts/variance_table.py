@@ -2,7 +2,7 @@
 from collections import defaultdict
 from pathlib import Path
 
-from patchlens.report.tables import write_variance
+from patchlens.report.variance_table import write_variance
 from patchlens.workflow import run
 
 

@@ -20,6 +20,7 @@ from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
+from patchlens.report.variance_table import write_variance
 from patchlens.stats.report import FILES as STATS_FILES, load_tables as stats_tables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,7 +115,7 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
             f.create_variable("mean", ("layer", "channel"), data=np.zeros((n, C)))
             f.create_variable("var", ("layer", "channel"), data=var)
         vfiles[m] = p
-    T.write_variance(vfiles, tables_dir / "variance.parquet")
+    write_variance(vfiles, tables_dir / "variance.parquet")
 
     att = []
     for m in deep:

@@ -8,6 +8,7 @@ import pytest
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.report import tables as T
+from patchlens.report import variance_table as V
 
 MODELS = {"dino": {"family": "contrastive", "n_layers": 4},
           "mae": {"family": "mim", "n_layers": 8},
@@ -126,7 +127,7 @@ def test_variance_table_sorts_each_layer(tmp_path):
     var = rng.gamma(1.0, size=(3, 16)).astype("float32")
     write_variance_file(tmp_path / "scenes.h5", var, [0, 5, 11])
     write_variance_file(tmp_path / "other.h5", var[:1], [2], dataset="voc")
-    df = T.variance_table({"mae": tmp_path / "scenes.h5", "dino": [tmp_path / "other.h5"]})
+    df = V.variance_table({"mae": tmp_path / "scenes.h5", "dino": [tmp_path / "other.h5"]})
     assert set(df["dataset"]) == {"scenes", "voc"}
     mae = df[df.model == "mae"]
     assert len(mae) == 3 * 16
@@ -141,7 +142,7 @@ def test_variance_missing_var_names_file(tmp_path):
         f.dimensions = {"layer": 1}
         f.create_variable("layer", ("layer",), data=np.zeros(1, "int32"))
     with pytest.raises(DataError, match=r"v\.h5.*'var'"):
-        T.variance_table({"m": tmp_path / "v.h5"})
+        V.variance_table({"m": tmp_path / "v.h5"})
 
 
 def test_overall_uses_all_bin_else_macro_mean_and_averages_seeds(tmp_path):
