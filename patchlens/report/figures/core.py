@@ -109,8 +109,18 @@ class _Ctx:
                    for m in self.order(models)]
         handles += extra or []
         if handles:
-            fig.legend(handles=handles, loc="outside lower center",
-                       ncols=min(len(handles), 6), handlelength=2.2, columnspacing=1.2)
+            fig.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(handles),
+                       handlelength=2.2, columnspacing=1.2)
+
+
+def _legend_columns(handles, max_cols: int = 6, row_chars: int = 120) -> int:
+    """Columns of a figure legend: as many as fit one row of about ``row_chars`` characters of
+    labels (long model labels would otherwise run off the figure)."""
+    widths = sorted((len(h.get_label()) + 6 for h in handles), reverse=True)
+    n = min(len(handles), max_cols)
+    while n > 1 and sum(widths[:n]) > row_chars:
+        n -= 1
+    return n
 
 
 def _save(fig: Figure, out_stem) -> Path:
