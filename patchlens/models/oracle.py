@@ -1,7 +1,8 @@
 """``oracle``: patch features built from the ground truth (an upper reference for every task).
 
-DESIGN.md section 3: "patch features built from the ground truth (one-hot class, instance id,
-position), so every evaluator must score at or near its maximum on it". Numpy only (no torch).
+Patch features built from the ground truth (class, instance identity, position), so every
+evaluator must score at or near its protocol maximum on it (docs/protocols.md). Numpy only (no
+torch).
 
 Construction, per patch of an ``(h, w)`` grid laid over the ``(H, W)`` image (pixel ``[r, c]``
 belongs to the patch containing its centre, ``[floor((r + 0.5) h / H), floor((c + 0.5) w / W)]``,
