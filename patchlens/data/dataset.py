@@ -52,6 +52,9 @@ VOID = 255
 MASK_MODES = ("L", "P")  # 8-bit grey or palette indices
 
 
+MASK_CACHE_BYTES = 512 * 2**20  # decoded masks kept per Dataset (uint8: VOC's 2,913 masks ~ 0.5 GB)
+
+
 def mask_problem(im: Image.Image, height: int | None, width: int | None) -> str | None:
     """Why an opened mask image is unusable (one phrase), None when it is an 8-bit index image
     of size (height, width) (None: size not known, not checked)."""
@@ -106,6 +109,10 @@ class Dataset:
         self.classes = _read_table(self.root / "classes.csv", ["class", "name"], True)
         self.objects = _read_table(self.root / "objects.csv", OBJECT_COLUMNS, False)
         self.keypoints = _read_table(self.root / "keypoints.csv", KEYPOINT_COLUMNS, False)
+        # decoded masks, read-only: an evaluator scores every layer and variant with one Dataset
+        # (patchlens.evaluate), so each mask is decoded once per job, not once per layer x variant
+        self._masks: dict[tuple[str, str], np.ndarray] = {}
+        self._mask_bytes = 0
 
     @classmethod
     def from_manifest(cls, manifest: str | Path) -> "Dataset":
@@ -174,6 +181,17 @@ class Dataset:
         return self._png(image, "path", "RGB")
 
     def _mask(self, image: str, column: str) -> np.ndarray:
+        """The decoded mask (read-only uint8), cached up to :data:`MASK_CACHE_BYTES` per data set."""
+        if (image, column) in self._masks:
+            return self._masks[image, column]
+        arr = self._read_mask(image, column)
+        arr.setflags(write=False)
+        if self._mask_bytes + arr.nbytes <= MASK_CACHE_BYTES:
+            self._masks[image, column] = arr
+            self._mask_bytes += arr.nbytes
+        return arr
+
+    def _read_mask(self, image: str, column: str) -> np.ndarray:
         path = self._file(image, column)
         row = self.manifest.loc[image]
         try:
