@@ -9,11 +9,13 @@ evaluator's own count, and ``io_in``) with :func:`patchlens.plan.plan` for the s
 this machine's probed rates. The measured/planned ratio per rule then scales the plan of
 ``config.yaml`` into an extrapolated study cost.
 
-    python benchmarks/rehearsal.py --cut 200 --models vit_s16 --cores 2
+    python benchmarks/rehearsal.py --cut 200 --models vit_s16 vit_b16 vit_b8 --cores 2
 
-Small cuts mean minutes to hours per job for ViT-B/8 on a CPU; at large cuts (few images) the
-jobs are dominated by process start-up (imports, model construction), which the plan does not
-count, so compare at the largest scale the machine allows.
+Every job runs alone with all ``--cores`` threads (as the per-job seconds of the plan assume):
+the extraction and evaluation threads of the config and every planned rule's threads are set to
+``--cores``. Small cuts mean minutes to hours per job for ViT-B/8 on a CPU; at large cuts the
+small jobs are their process start-up, which the plan counts from the probe.
+``--compare-only`` recomputes the tables from a finished run (and its recorded rates).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from patchlens.config import evaluation_jobs, load_config, validate  # noqa: E402
-from patchlens.plan import add_hours, job_resources, plan, probe  # noqa: E402
+from patchlens.plan import CORE_RATES, PROBED, add_hours, job_resources, plan, probe  # noqa: E402
 
 REAL = {"train": 1464, "val": 1449, "frames": 1999, "videos": 30}
 
@@ -51,6 +54,15 @@ def cut_config(cfg: dict, cut: float, models: list[str] | None, variants: list[s
     if variants:
         cfg["variants"] = list(variants)
     return cfg
+
+
+def one_job_at_a_time(cfg: dict, cores: int) -> tuple[dict, list[str]]:
+    """The config and Snakemake's ``--set-threads`` with every planned job on all ``cores``."""
+    cfg = copy.deepcopy(cfg)
+    cfg.setdefault("extraction", {})["threads"] = cores
+    cfg.setdefault("evaluation", {})["threads"] = cores
+    rules = ["prepare_dataset", "extract_features", "channel_variance", *cfg["tasks"]]
+    return cfg, ["--set-threads", *(f"{r}={cores}" for r in rules)]
 
 
 def read_benchmarks(results: Path) -> pd.DataFrame:
@@ -82,9 +94,15 @@ def read_counts(results: Path) -> dict:
     return out
 
 
+def planned(cfg: dict, results, rates: dict) -> dict:
+    """The plan of ``cfg`` at the probed rates, start-up and render speed of this machine."""
+    return add_hours(plan(cfg, results), rates["cpu_gflops"], rates["read_mbps"],
+                     cores=rates["cores"], **{k: rates[k] for k in PROBED if k in rates})
+
+
 def compare(cfg: dict, workdir: Path, rates: dict) -> pd.DataFrame:
     results = workdir / "results"
-    p = add_hours(plan(cfg, results), rates["cpu_gflops"], rates["read_mbps"])
+    p = planned(cfg, results, rates)
     bench = read_benchmarks(results)
     reads = read_counts(results)
     rows = []
@@ -101,8 +119,7 @@ def compare(cfg: dict, workdir: Path, rates: dict) -> pd.DataFrame:
         else:
             measured_w = float("nan")
         read, size = reads.get((job["rule"], job["model"], job["dataset"]), (float("nan"),) * 2)
-        res = job_resources(p, job["rule"], job["model"], job["dataset"], rates["cpu_gflops"],
-                            rates["read_mbps"])
+        res = job_resources(p, job["rule"], job["model"], job["dataset"])
         rows.append({"rule": job["rule"], "model": job["model"], "dataset": job["dataset"],
                      "planned_s": job["hours_cpu"] * 3600, "measured_s": b["s"],
                      "ratio_s": b["s"] / max(job["hours_cpu"] * 3600, 1e-9),
@@ -116,8 +133,7 @@ def compare(cfg: dict, workdir: Path, rates: dict) -> pd.DataFrame:
 
 def extrapolate(table: pd.DataFrame, study: Path, rates: dict) -> pd.DataFrame:
     """Plan of the full study per rule, scaled by the rehearsal's measured/planned time."""
-    p = add_hours(plan(load_config(study), "/nonexistent"), rates["cpu_gflops"],
-                  rates["read_mbps"])
+    p = planned(load_config(study), "/nonexistent", rates)
     ratio = table.groupby("rule").apply(lambda g: g.measured_s.sum() / g.planned_s.sum(),
                                         include_groups=False)
     rows = []
@@ -138,24 +154,34 @@ def main():
     ap.add_argument("--variants", nargs="*", help="subset of the variants (default all 7)")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--workdir", default=str(ROOT / "results" / "rehearsal"))
-    ap.add_argument("--cpu-gflops", type=float, help="skip the probe")
-    ap.add_argument("--read-mbps", type=float)
+    ap.add_argument("--compare-only", action="store_true",
+                    help="no run: the tables of the finished run in --workdir, at its rates")
     args = ap.parse_args()
 
-    cfg = cut_config(yaml.safe_load(Path(args.config).read_text()), args.cut, args.models,
-                     args.variants)
     work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    record = work / "rehearsal.json"
+    if args.compare_only:
+        cfg = yaml.safe_load((work / "config.yaml").read_text())
+        rates = json.loads(record.read_text())["rates"]
+        args.cut = json.loads(record.read_text())["cut"]
+    else:
+        cfg, set_threads = one_job_at_a_time(
+            cut_config(yaml.safe_load(Path(args.config).read_text()), args.cut, args.models,
+                       args.variants), args.cores)
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     full = validate(copy.deepcopy(cfg))
-    targets = [f"results/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(full)]
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(ROOT / "Snakefile"),
-           "--directory", str(work), "--configfile", str(work / "config.yaml"),
-           "--cores", str(args.cores), *targets]
-    rates = probe() if not (args.cpu_gflops and args.read_mbps) else {}
-    rates = {"cpu_gflops": args.cpu_gflops or rates["cpu_gflops"],
-             "read_mbps": args.read_mbps or rates["read_mbps"]}
-    subprocess.run(cmd, check=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    if not args.compare_only:
+        targets = [f"results/scores/{t}/{m}/{d}/{v}.csv" for t, m, d, v in evaluation_jobs(full)]
+        cmd = [str(Path(sys.executable).with_name("snakemake")), "--snakefile",
+               str(ROOT / "Snakefile"), "--directory", str(work), "--configfile",
+               str(work / "config.yaml"), "--cores", str(args.cores), *targets, *set_threads]
+        rates = probe(path=work)  # all cores; the jobs run on --cores of them
+        for k in CORE_RATES:
+            rates[k] *= min(args.cores, rates["cores"]) / rates["cores"]
+        rates["cores"] = args.cores
+        record.write_text(json.dumps({"rates": rates, "cut": args.cut}, indent=1))
+        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     table = compare(full, work, rates)
     ext = extrapolate(table, Path(args.study), rates)
     pd.set_option("display.width", 200)
@@ -164,7 +190,7 @@ def main():
     print(table.to_markdown(index=False, floatfmt=".3g"))
     print()
     print(ext.to_markdown(index=False, floatfmt=".3g"))
-    (work / "rehearsal.json").write_text(json.dumps(
+    record.write_text(json.dumps(
         {"rates": rates, "cut": args.cut, "jobs": table.to_dict("records"),
          "extrapolation": ext.to_dict("records")}, indent=1, default=float))
 

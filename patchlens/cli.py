@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from patchlens.errors import PatchlensError
@@ -10,22 +11,27 @@ from patchlens.errors import PatchlensError
 
 def _plan(args) -> int:
     from patchlens.config import load_config
-    from patchlens.plan import add_hours, format_plan, plan, probe
+    from patchlens.plan import CORE_RATES, PROBED, add_hours, format_plan, plan, probe
 
     config = load_config(args.config)
     result = plan(config, args.results)
-    if args.cpu_gflops and args.read_mbps:
+    if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, default start-up
         rates = {"cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}
     else:
-        rates = probe(path=None)
-        rates = {"cpu_gflops": args.cpu_gflops or rates["cpu_gflops"],
-                 "read_mbps": args.read_mbps or rates["read_mbps"],
-                 "cores": rates["cores"]}
-    if args.cores:  # linear scaling of the probe's all-core rate to another core count
-        import os
-
-        rates["cpu_gflops"] *= args.cores / (os.cpu_count() or 1)
-    add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps)
+        scenes = any(e["source"] == "scenes" for e in config["datasets"].values())
+        rates = probe(path=None, scenes=scenes)
+        rates.update({k: v for k, v in (("cpu_gflops", args.cpu_gflops),
+                                         ("read_mbps", args.read_mbps)) if v})
+    if args.forward_gflops:
+        rates["forward_gflops"] = args.forward_gflops
+    cores = os.cpu_count() or 1
+    if args.cores:  # linear scaling of the probe's all-core rates to another core count
+        for k in CORE_RATES:
+            if rates.get(k):
+                rates[k] *= args.cores / cores
+        cores = args.cores
+    add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps,
+              cores=cores, **{k: rates[k] for k in PROBED if k in rates})
     if args.json:
         out = {k: v for k, v in result.items() if k not in ("features",)}
         out["features"] = {f"{m}/{d}": b for (m, d), b in result["features"].items()}
@@ -52,6 +58,8 @@ def main(argv=None) -> int:
                    help=f"disk rate of the GPU node in GB/s (default {DISK_GBPS:g})")
     p.add_argument("--cpu-gflops", type=float, help="skip the probe's matmul rate")
     p.add_argument("--read-mbps", type=float, help="skip the probe's read rate")
+    p.add_argument("--forward-gflops", type=float,
+                   help="ViT forward rate of the model rules (default: probed, else --cpu-gflops)")
     p.add_argument("--cores", type=int, help="scale the CPU rate to this many cores")
     p.add_argument("--top", type=int, default=10, help="cost drivers to print")
     args = ap.parse_args(argv)

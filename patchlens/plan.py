@@ -24,13 +24,20 @@ Counting (multiply-adds count as 2 FLOPs; float16 tokens as 2 bytes):
   against the context frames' local windows (DINO's label propagation); keypoints each source
   keypoint against every target patch plus the upsampled score map.
 
-Hours = FLOPs / matmul rate + bytes / disk rate: on this machine from a probe of a few seconds
-(:func:`probe`), on a GPU from ``gpu_tflops`` / ``disk_gbps``. The FLOP counts are the dominant
-matmuls only; ``benchmarks/rehearsal.py`` measures how far the real jobs are from them.
+A job's seconds = process start-up (the interpreter and the imports of its script, with torch and
+timm for the rules that build a model) + generating the data (``scenes`` only; a download's time
+depends on the network and is not counted) + FLOPs / the rate of the threads it declares (numpy's
+fp32 matmul for the evaluators; a real ViT forward pass for the rules that run a model) +
+bytes / disk rate: on this machine from a probe of a few seconds (:func:`probe`), on a GPU from
+``gpu_tflops`` / ``disk_gbps``. A stage's hours on this machine are its jobs' core-seconds over
+the cores (the scheduler keeps every core busy); on a GPU, its jobs' seconds one after another.
+The FLOP counts are the dominant matmuls only; ``benchmarks/rehearsal.py`` measures how far the
+real jobs are from them.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 import tempfile
@@ -51,11 +58,39 @@ OFFICIAL_SPLITS = {
     "imagenette": {"train": 9469, "val": 3925},         # Imagenette v2 (320 px), 10 classes
 }
 DAVIS_SEQUENCES = 30
+DAVIS_OBJECTS = 61 / 30            # DAVIS-2017 val: 61 objects in 30 sequences
+MASK_SIZE = {"davis2017": (480, 854), "voc2012": (375, 500)}  # typical ground-truth mask (H, W)
 SPAIR_PAIRS = {"test": 12234, "val": 5384, "trn": 53340, "train": 53340}
 SPAIR_KEYPOINTS_PER_PAIR = 10      # SPair-71k test: about 10 annotated keypoint pairs per pair
 CLASSES = {"voc2012": 20, "imagenette": 10}        # foreground classes drawn for support
 OBJECTS_PER_IMAGE = 2              # scenes: objects per still image (about; generator default)
 IMAGE_BYTES_PER_PIXEL = 0.3        # decoded-image read cost of a JPEG/PNG on disk, per pixel
+
+# Rules with a fixed thread count (the others: ``extraction.threads`` for the rules that run a
+# model, ``evaluation.threads`` for the task evaluators); the rules read their ``threads:`` here.
+FIXED_THREADS = {"prepare_dataset": 1, "channel_variance": 1, "cka": 2}
+MODEL_RULES = ("extract_features", "attention_stats")  # their scripts import torch and timm
+# Start-up of a job's process when not probed (:func:`probe`): seconds for the interpreter,
+# numpy/pandas/h5py and Snakemake's script preamble ("python"), and with torch + timm ("torch"),
+# plus generating ``scenes`` images (s per megapixel). Measured on the development machine, quiet
+# (python -c "from patchlens.plan import probe; print(probe())"); the probe replaces them.
+STARTUP_S = {"python": 1.0, "torch": 5.3}
+RENDER_S_PER_MPIX = 0.5
+# ... and the few-shot linear probe's rate (its skinny matmuls and L-BFGS steps, GFLOP/s of all
+# cores) and the ns per pixel x class of upsampling and arg-maxing a score map
+LBFGS_GFLOPS = 26.0
+BUILD_S_PER_MPARAM = 0.02  # building a timm model (random init; then weights are loaded)
+UPSAMPLE_NS = 5.7
+TRACK_NS = 28.0  # tracking: ns per mask pixel x channel to upsample, arg-max and score (J&F)
+REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduced
+PROPAGATE_GFLOPS = 90.0  # tracking's banded similarity + top-k (all cores)
+
+# what :func:`probe` measures beyond the matmul and read rates, as keywords of add_hours
+PROBED = ("forward_gflops", "build_s_per_mparam", "lbfgs_gflops", "upsample_ns", "track_ns",
+          "propagate_gflops", "reduce_ns", "startup_s", "render_s_per_mpix")
+
+# the probed rates that grow with the cores (a job's share is its threads over the cores)
+CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops", "propagate_gflops")
 
 GPU_TFLOPS = 50.0   # default: sustained fp32 matmul of a current data-centre GPU (H100 SXM: 67 peak)
 DISK_GBPS = 2.0     # default: NVMe read/write of a GPU node, GB/s
@@ -112,6 +147,57 @@ def n_pairs(entry: dict, counts: dict) -> int:
         pairs = SPAIR_PAIRS.get(p.get("split", "test"), SPAIR_PAIRS["test"])
         return min(pairs, p["max_pairs"]) if p.get("max_pairs") else pairs
     return counts.get("pair", 0) // 2
+
+
+def propagate_flop(grid, n_ctx: int, radius: int, C: int) -> float:
+    """FLOPs of one target frame of DINO's label propagation as patchlens.tasks.tracking computes
+    it: per band of target rows, their similarities to the context frames' rows within the
+    radius (the window is a mask on that band)."""
+    from patchlens.tasks.tracking import _band_rows
+
+    h, w = grid
+    rows = _band_rows(h, w, n_ctx, radius)
+    total = 0.0
+    for a in range(0, h, rows):
+        b = min(h, a + rows)
+        sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
+        total += 2.0 * (b - a) * w * n_ctx * (sb - sa) * w * C
+    return total
+
+
+def n_videos(entry: dict) -> int:
+    """Video sequences of a data set."""
+    p = entry.get("params") or {}
+    if entry["source"] == "scenes":
+        from patchlens.data.scenes import resolve_params
+
+        return resolve_params(p)["n_videos"]
+    return min(DAVIS_SEQUENCES, p.get("max_sequences") or DAVIS_SEQUENCES)
+
+
+def mask_size(entry: dict) -> tuple[int, int]:
+    """(H, W) of a data set's ground-truth masks (the evaluators score at the image's own size):
+    ``scenes`` its generator's image size, the recipes their typical size, else the input."""
+    if entry["source"] == "scenes":
+        from patchlens.data.scenes import resolve_params
+
+        side = resolve_params(entry.get("params") or {})["image_size"]
+        return side, side
+    if entry["source"] in MASK_SIZE:
+        return MASK_SIZE[entry["source"]]
+    from patchlens.models.resolve import input_size
+
+    return tuple(input_size(entry.get("img_size", 224), 1))
+
+
+def video_objects(entry: dict) -> float:
+    """Objects per video sequence (tracked and scored one by one)."""
+    if entry["source"] == "scenes":
+        from patchlens.data.scenes import resolve_params
+
+        lo, hi = resolve_params(entry.get("params") or {})["video_objects"]
+        return (lo + hi) / 2
+    return DAVIS_OBJECTS
 
 
 def n_classes(entry: dict) -> int:
@@ -172,6 +258,12 @@ def vit_flop(f: dict, grid: tuple[int, int]) -> float:
     return 2.0 * P * 3 * p * p * D + f["depth"] * block
 
 
+def vit_mparams(f: dict) -> float:
+    """Millions of weights of the blocks and patch embedding (what building the model inits)."""
+    D, H, p = f["dim"], f["mlp_hidden"], f["patch_size"]
+    return (f["depth"] * (4 * D * D + 2 * D * H) + 3 * p * p * D) / 1e6
+
+
 def grid_of(img_size, patch: int) -> tuple[int, int]:
     from patchlens.models.resolve import input_geometry
 
@@ -180,20 +272,37 @@ def grid_of(img_size, patch: int) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- tasks
 
+def fewshot_parts(p: dict, counts: dict, entry: dict, grid, C: int) -> dict:
+    """Few-shot segmentation of one layer and variant, in its three costs: ``knn`` FLOPs (every
+    query patch against every support patch), ``probe`` FLOPs (the linear probe: per L-BFGS
+    evaluation, about one per iteration, the two (patches x C) x (C x K+1) matmuls, then the
+    query logits) and ``pixels`` (pixel x class values upsampled and arg-maxed per query image
+    and head), each summed over the seeds."""
+    K = n_classes(entry)
+    n_sup = min(counts.get(p["support_split"], 0), p["n_shots"] * K)
+    n_query = counts.get(p["query_split"], 0)
+    ns, nq = n_sup * grid[0] * grid[1], n_query * grid[0] * grid[1]
+    heads = set(p["heads"])
+    seeds = len(p["seeds"])
+    from patchlens.models.resolve import input_size
+
+    h, w = input_size(entry.get("img_size", 224), 1)
+    pixels = seeds * len(heads) * n_query * h * w * (K + 1)
+    # the two interpolation products per pixel x class (on a GPU they are its FLOPs)
+    out = {"knn": 0.0, "probe": 0.0, "pixels": pixels, "pixel_flop": pixels * 2.0 * sum(grid)}
+    if "knn" in heads:
+        out["knn"] = seeds * 2.0 * nq * ns * C
+    if "linear" in heads:
+        out["probe"] = seeds * (p["linear_iters"] * 2 * 2.0 * ns * C * (K + 1)
+                                + 2.0 * nq * C * (K + 1))
+    return out
+
+
 def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> float:
     """FLOPs of one layer and one variant of a task (the matmuls of its protocol)."""
     P = grid[0] * grid[1]
     if task == "fewshot_seg":
-        K = n_classes(entry)
-        n_sup = min(counts.get(p["support_split"], 0), p["n_shots"] * K)
-        ns, nq = n_sup * P, counts.get(p["query_split"], 0) * P
-        heads = set(p["heads"])
-        per_seed = 0.0
-        if "knn" in heads:
-            per_seed += 2.0 * nq * ns * C
-        if "linear" in heads:
-            per_seed += p["linear_iters"] * 3 * 2.0 * ns * C * (K + 1) + 2.0 * nq * C * (K + 1)
-        return len(p["seeds"]) * per_seed
+        return sum(fewshot_parts(p, counts, entry, grid, C)[k] for k in ("knn", "probe"))
     if task == "lowshot_cls":
         K = n_classes(entry)
         nq = counts.get(p["query_split"], 0)
@@ -210,9 +319,12 @@ def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> fl
         return 2.0 * nq * counts.get(p["gallery_split"], 0) * P * C
     if task == "tracking":
         frames = counts.get(p["split"], 0)
-        r = p["size_mask_neighborhood"]
-        window = P if not r else min(P, (2 * r + 1) ** 2)
-        return 2.0 * frames * (p["n_last_frames"] + 1) * P * window * C
+        videos = max(1, min(n_videos(entry), frames))
+        per_video = frames / videos
+        scored = max(0, int(per_video) - (2 if p["skip_last_frame"] else 1))
+        return videos * sum(propagate_flop(grid, 1 + min(t - 1, p["n_last_frames"]),
+                                           p["size_mask_neighborhood"], C)
+                            for t in range(1, scored + 1))
     if task == "keypoints":
         pairs = n_pairs(entry, counts)
         from patchlens.models.resolve import input_size
@@ -229,6 +341,16 @@ def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int) -> fl
 
 
 # ----------------------------------------------------------------------------- the plan
+
+def rule_threads(config: dict, rule: str) -> int:
+    """Threads of a rule's jobs (the one home of the workflow's ``threads:``): the BLAS, OpenMP
+    and torch threads a job runs with (Snakemake sets OMP_NUM_THREADS and friends to it)."""
+    if rule in FIXED_THREADS:
+        return FIXED_THREADS[rule]
+    if rule in MODEL_RULES:
+        return int((config.get("extraction") or {}).get("threads", 4))
+    return int((config.get("evaluation") or {}).get("threads", 4))
+
 
 def _stage():
     return {"jobs": 0, "flop": 0.0, "bytes_written": 0.0, "bytes_read": 0.0}
@@ -252,19 +374,31 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
     counts = {d: split_counts(e, results / "data" / d / "manifest.csv")
               for d, e in config["datasets"].items()}
 
-    def add(rule, model, dataset, what, flop=0.0, written=0.0, read=0.0, jobs=1, mem=0.0):
+    def add(rule, model, dataset, what, flop=0.0, written=0.0, read=0.0, jobs=1, mem=0.0,
+            render_mpix=0.0, probe_flop=0.0, pixels=0.0, pixel_flop=0.0, mparams=0.0,
+            mask_pixels=0.0, elements=0.0):
         s = stages.setdefault(rule, _stage())
         s["jobs"] += jobs
         s["flop"] += flop
         s["bytes_written"] += written
         s["bytes_read"] += read
         rows.append({"rule": rule, "model": model, "dataset": dataset, "what": what,
-                     "flop": flop, "bytes_written": written, "bytes_read": read, "mem_bytes": mem})
+                     "flop": flop, "bytes_written": written, "bytes_read": read, "mem_bytes": mem,
+                     "threads": rule_threads(config, rule), "render_mpix": render_mpix,
+                     "probe_flop": probe_flop, "pixels": pixels, "pixel_flop": pixel_flop,
+                     "mparams": mparams, "mask_pixels": mask_pixels, "elements": elements,
+                     "startup": "torch" if rule in MODEL_RULES else "python"})
 
     for d, e in config["datasets"].items():
         n = sum(counts[d].values())
         h, w = grid_of(e.get("img_size", 224), 1)
-        add("prepare_dataset", "-", d, "prepare", written=n * h * w * IMAGE_BYTES_PER_PIXEL)
+        render = 0.0
+        if e["source"] == "scenes":  # generated here, at the generator's own image size
+            from patchlens.data.scenes import resolve_params
+
+            render = n * resolve_params(e.get("params") or {})["image_size"] ** 2 / 1e6
+        add("prepare_dataset", "-", d, "prepare", written=n * h * w * IMAGE_BYTES_PER_PIXEL,
+            render_mpix=render)
 
     facts = {m: model_facts(e) for m, e in config["models"].items()}
     for m, e in config["models"].items():
@@ -279,7 +413,7 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
             batch = config.get("extraction", {}).get("batch_size", 16)
             act = batch * (grid[0] * grid[1] + f["prefix"]) * max(f["dim"], 1) * 4 * 24
             add("extract_features", m, d, "extract", flop=n * vit_flop(f, grid), written=size,
-                read=n * h * w * IMAGE_BYTES_PER_PIXEL, mem=act)
+                read=n * h * w * IMAGE_BYTES_PER_PIXEL, mem=act, mparams=vit_mparams(f))
 
     pairs_variance = set()
     for task, te in config["tasks"].items():
@@ -295,9 +429,19 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
                 # every layer is read once, whole (patchlens.evaluate.LayerView): the file
                 read = feature_bytes(f, sum(counts[d].values()), grid)
                 layer_mem = read / max(f["n_layers"], 1) * 2  # float16 layer + float32 chunks
-                flop = f["n_layers"] * len(variants) * task_flop(task, p, counts[d], de, grid,
-                                                                 f["dim"])
-                add(task, m, d, task, flop=flop, read=read, mem=layer_mem)
+                per = f["n_layers"] * len(variants)
+                flop = per * task_flop(task, p, counts[d], de, grid, f["dim"])
+                extra = {}
+                if task == "fewshot_seg":  # the probe and the upsampling have rates of their own
+                    parts = fewshot_parts(p, counts[d], de, grid, f["dim"])
+                    extra = {k: per * parts[v] for k, v in (("probe_flop", "probe"),
+                                                            ("pixels", "pixels"),
+                                                            ("pixel_flop", "pixel_flop"))}
+                if task == "tracking":  # every scored frame: upsample, arg-max, J&F per object
+                    H, W = mask_size(de)
+                    extra = {"mask_pixels": per * counts[d].get(p["split"], 0) * H * W
+                             * (video_objects(de) + 1)}
+                add(task, m, d, task, flop=flop, read=read, mem=layer_mem, **extra)
                 if any(needs_stats(v) for v in variants):
                     pairs_variance.add((m, d))
     for m, d in sorted(pairs_variance):
@@ -305,9 +449,9 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
         grid = grid_of(de.get("img_size", 224), f["patch_size"])
         sup = [s for s in config.get("variance", {}).get("split", ["train"]) if s in counts[d]]
         n = sum(counts[d][s] for s in sup)
-        add("channel_variance", m, d, "variance", flop=4.0 * n * f["n_layers"] * grid[0] * grid[1]
-            * f["dim"], read=feature_bytes(f, n, grid),
-            written=f["n_layers"] * f["dim"] * 8.0 * 2)
+        add("channel_variance", m, d, "variance", read=feature_bytes(f, n, grid),
+            written=f["n_layers"] * f["dim"] * 8.0 * 2,  # a memory-bound reduction, no matmul
+            elements=n * f["n_layers"] * grid[0] * grid[1] * f["dim"])
 
     analyses = config.get("analyses") or {}
     if "attention" in analyses:
@@ -323,7 +467,7 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
                 N = grid[0] * grid[1] + f["prefix"]
                 add("attention_stats", m, d, "attention", flop=n * vit_flop(f, grid)
                     + n * f["depth"] * N * N * 4.0,
-                    written=f["depth"] * N * N * 8.0)
+                    written=f["depth"] * N * N * 8.0, mparams=vit_mparams(f))
     if "cka" in analyses:
         cp = analysis_params(config, "cka")
         for d in analyses["cka"]["datasets"]:
@@ -359,9 +503,15 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
 
 # ----------------------------------------------------------------------------- hours
 
-def probe(seconds: float = 3.0, path: str | os.PathLike | None = None) -> dict:
-    """This machine's fp32 matmul GFLOP/s (numpy BLAS, every core) and sequential read MB/s
-    (a 128 MiB file written, dropped from the page cache where the OS allows, read back)."""
+def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
+          scenes: bool = True) -> dict:
+    """This machine's fp32 matmul GFLOP/s (numpy BLAS, every core), sequential read MB/s (a
+    128 MiB file written, dropped from the page cache where the OS allows, read back), the
+    start-up of a job's process (a fresh interpreter importing what the scripts import, without
+    and with torch + timm) and, with ``scenes``, the s per megapixel of generating them."""
+    import subprocess
+    import sys
+
     import numpy as np
 
     m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
@@ -386,36 +536,193 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None) -> dict:
             while fh.read(8 * 2 ** 20):
                 pass
         mbps = size / (time.perf_counter() - t0) / 1e6
-    return {"cpu_gflops": gflops, "read_mbps": mbps, "cores": os.cpu_count() or 1}
+    base = "import snakemake.script, numpy, pandas, h5py, patchlens.evaluate"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", base], check=True, capture_output=True)
+    startup = {"python": time.perf_counter() - t0}
+    # the model rules: the same imports with torch and timm, then the forward rate of a real ViT
+    # (ViT-S/16 at 448 px, 2 images, every core): torch's kernels, not numpy's BLAS
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _FORWARD_PROBE], check=True, capture_output=True,
+                         text=True).stdout
+    fwd = json.loads(out.strip().splitlines()[-1])
+    per_image = fwd["forward_s"] / fwd["images"]
+    # imports, then the first forward pass's extra time (kernel selection, allocation)
+    startup["torch"] = (time.perf_counter() - t0 - fwd["after_imports_s"]
+                        + max(0.0, fwd["first_s"] - per_image))
+    forward = vit_flop(model_facts({"timm": "vit_small_patch16_224"}), (28, 28)) / per_image / 1e9
+    build = fwd["build_s"] / fwd["mparams"]
+    from patchlens.evaluation.probes import LinearProbe
+    from patchlens.evaluation.upsample import resize_bilinear
+
+    n, k = 4096, 21  # the linear probe of few-shot segmentation: support patches x C -> K + 1
+    xs, ys = a, rng.integers(0, k, m)
+    LinearProbe.fit(xs[:256], ys[:256], k, 1e-4, 3)  # warm-up
+    t0 = time.perf_counter()
+    fit = LinearProbe.fit(xs, ys, k, 1e-4, 30)
+    lbfgs = fit.n_evals * 2 * 2.0 * n * c * k / (time.perf_counter() - t0) / 1e9
+    scores = rng.random((28, 28, k), dtype=np.float32)
+    resize_bilinear(scores, (448, 448)).argmax(-1)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        resize_bilinear(scores, (448, 448)).argmax(-1)
+    upsample = (time.perf_counter() - t0) / (5 * 448 * 448 * k) * 1e9
+    from patchlens.evaluation.davis_metrics import jf_labels
+    from patchlens.evaluation.knn import l2_normalize
+    from patchlens.tasks.tracking import labels_to_mask, propagate
+
+    from patchlens.features.channel_stats import merge_moments
+
+    x16 = rng.standard_normal((8 * 784, c), dtype=np.float32).astype(np.float16)
+    runs = []
+    for _ in range(4):  # the first allocates; the median of the others
+        t0 = time.perf_counter()
+        merge_moments(0, np.zeros(c), np.zeros(c), x16.astype(np.float32))
+        runs.append(time.perf_counter() - t0)
+    reduce = float(np.median(runs[1:])) / x16.size * 1e9
+    # DINO's label propagation at DAVIS shape: 30 x 54 patches, 8 context frames, 3 labels
+    ctx = l2_normalize(rng.standard_normal((8 * 30 * 54, c), dtype=np.float32)).reshape(8, -1, c)
+    labels = rng.random((8, 30 * 54, 3), dtype=np.float32)
+    propagate(ctx[0], ctx, labels, (30, 54), 12, 5, 0.1)
+    t0 = time.perf_counter()
+    propagate(ctx[1], ctx, labels, (30, 54), 12, 5, 0.1)
+    propagation = propagate_flop((30, 54), 8, 12, c) / (time.perf_counter() - t0) / 1e9
+
+    soft = rng.random((30, 54, 3), dtype=np.float32)  # a DAVIS frame: 2 objects + background
+    gt = np.zeros((480, 854), np.int64)
+    gt[100:300, 100:400], gt[250:450, 500:800] = 1, 2
+    t0 = time.perf_counter()
+    for _ in range(3):
+        jf_labels(gt, labels_to_mask(soft, gt.shape), 2)
+    track = (time.perf_counter() - t0) / (3 * 480 * 854 * 3) * 1e9
+    render = RENDER_S_PER_MPIX
+    if scenes:  # a warm-up set, then 8 + 24 crops at 256 px with the generator's default classes
+        from patchlens.data.scenes import generate_scenes
+
+        sets = {k: 0 for k in ("n_val", "n_gallery", "n_videos", "n_pairs", "n_shots_max")}
+        with tempfile.TemporaryDirectory(dir=path) as out:
+            generate_scenes(Path(out) / "warm", {**sets, "image_size": 64, "n_train": 1})
+            t0 = time.perf_counter()
+            generate_scenes(Path(out) / "probe", {**sets, "image_size": 256, "n_train": 8})
+            n = sum(split_counts({"source": "scenes", "params": {
+                **sets, "image_size": 256, "n_train": 8}}).values())
+            render = (time.perf_counter() - t0) / (n * 256 * 256 / 1e6)
+    return {"cpu_gflops": gflops, "read_mbps": mbps, "cores": os.cpu_count() or 1,
+            "forward_gflops": forward, "build_s_per_mparam": build, "lbfgs_gflops": lbfgs,
+            "upsample_ns": upsample, "track_ns": track, "propagate_gflops": propagation,
+            "reduce_ns": reduce,
+            "startup_s": startup, "render_s_per_mpix": render}
+
+
+_FORWARD_PROBE = """
+import json, time
+t0 = time.perf_counter()
+import snakemake.script, numpy, pandas, h5py, patchlens.evaluate, torch, timm
+t1 = time.perf_counter()
+m = timm.create_model("vit_small_patch16_224", pretrained=False, dynamic_img_size=True).eval()
+tb = time.perf_counter()
+x = torch.randn(2, 3, 448, 448)
+with torch.inference_mode():
+    m.forward_features(x[:1])
+    t2 = time.perf_counter()
+    m.forward_features(x)
+    t3 = time.perf_counter()
+print(json.dumps({"after_imports_s": t3 - t1, "build_s": tb - t1, "first_s": t2 - tb,
+                  "forward_s": t3 - t2, "images": 2,
+                  "mparams": sum(p.numel() for p in m.parameters()) / 1e6}))
+"""
+
+
+def job_seconds(job: dict, cpu_gflops: float, read_mbps: float, cores: int,
+                startup_s: dict | None = None, render_s_per_mpix: float = RENDER_S_PER_MPIX,
+                gpu_tflops: float | None = None, disk_gbps: float | None = None,
+                forward_gflops: float | None = None, lbfgs_gflops: float = LBFGS_GFLOPS,
+                upsample_ns: float = UPSAMPLE_NS,
+                build_s_per_mparam: float = BUILD_S_PER_MPARAM,
+                track_ns: float = TRACK_NS,
+                propagate_gflops: float = PROPAGATE_GFLOPS,
+                reduce_ns: float = REDUCE_NS) -> float:
+    """Wall seconds of one job row: start-up + building its model + generation + its FLOPs at the rate of the threads
+    it declares (``cpu_gflops``, numpy's matmul, or for a model's forward pass
+    ``forward_gflops`` when probed; the linear probe's ``probe_flop`` at ``lbfgs_gflops``: rates
+    of all ``cores``) + upsampled ``pixels`` at ``upsample_ns`` each + bytes at the disk rate;
+    with ``gpu_tflops``/``disk_gbps``, the same job on a GPU node (the upsampling too, as its
+    ``pixel_flop``)."""
+    fixed = ((startup_s or STARTUP_S)[job.get("startup", "python")]
+             + job.get("render_mpix", 0.0) * render_s_per_mpix
+             + job.get("mparams", 0.0) * build_s_per_mparam
+             + job.get("mask_pixels", 0.0) * track_ns * 1e-9  # numpy, on a GPU node too
+             + job.get("elements", 0.0) * reduce_ns * 1e-9)
+    nbytes = job["bytes_read"] + job["bytes_written"]
+    if gpu_tflops is not None:
+        return (fixed + (job["flop"] + job.get("pixel_flop", 0.0)) / (gpu_tflops * 1e12)
+                + nbytes / (disk_gbps * 1e9))
+    pixels = job.get("pixels", 0.0) * upsample_ns * 1e-9
+    if forward_gflops and job["rule"] in MODEL_RULES:
+        cpu_gflops = forward_gflops
+    if job["rule"] == "tracking":
+        cpu_gflops = propagate_gflops
+    share = min(job.get("threads", cores), cores) / cores
+    probe = job.get("probe_flop", 0.0)  # the linear probe's matmuls, at its own rate
+    return (fixed + pixels + (job["flop"] - probe) / (cpu_gflops * share * 1e9)
+            + probe / (lbfgs_gflops * share * 1e9) + nbytes / (read_mbps * 1e6))
 
 
 def add_hours(result: dict, cpu_gflops: float, read_mbps: float, gpu_tflops: float = GPU_TFLOPS,
-              disk_gbps: float = DISK_GBPS) -> dict:
-    """``hours_cpu`` / ``hours_gpu`` of every stage and job row (compute + I/O, in series)."""
-    def hours(flop, nbytes):
-        cpu = (flop / (cpu_gflops * 1e9) + nbytes / (read_mbps * 1e6)) / 3600
-        gpu = (flop / (gpu_tflops * 1e12) + nbytes / (disk_gbps * 1e9)) / 3600
-        return cpu, gpu
-
-    for item in list(result["stages"].values()) + result["jobs"]:
-        item["hours_cpu"], item["hours_gpu"] = hours(item["flop"],
-                                                     item["bytes_read"] + item["bytes_written"])
+              disk_gbps: float = DISK_GBPS, cores: int | None = None,
+              startup_s: dict | None = None, render_s_per_mpix: float = RENDER_S_PER_MPIX,
+              forward_gflops: float | None = None, lbfgs_gflops: float = LBFGS_GFLOPS,
+              upsample_ns: float = UPSAMPLE_NS,
+              build_s_per_mparam: float = BUILD_S_PER_MPARAM, track_ns: float = TRACK_NS,
+              propagate_gflops: float = PROPAGATE_GFLOPS, reduce_ns: float = REDUCE_NS) -> dict:
+    """``hours_cpu`` / ``hours_gpu`` of every job row (its wall time, :func:`job_seconds`) and
+    stage (machine hours: the jobs' core-hours over ``cores``; on a GPU the jobs in series)."""
+    cores = cores or os.cpu_count() or 1
+    rates = {"forward_gflops": forward_gflops, "lbfgs_gflops": lbfgs_gflops,
+             "upsample_ns": upsample_ns, "build_s_per_mparam": build_s_per_mparam,
+             "track_ns": track_ns, "propagate_gflops": propagate_gflops,
+             "reduce_ns": reduce_ns}
+    for s in result["stages"].values():
+        s["hours_cpu"] = s["hours_gpu"] = 0.0
+    for job in result["jobs"]:
+        job["hours_cpu"] = job_seconds(job, cpu_gflops, read_mbps, cores, startup_s,
+                                       render_s_per_mpix, **rates) / 3600
+        job["hours_gpu"] = job_seconds(job, cpu_gflops, read_mbps, cores, startup_s,
+                                       render_s_per_mpix, gpu_tflops, disk_gbps, **rates) / 3600
+        s = result["stages"][job["rule"]]
+        s["hours_cpu"] += job["hours_cpu"] * min(job.get("threads", cores), cores) / cores
+        s["hours_gpu"] += job["hours_gpu"]
     result["hours_cpu"] = sum(s["hours_cpu"] for s in result["stages"].values())
     result["hours_gpu"] = sum(s["hours_gpu"] for s in result["stages"].values())
-    result["rates"] = {"cpu_gflops": cpu_gflops, "read_mbps": read_mbps,
+    result["rates"] = {"cpu_gflops": cpu_gflops, "forward_gflops": forward_gflops or cpu_gflops,
+                       "lbfgs_gflops": lbfgs_gflops, "upsample_ns": upsample_ns,
+                       "build_s_per_mparam": build_s_per_mparam, "track_ns": track_ns,
+                       "propagate_gflops": propagate_gflops, "reduce_ns": reduce_ns,
+                       "read_mbps": read_mbps, "cores": cores,
+                       "startup_s": dict(startup_s or STARTUP_S),
+                       "render_s_per_mpix": render_s_per_mpix,
                        "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps}
     return result
 
 
-def job_resources(result: dict, rule: str, model: str, dataset: str, cpu_gflops: float = 100.0,
-                  read_mbps: float = 500.0, floor_mb: int = 2000, floor_min: int = 10) -> dict:
+# A conservative per-core fp32 matmul rate for the runtime a cluster job asks for (the
+# development machine's probe gives about 85 per core; older or busy nodes give less).
+CORE_GFLOPS = 30.0
+
+
+def job_resources(result: dict, rule: str, model: str, dataset: str,
+                  core_gflops: float = CORE_GFLOPS, read_mbps: float = 500.0,
+                  floor_mb: int = 2000, floor_min: int = 10, gpu_tflops: float | None = None,
+                  disk_gbps: float = DISK_GBPS) -> dict:
     """``mem_mb`` / ``runtime`` (minutes) of one job from the plan: 1.5x its in-memory working
-    set plus 1 GB (never below ``floor_mb``), 2x its planned CPU time (never below
-    ``floor_min``); the rule resources of the workflow are derived here."""
+    set plus 1 GB (never below ``floor_mb``), 2x its planned seconds with the threads it
+    declares at ``core_gflops`` each (on a GPU at ``gpu_tflops``), never below ``floor_min``;
+    the rule resources of the workflow are derived here."""
     for r in result["jobs"]:
         if r["rule"] == rule and r["model"] == model and r["dataset"] == dataset:
-            secs = r["flop"] / (cpu_gflops * 1e9) + (r["bytes_read"] + r["bytes_written"]) / (
-                read_mbps * 1e6)
+            t = r.get("threads", 1)
+            secs = job_seconds(r, core_gflops * t, read_mbps, t, gpu_tflops=gpu_tflops,
+                               disk_gbps=disk_gbps)
             return {"mem_mb": max(floor_mb, int(1.5 * r["mem_bytes"] / 2 ** 20) + 1000),
                     "runtime": max(floor_min, int(math.ceil(2 * secs / 60)))}
     return {"mem_mb": floor_mb, "runtime": floor_min}

@@ -13,7 +13,7 @@ rule attention_stats:
         f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
     conda:
         EXTRACT_ENV
-    threads: config["extraction"]["threads"]
+    threads: rule_threads(config, "attention_stats")
     resources:
         **extraction_resources("attention_stats"),
     params:
@@ -61,7 +61,7 @@ rule cka:
         f"{RESULTS}/benchmarks/cka/{{dataset}}.tsv"
     conda:
         EVAL_ENV
-    threads: 2
+    threads: rule_threads(config, "cka")
     resources:
         **({"gpu": 1} if config["gpu"] else {}),
         mem_mb=8000,

@@ -15,7 +15,13 @@ from patchlens.config import (
 from patchlens.errors import ConfigError
 from patchlens.features.variants import needs_stats
 from patchlens.models.resolve import feature_entry, model_label
-from patchlens.plan import check_disk, job_resources, plan as plan_study
+from patchlens.plan import (
+    GPU_TFLOPS,
+    check_disk,
+    job_resources,
+    plan as plan_study,
+    rule_threads,
+)
 
 RESULTS = "results"
 EXTRACT_ENV = "../envs/extract.yaml"
@@ -138,13 +144,12 @@ def planned_resources(rule_name, gpu=False):
 
     def resource(key):
         def get(wildcards):
-            rates = {"cpu_gflops": 50e3, "read_mbps": 2000.0} if gpu else {}
             return job_resources(
                 study_plan(),
                 rule_name,
                 wildcards.get("model", "all"),
                 wildcards.dataset,
-                **rates,
+                gpu_tflops=GPU_TFLOPS if gpu else None,
             )[key]
 
         return get

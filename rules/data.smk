@@ -10,7 +10,7 @@ rule prepare_dataset:
         f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
     conda:
         "../envs/data.yaml"
-    threads: 1
+    threads: rule_threads(config, "prepare_dataset")
     resources:
         mem_mb=4000,
         runtime=240,

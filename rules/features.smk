@@ -12,7 +12,7 @@ rule extract_features:
         f"{RESULTS}/benchmarks/extract_features/{{model}}/{{dataset}}.tsv"
     conda:
         EXTRACT_ENV
-    threads: config["extraction"]["threads"]
+    threads: rule_threads(config, "extract_features")
     resources:
         **extraction_resources(),
     params:

@@ -31,7 +31,7 @@ for _task in config["tasks"]:
             "evaluate"
         conda:
             EVAL_ENV
-        threads: 1
+        threads: rule_threads(config, _task)
         resources:
             **evaluator_resources(_task),
         params:

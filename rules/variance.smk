@@ -15,7 +15,7 @@ rule channel_variance:
         "evaluate"
     conda:
         EVAL_ENV
-    threads: 1
+    threads: rule_threads(config, "channel_variance")
     resources:
         mem_mb=2000,
         runtime=30,

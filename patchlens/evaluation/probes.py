@@ -1,9 +1,15 @@
 """The linear probe of the few-shot segmentation protocol (Vanyan et al. 2024, arXiv 2401.00463,
 Sec. 4; ``docs/protocols.md``): multinomial logistic regression with L2 weight decay, full-batch
 L-BFGS for a fixed number of iterations from zero (deterministic).
+
+Speed: the optimiser's own updates are small vector operations in scipy's BLAS; on more than one
+thread that pool competes with numpy's for the cores between the objective's two matmuls and the
+fit takes about twice as long (benchmarks/README.md), so it runs on one thread
+(:func:`optimizer_blas_on_one_thread`) while numpy's matmuls keep theirs.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +19,26 @@ from patchlens.device import matmul
 from patchlens.evaluation.knn import l2_normalize
 
 
+@contextlib.contextmanager
+def optimizer_blas_on_one_thread():
+    """scipy's own BLAS library on one thread for the duration (pip wheels ship one beside
+    numpy's); where scipy and numpy share one library (conda), that library."""
+    from threadpoolctl import ThreadpoolController
+
+    blas = [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas"]
+    own = [lib for lib in blas if "scipy.libs" in lib.filepath.replace("\\", "/")]
+    libs = own or blas
+    before = [lib.num_threads for lib in libs]
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(libs, before):
+            lib.set_num_threads(n)
+
+
 @dataclass
 class LinearProbe:
     """Multinomial logistic regression on L2-normalised, standardised features."""
@@ -20,6 +46,7 @@ class LinearProbe:
     scale: np.ndarray
     weight: np.ndarray  # (C, K)
     bias: np.ndarray    # (K,)
+    n_evals: int = 0    # objective evaluations of the fit (about one per L-BFGS iteration)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float,
@@ -47,11 +74,13 @@ class LinearProbe:
             gw = matmul(x.T, g).astype(np.float64) + weight_decay * w
             return loss, np.concatenate([gw.ravel(), g.sum(0, dtype=np.float64)])
 
-        res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True, method="L-BFGS-B",
-                       options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
+        with optimizer_blas_on_one_thread():
+            res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True,
+                           method="L-BFGS-B",
+                           options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
         theta = res.x
         return cls(mean, scale, theta[:c * n_classes].reshape(c, n_classes).astype(np.float32),
-                   theta[c * n_classes:].astype(np.float32))
+                   theta[c * n_classes:].astype(np.float32), int(res.nfev))
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Class scores (n, K) of features (n, C)."""

@@ -2,7 +2,9 @@
 
 Up to pixels: ``resize_bilinear`` matches ``torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)``: separable interpolation matrices, so (h, w, K) -> (H, W, K) costs two
-small matrix products; ``resize_nearest`` for label maps. Down to the grid: ``grid_fraction``
+small matrix products; ``upsample_argmax`` (the class map of few-shot segmentation) runs them on
+CUDA when a GPU is in use (:mod:`patchlens.device`; torch only then); ``resize_nearest`` for
+label maps. Down to the grid: ``grid_fraction``
 resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
 every pixel with every cell), with the separable weights of ``area_matrix``.
 """
@@ -33,6 +35,28 @@ def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     my, mx = interp_matrix(H, a.shape[0]), interp_matrix(W, a.shape[1])
     out = np.tensordot(my, a.astype(np.float32, copy=False), axes=(1, 0))  # (H, w, ...)
     return np.moveaxis(np.tensordot(mx, out, axes=(1, 1)), 0, 1)              # (H, W, ...)
+
+
+def upsample_argmax(a: np.ndarray, size: tuple[int, int], dev: str | None = None) -> np.ndarray:
+    """``resize_bilinear(a, size).argmax(-1)`` of scores (h, w, K): the same two products on
+    CUDA when a GPU is in use (the per-pixel work of a study's few-shot segmentation would
+    otherwise stay on the GPU node's CPU), else numpy. ``dev`` forces the torch path on that
+    device (``"cpu"`` in the tests); equal up to float32 ties."""
+    if dev is None:
+        from patchlens.device import device
+
+        dev = device()
+        if dev == "cpu":
+            return resize_bilinear(a, size).argmax(-1)
+    import torch
+
+    H, W = size
+    my = torch.from_numpy(interp_matrix(H, a.shape[0])).to(dev)
+    mx = torch.from_numpy(interp_matrix(W, a.shape[1])).to(dev)
+    t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
+    up = torch.einsum("Hh,hwk->Hwk", my, t)
+    up = torch.einsum("Ww,Hwk->HWk", mx, up)
+    return up.argmax(-1).cpu().numpy()
 
 
 def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-level rows: one home
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
@@ -33,7 +34,8 @@ SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric
 _INT_COLUMNS = ["layer", "seed", "n_eval", "n_skipped"]
 _STR_COLUMNS = ["task", "model", "dataset", "variant", "metric", "params"]
 # optional columns some tasks add; absent ones are filled so parquet has one dtype per column
-EXTRA_DEFAULTS = {"scale_bin": "", "sequence": "", "shots": -1, "feature": "", "head": ""}
+EXTRA_DEFAULTS = {"scale_bin": "", "sequence": "", "category": "", "shots": -1, "feature": "",
+                  "head": ""}
 MODEL_COLUMNS = ["family", "n_layers", "depth_frac"]
 
 # model families (config ``family``), in the order figures and tables list them
@@ -42,7 +44,6 @@ FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", 
 # primary metric of each task (the one the overview figures and the drop sweep use), in task order
 HEADLINE_METRIC = {s.name: s.headline for s in all_tasks()}
 TASK_ORDER = list(HEADLINE_METRIC)
-OVERALL = "all"  # value of scale_bin / sequence that marks the task-level score
 
 TABLE_FILES = {
     "scores": "scores.parquet",
@@ -322,8 +323,9 @@ def _pick_overall(df: pd.DataFrame, col: str, key: list[str]) -> pd.DataFrame:
 def overall(scores: pd.DataFrame) -> pd.DataFrame:
     """One task-level score per (task, model, dataset, variant, layer, metric label).
 
-    Rows with ``sequence``/``scale_bin == "all"`` are the evaluator's overall score and are used
-    where present; otherwise the bins or sequences are averaged (macro mean). Then seeds are
+    Rows whose per-item column (``sequence``, ``scale_bin``, ``category``: ``ITEM_COLUMNS``) is
+    ``all`` are the evaluator's overall score and are used where present; otherwise the items are
+    averaged (macro mean). Then seeds are
     averaged: ``value`` = mean, ``std`` = standard deviation over seeds (0 for one seed),
     ``n_seeds``. ``metric_label`` adds the low-shot feature/shots (and head) to the metric.
     """
@@ -338,8 +340,8 @@ def overall(scores: pd.DataFrame) -> pd.DataFrame:
     df["metric_label"] = [metric_label(m, f, s, h) for m, f, s, h in
                           zip(df["metric"], df["feature"], df["shots"], df["head"])]
     base = ["task", "model", "dataset", "variant", "layer", "metric_label", "seed"]
-    df = _pick_overall(df, "sequence", base + ["scale_bin"])
-    df = _pick_overall(df, "scale_bin", base + ["sequence"])
+    for col in ITEM_COLUMNS:
+        df = _pick_overall(df, col, base + [c for c in ITEM_COLUMNS if c != col])
     keep = ["task", "model", "dataset", "variant", "layer", "metric", "metric_label", "family",
             "n_layers", "depth_frac"]
     per_seed = df.groupby(keep + ["seed"], sort=True, dropna=False)["value"].mean().reset_index()

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from patchlens.analysis.best_layer import overall_rows
 from patchlens.errors import DataError
 from patchlens.report import tables as T
 
@@ -39,7 +40,7 @@ def with_intervals(ov: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
     for c, d in T.EXTRA_DEFAULTS.items():
         if c not in s:
             s[c] = d
-    s = s[s["sequence"].isin(["all", ""]) & s["scale_bin"].isin(["all", ""])]
+    s = overall_rows(s)
     s["metric_label"] = [T.metric_label(m, f, n, h) for m, f, n, h in
                          zip(s["metric"], s["feature"], s["shots"], s["head"])]
     keys = ["task", "model", "dataset", "variant", "layer", "metric_label"]

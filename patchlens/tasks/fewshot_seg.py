@@ -43,7 +43,7 @@ from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
 from patchlens.evaluation.metrics import confusion_matrix, mean_iou
 from patchlens.evaluation.probes import LinearProbe
 from patchlens.evaluation.support import check_seeds, sample_support
-from patchlens.evaluation.upsample import grid_fraction, resize_bilinear
+from patchlens.evaluation.upsample import grid_fraction, upsample_argmax
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -246,7 +246,7 @@ def predict_image(scores: np.ndarray, classes: np.ndarray, size: tuple[int, int]
         scores, classes = scores[..., cols], classes[cols]
     if scores.shape[-1] == 1:
         return np.full(size, classes[0], np.int64)
-    return classes[resize_bilinear(scores, size).argmax(-1)]
+    return classes[upsample_argmax(scores, size)]
 
 
 def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,

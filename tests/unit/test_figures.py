@@ -43,12 +43,18 @@ def _rows_n(task, model, metric, variant="raw", seeds=(0,), fn=None, n=None, **e
     peak = {"dino": 0.9, "mae": 0.6, "ibot": 0.75, "pixels": 1.0}[model]
     rng = np.random.default_rng(zlib.crc32(f"{task}/{model}/{metric}/{variant}".encode()))
     out = []
+    if task == "fewshot_seg":  # the support counts the evaluators write
+        extra = dict(n_support_images=40, n_support_patches=1960, n_classes_short=2,
+                     n_classes_missing=1, **extra)
+    if task == "lowshot_cls":
+        extra = dict(n_classes_short=2, n_classes_missing=1, **extra)
     for layer in range(n):
         for s in seeds:
             v = fn(layer, n) if fn else _curve(model, layer, n, peak)
+            v = float(np.clip(v + 0.01 * rng.standard_normal(), 0, 1))
             out.append(dict(task=task, model=model, dataset="scenes", variant=variant,
-                            layer=layer, seed=s, metric=metric,
-                            value=float(np.clip(v + 0.01 * rng.standard_normal(), 0, 1)),
+                            layer=layer, seed=s, metric=metric, value=v,
+                            ci_low=max(0.0, v - 0.04), ci_high=min(1.0, v + 0.04),
                             n_eval=50, n_skipped=0, params=json.dumps({"seed": s}), **extra))
     return out
 
@@ -69,14 +75,17 @@ def synthetic_scores(models=MODELS):
         for metric in ("top1", "map"):
             rows += _rows("instance_id", m, metric)
         # as the retrieval evaluator writes it: per bin and the overall "all" row
-        for b, scale in (("small", 0.5), ("medium", 0.8), ("large", 1.0), ("all", 0.9)):
+        for b, scale in (("0.00-0.20", 0.5), ("0.20-0.40", 0.8), ("0.40-1.00", 1.0),
+                         ("all", 0.9)):
             rows += _rows("retrieval", m, "map", scale_bin=b,
                           fn=lambda l, n, m=m, s=scale: s * _curve(m, l, n, 0.8))
         for seq in ("bear", "car", "all"):
             for metric in ("j", "f", "jf"):
                 rows += _rows("tracking", m, metric, sequence=seq)
-        for a in ("0.05", "0.1"):
-            rows += _rows("keypoints", m, f"pck@{a}")
+        for a in ("0.05", "0.1"):  # per category, and the evaluator's mean over them ("all")
+            for cat, off in (("disc", -0.05), ("ring", 0.05), ("all", 0.0)):
+                rows += _rows("keypoints", m, f"pck@{a}", category=cat,
+                              fn=lambda l, n, m=m, o=off: _curve(m, l, n, 0.7) + o)
         for feat, off in (("patch", 0.0), ("cls", -0.1)):
             for metric in ("acc", "mlmap"):
                 rows += _rows("lowshot_cls", m, metric, shots=5, feature=feat,
@@ -341,14 +350,16 @@ def test_lowshot_patch_solid_cls_dashed(tables):
 def test_retrieval_uses_each_models_best_layer(tables):
     fig = F.fig_retrieval_scale.draw(tables)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["small", "medium", "large"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0.00-0.20", "0.20-0.40",
+                                                             "0.40-1.00"]
     s = tables["scores"].query("task == 'retrieval' and variant == 'raw'")
     per_layer = s.groupby(["model", "layer", "scale_bin"])["value"].mean().unstack()
-    for line in ax.get_lines():
+    for line in [l for l in ax.get_lines() if not l.get_label().startswith("_")]:
         model = line.get_label().split(" ")[0]
         pm = per_layer.loc[model]
         best = pm["all"].idxmax()  # the best layer of the overall mAP (best-layer table)
-        np.testing.assert_allclose(line.get_ydata(), pm.loc[best, ["small", "medium", "large"]])
+        np.testing.assert_allclose(line.get_ydata(),
+                                   pm.loc[best, ["0.00-0.20", "0.20-0.40", "0.40-1.00"]])
         if model != "pixels":
             assert line.get_label() == f"{model} (L{best})"
 
@@ -520,3 +531,41 @@ def test_legends_show_config_labels(real_tables):
     fig = F.fig_fewshot_seg.draw(real_tables)
     texts = {t.get_text() for lg in fig.legends for t in lg.get_texts()}
     assert {"Deep (noisy oracle)", "oracle", "pixels"} <= texts and "deep" not in texts
+
+
+def test_synthetic_score_rows_have_the_real_evaluators_columns(tables, real_tables):
+    """The hand-shaped score rows above (controlled layer curves for the rendering tests) must
+    not drift from what the evaluators write: per task the same columns with values (not only
+    collect_scores' fill, "" or -1), metric names, and per-item columns with an "all" row."""
+    real, synth = real_tables["scores"], tables["scores"]
+    assert set(synth.task) == set(real.task)
+
+    def used(df):
+        return {c for c in df.columns
+                if (~df[c].astype(str).isin(["", "-1", "nan", "<NA>"])).any()}
+
+    for task, r in real.groupby("task"):
+        s = synth[synth.task == task]
+        assert used(s) == used(r), (task, used(s) ^ used(r))
+        assert set(s.metric) <= set(r.metric), task
+        for key in ("scale_bin", "sequence", "category"):
+            assert ("all" in set(s[key])) == ("all" in set(r[key])), (task, key)
+            assert s[key].dtype == r[key].dtype, (task, key)
+
+
+def test_relative_depth_axis_names_the_out_entry(real_tables):
+    """Models of different depth share a relative-depth axis, where the final-norm entry of the
+    deep model sits at (n + 1) / n > 1: the axis says so."""
+    s = real_tables["scores"]
+    # the real deep model's first two blocks, scored again as a 2-block model without a norm entry
+    two = s[(s.model == "deep") & (s.layer < 2)].assign(model="two", n_layers=2)
+    two["depth_frac"] = (two["layer"] + 1) / 2
+    tabs = dict(real_tables, scores=pd.concat([s, two], ignore_index=True), best_layer=None,
+                models=pd.concat([real_tables["models"], real_tables["models"].query(
+                    "model == 'deep'").assign(model="two", label="two", n_layers=2)],
+                    ignore_index=True))
+    fig = F.fig_tracking.draw(tabs)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("relative depth") and ax.get_xlabel().endswith("> 1: out")
+    deep = next(l for l in ax.get_lines() if l.get_label() == "Deep (noisy oracle)")
+    assert max(deep.get_xdata()) == pytest.approx((3 + 1) / 3)

@@ -88,3 +88,21 @@ def test_tracking_propagation_on_the_torch_path(monkeypatch):
     monkeypatch.setattr(tracking, "matmul", lambda a, b: dev.matmul(a, b, dev="cpu"))
     got = tracking.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
     np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, size", [((7, 9, 5), (50, 61)), ((28, 28, 21), (448, 448))])
+def test_torch_upsample_argmax_equals_numpy(shape, size):
+    """Few-shot segmentation's class map on the torch path (CUDA when in use) is numpy's
+    bilinear upsampling + argmax, up to float32 near-ties."""
+    from patchlens.evaluation.upsample import resize_bilinear, upsample_argmax
+
+    a = np.random.default_rng(0).random(shape, dtype=np.float32)
+    up = resize_bilinear(a, size)
+    ref = up.argmax(-1)
+    got = upsample_argmax(a, size, dev="cpu")
+    assert got.shape == size and got.dtype == ref.dtype
+    top2 = np.sort(up, -1)[..., -2:]
+    clear = (top2[..., 1] - top2[..., 0]) > 1e-5
+    assert clear.mean() > 0.99
+    np.testing.assert_array_equal(got[clear], ref[clear])
+    np.testing.assert_array_equal(upsample_argmax(a, size), ref)  # no GPU in use: numpy itself

@@ -2,6 +2,7 @@
 timm forward pass, the bytes of a real feature file, a prepared manifest, the CLI's JSON."""
 import copy
 import json
+import math
 
 import pytest
 import timm
@@ -14,8 +15,9 @@ from patchlens.config import ROOT, validate
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import extract
 from patchlens.models.resolve import resolve_model
-from patchlens.plan import (add_hours, feature_bytes, job_resources, model_facts, plan,
-                            split_counts, task_flop, vit_flop)
+from patchlens.plan import (BUILD_S_PER_MPARAM, STARTUP_S, UPSAMPLE_NS, add_hours,
+                            feature_bytes, job_resources, model_facts, plan, split_counts,
+                            task_flop, vit_flop)
 
 TINY = {"timm": "vit_tiny_patch16_224", "pretrained": False,
         "kwargs": {"depth": 3, "embed_dim": 48, "num_heads": 3}}
@@ -101,14 +103,52 @@ def test_plan_of_the_demo_counts_jobs_and_disk(demo):
     r2 = plan(no_cka, "/nonexistent")
     small = r2["disk_bytes"] - sum(r2["features"].values())
     assert r2["disk_bytes_temp"] == pytest.approx(max(r2["features"].values()) + small)
-    add_hours(r, cpu_gflops=100.0, read_mbps=1000.0, gpu_tflops=10.0, disk_gbps=1.0)
+    startup = {"python": 2.0, "torch": 7.0}
+    add_hours(r, cpu_gflops=100.0, read_mbps=1000.0, gpu_tflops=10.0, disk_gbps=1.0, cores=8,
+              startup_s=startup, render_s_per_mpix=0.5, lbfgs_gflops=20.0, upsample_ns=3.0)
     fs = s["fewshot_seg"]
-    assert fs["hours_cpu"] == pytest.approx(
-        (fs["flop"] / 100e9 + (fs["bytes_read"] + fs["bytes_written"]) / 1e9) / 3600)
-    assert fs["hours_gpu"] == pytest.approx(
-        (fs["flop"] / 10e12 + (fs["bytes_read"] + fs["bytes_written"]) / 1e9) / 3600)
+    n, t = fs["jobs"], demo["evaluation"]["threads"]
+    io = (fs["bytes_read"] + fs["bytes_written"]) / 1e9
+    rows = [j for j in r["jobs"] if j["rule"] == "fewshot_seg"]
+    probe, pixels = sum(j["probe_flop"] for j in rows), sum(j["pixels"] for j in rows)
+    assert 0 < probe < fs["flop"] and pixels > 0  # the demo runs both heads
+    # each job runs with its t threads at t/8 of the all-core rates (matmul; the linear probe's
+    # own); the stage's machine hours are its core-hours over the 8 cores
+    job_s = (n * 2.0 + pixels * 3e-9 + (fs["flop"] - probe) / (100e9 * t / 8)
+             + probe / (20e9 * t / 8) + io)
+    assert fs["hours_cpu"] == pytest.approx(job_s * t / 8 / 3600)
+    # on a GPU the upsampling runs there too: its two products per pixel x class
+    pixel_flop = sum(j["pixel_flop"] for j in rows)
+    assert pixel_flop > pixels
+    assert fs["hours_gpu"] == pytest.approx((n * 2.0 + (fs["flop"] + pixel_flop) / 10e12 + io)
+                                            / 3600)
+    ex = [j for j in r["jobs"] if j["rule"] == "extract_features"][0]
+    assert ex["threads"] == demo["extraction"]["threads"] and ex["startup"] == "torch"
+    assert ex["mparams"] > 0  # building the model: its weights at the default rate
+    assert ex["hours_cpu"] * 3600 == pytest.approx(
+        7.0 + ex["mparams"] * BUILD_S_PER_MPARAM
+        + ex["flop"] / (100e9 * min(ex["threads"], 8) / 8)
+        + (ex["bytes_read"] + ex["bytes_written"]) / 1e9)
+    # scenes are generated: start-up + megapixels x the render rate + the images written
+    prep = [j for j in r["jobs"] if j["rule"] == "prepare_dataset" and j["dataset"] == "scenes"][0]
+    from patchlens.data.scenes import resolve_params
+
+    side = resolve_params(demo["datasets"]["scenes"]["params"])["image_size"]
+    n_img = sum(split_counts(demo["datasets"]["scenes"]).values())
+    assert prep["render_mpix"] == pytest.approx(n_img * side * side / 1e6)
+    assert prep["hours_cpu"] * 3600 == pytest.approx(
+        2.0 + 0.5 * prep["render_mpix"] + prep["bytes_written"] / 1e9)
     res = job_resources(r, "extract_features", "tiny_vit", "scenes")
     assert res["mem_mb"] >= 2000 and res["runtime"] >= 10
+    # the runtime a cluster job asks for: 2x its seconds with its own threads at 30 GFLOP/s each
+    big = max((j for j in r["jobs"] if j["rule"] == "fewshot_seg"), key=lambda j: j["flop"])
+    big = {**big, "flop": 1e16}
+    one = {"stages": r["stages"], "jobs": [big]}
+    big["probe_flop"] = 0.0
+    secs = (STARTUP_S["python"] + big["pixels"] * UPSAMPLE_NS * 1e-9
+            + 1e16 / (30e9 * big["threads"]) + (big["bytes_read"] + big["bytes_written"]) / 500e6)
+    assert job_resources(one, "fewshot_seg", big["model"], big["dataset"])["runtime"] == \
+        math.ceil(2 * secs / 60)
 
 
 def test_cli_json_shape(tmp_path, capsys):

@@ -86,18 +86,18 @@ def test_workflow_has_one_evaluator_job_per_task_model_dataset(tmp_path):
     """Dry run of the e2e config: one fewshot_seg job per (model, data set) writing every
     variant's CSV (same paths as before), and the GPU resource only when gpu: true."""
     import re
-    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     from patchlens.config import ROOT
 
-    shutil.copy(ROOT / "tests" / "configs" / "tiny.yaml", tmp_path / "config.yaml")
+    text = (ROOT / "tests" / "configs" / "tiny.yaml").read_text()
+    (tmp_path / "config.yaml").write_text(text + "\nevaluation: {threads: 3}\n")
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     out = subprocess.run([snakemake, "--snakefile", str(ROOT / "Snakefile"), "--directory",
                           str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-                          "--cores", "1", "-n", "--config", "gpu=True"],
+                          "--cores", "8", "-n", "--config", "gpu=True"],
                          capture_output=True, text=True, check=True).stdout
     jobs = re.findall(r"rule fewshot_seg:\n(.*?)\n\n", out + "\n\n", re.S)
     assert len(jobs) == 3  # tiny_vit, pixels, oracle on scenes; variants raw + drop1 in each
@@ -106,3 +106,6 @@ def test_workflow_has_one_evaluator_job_per_task_model_dataset(tmp_path):
         assert (f"output: results/scores/fewshot_seg/{model}/scenes/raw.csv, "
                 f"results/scores/fewshot_seg/{model}/scenes/drop1.csv") in job
         assert "gpu=1" in job
+        # the threads of an evaluator job are evaluation.threads (Snakemake hands them to BLAS,
+        # faiss and torch as OMP_NUM_THREADS); its runtime comes from the plan at those threads
+        assert re.search(r"threads: 3\b", job), job

@@ -152,15 +152,20 @@ def test_overall_uses_all_bin_else_macro_mean_and_averages_seeds(tmp_path):
     trk = [score_rows("tracking", "dino", layers=(0,), metric="jf", sequence=s, value=v)
            for s, v in (("a", lambda l, s: 0.1), ("b", lambda l, s: 0.3),
                         ("all", lambda l, s: 0.25))]
-    p = write(pd.concat(parts + trk), tmp_path / "s.csv")
+    # keypoints: per-category PCKs and the evaluator's "all" row (their mean, not the rows' mean)
+    kp = [score_rows("keypoints", "dino", layers=(0,), metric="pck@0.1", category=c, value=v)
+          for c, v in (("cat", lambda l, s: 0.2), ("dog", lambda l, s: 0.4),
+                       ("all", lambda l, s: 0.35))]
+    p = write(pd.concat(parts + trk + kp), tmp_path / "s.csv")
     ov = T.overall(T.collect_scores([p], MODELS)).set_index("task")
     # retrieval has no "all" bin: macro mean over bins, then mean and std over seeds
     per_seed = [np.mean([v(0, s) for v in val.values()]) for s in (0, 1)]
     assert ov.loc["retrieval", "value"] == pytest.approx(np.mean(per_seed))
     assert ov.loc["retrieval", "std"] == pytest.approx(np.std(per_seed, ddof=1))
     assert ov.loc["retrieval", "n_seeds"] == 2
-    # tracking has the evaluator's overall row: used as is
+    # tracking and keypoints have the evaluator's overall row: used as is
     assert ov.loc["tracking", "value"] == pytest.approx(0.25)
+    assert ov.loc["keypoints", "value"] == pytest.approx(0.35)
 
 
 def test_best_drop_best_layer_and_summary(tmp_path):

@@ -267,6 +267,8 @@ def _score_figure(ov: pd.DataFrame, ctx: _Ctx, styles: dict | None = None,
             ax.set_xlabel(xlabel)
             if x == "layer":
                 _out_ticks(ax, d[~flat])
+            elif "n_layers" in d and (d["layer"] == d["n_layers"])[~flat].any():
+                ax.set_xlabel(f"{xlabel}; > 1: out")  # the final-norm entry, (n + 1) / n
             if j == 0:
                 ax.set_ylabel(ylabel)
     extra = [Line2D([], [], color="0.3", linestyle=ls, label=k) for k, ls in styles.items()
