@@ -11,12 +11,14 @@ from patchlens.errors import PatchlensError
 
 def _plan(args) -> int:
     from patchlens.config import load_config
-    from patchlens.plan import CORE_RATES, PROBED, add_hours, format_plan, plan, probe
+    from patchlens.plan import (CORE_RATES, LBFGS_GFLOPS, PROBED, PROPAGATE_GFLOPS, add_hours,
+                                format_plan, plan, probe)
 
     config = load_config(args.config)
     result = plan(config, args.results)
-    if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, default start-up
-        rates = {"cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}
+    if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, the others' defaults
+        rates = {"cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps,
+                 "lbfgs_gflops": LBFGS_GFLOPS, "propagate_gflops": PROPAGATE_GFLOPS}
     else:
         scenes = any(e["source"] == "scenes" for e in config["datasets"].values())
         rates = probe(path=None, scenes=scenes)
