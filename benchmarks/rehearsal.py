@@ -162,8 +162,8 @@ def main():
     record = work / "rehearsal.json"
     if args.compare_only:
         cfg = yaml.safe_load((work / "config.yaml").read_text())
-        rates = json.loads(record.read_text())["rates"]
-        args.cut = json.loads(record.read_text())["cut"]
+        recorded = json.loads(record.read_text())
+        rates, args.cut = recorded["rates"], recorded["cut"]
     else:
         cfg, set_threads = one_job_at_a_time(
             cut_config(yaml.safe_load(Path(args.config).read_text()), args.cut, args.models,

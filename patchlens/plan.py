@@ -85,9 +85,16 @@ TRACK_NS = 28.0  # tracking: ns per mask pixel x channel to upsample, arg-max an
 REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduced
 PROPAGATE_GFLOPS = 90.0  # tracking's banded similarity + top-k (all cores)
 
-# what :func:`probe` measures beyond the matmul and read rates, as keywords of add_hours
-PROBED = ("forward_gflops", "build_s_per_mparam", "lbfgs_gflops", "upsample_ns", "track_ns",
-          "propagate_gflops", "reduce_ns", "startup_s", "render_s_per_mpix")
+# what :func:`probe` measures beyond the matmul and read rates (keywords of add_hours), and the
+# value each takes when not probed; forward_gflops None: extraction at the matmul rate
+DEFAULT_RATES = {"forward_gflops": None, "build_s_per_mparam": BUILD_S_PER_MPARAM,
+                 "lbfgs_gflops": LBFGS_GFLOPS, "upsample_ns": UPSAMPLE_NS, "track_ns": TRACK_NS,
+                 "propagate_gflops": PROPAGATE_GFLOPS, "reduce_ns": REDUCE_NS,
+                 "startup_s": STARTUP_S, "render_s_per_mpix": RENDER_S_PER_MPIX}
+PROBED = tuple(DEFAULT_RATES)
+# the rate of a rule's main FLOPs (the others: numpy's matmul, cpu_gflops)
+RULE_RATE = {"extract_features": "forward_gflops", "attention_stats": "forward_gflops",
+             "tracking": "propagate_gflops"}
 
 # the probed rates that grow with the cores (a job's share is its threads over the cores)
 CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops", "propagate_gflops")
@@ -98,6 +105,13 @@ DISK_GBPS = 2.0     # default: NVMe read/write of a GPU node, GB/s
 
 # ----------------------------------------------------------------------------- data sets
 
+def scenes_params(entry: dict) -> dict:
+    """The generator parameters of a ``scenes`` data set entry, defaults filled."""
+    from patchlens.data.scenes import resolve_params
+
+    return resolve_params(entry.get("params") or {})
+
+
 def split_counts(entry: dict, manifest: Path | None = None) -> dict[str, int]:
     """Images per manifest split of one ``datasets.<name>`` entry."""
     if manifest is not None and Path(manifest).exists():
@@ -107,9 +121,7 @@ def split_counts(entry: dict, manifest: Path | None = None) -> dict[str, int]:
                 pd.read_csv(manifest, usecols=["split"])["split"].value_counts().items()}
     src, p = entry["source"], entry.get("params") or {}
     if src == "scenes":
-        from patchlens.data.scenes import resolve_params
-
-        r = resolve_params(p)
+        r = scenes_params(entry)
         return {"train": r["n_train"], "val": r["n_val"], "crop": r["n_identities"],
                 "gallery": r["n_gallery"], "video": r["n_videos"] * r["n_frames"],
                 "pair": 2 * r["n_pairs"]}
@@ -169,9 +181,7 @@ def n_videos(entry: dict) -> int:
     """Video sequences of a data set."""
     p = entry.get("params") or {}
     if entry["source"] == "scenes":
-        from patchlens.data.scenes import resolve_params
-
-        return resolve_params(p)["n_videos"]
+        return scenes_params(entry)["n_videos"]
     return min(DAVIS_SEQUENCES, p.get("max_sequences") or DAVIS_SEQUENCES)
 
 
@@ -179,9 +189,7 @@ def mask_size(entry: dict) -> tuple[int, int]:
     """(H, W) of a data set's ground-truth masks (the evaluators score at the image's own size):
     ``scenes`` its generator's image size, the recipes their typical size, else the input."""
     if entry["source"] == "scenes":
-        from patchlens.data.scenes import resolve_params
-
-        side = resolve_params(entry.get("params") or {})["image_size"]
+        side = scenes_params(entry)["image_size"]
         return side, side
     if entry["source"] in MASK_SIZE:
         return MASK_SIZE[entry["source"]]
@@ -193,18 +201,14 @@ def mask_size(entry: dict) -> tuple[int, int]:
 def video_objects(entry: dict) -> float:
     """Objects per video sequence (tracked and scored one by one)."""
     if entry["source"] == "scenes":
-        from patchlens.data.scenes import resolve_params
-
-        lo, hi = resolve_params(entry.get("params") or {})["video_objects"]
+        lo, hi = scenes_params(entry)["video_objects"]
         return (lo + hi) / 2
     return DAVIS_OBJECTS
 
 
 def n_classes(entry: dict) -> int:
     if entry["source"] == "scenes":
-        from patchlens.data.scenes import resolve_params
-
-        r = resolve_params(entry.get("params") or {})
+        r = scenes_params(entry)
         return r["n_shapes"] * r["n_textures"]
     return CLASSES.get(entry["source"], 10)
 
@@ -352,6 +356,11 @@ def rule_threads(config: dict, rule: str) -> int:
     return int((config.get("evaluation") or {}).get("threads", 4))
 
 
+# a job row's costs beyond FLOPs and bytes (see job_seconds), 0 where a rule has none
+ROW_COSTS = ("render_mpix", "probe_flop", "pixels", "pixel_flop", "mparams", "mask_pixels",
+             "elements")
+
+
 def _stage():
     return {"jobs": 0, "flop": 0.0, "bytes_written": 0.0, "bytes_read": 0.0}
 
@@ -375,8 +384,7 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
               for d, e in config["datasets"].items()}
 
     def add(rule, model, dataset, what, flop=0.0, written=0.0, read=0.0, jobs=1, mem=0.0,
-            render_mpix=0.0, probe_flop=0.0, pixels=0.0, pixel_flop=0.0, mparams=0.0,
-            mask_pixels=0.0, elements=0.0):
+            **costs):
         s = stages.setdefault(rule, _stage())
         s["jobs"] += jobs
         s["flop"] += flop
@@ -384,19 +392,15 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
         s["bytes_read"] += read
         rows.append({"rule": rule, "model": model, "dataset": dataset, "what": what,
                      "flop": flop, "bytes_written": written, "bytes_read": read, "mem_bytes": mem,
-                     "threads": rule_threads(config, rule), "render_mpix": render_mpix,
-                     "probe_flop": probe_flop, "pixels": pixels, "pixel_flop": pixel_flop,
-                     "mparams": mparams, "mask_pixels": mask_pixels, "elements": elements,
-                     "startup": "torch" if rule in MODEL_RULES else "python"})
+                     "threads": rule_threads(config, rule), **dict.fromkeys(ROW_COSTS, 0.0),
+                     **costs, "startup": "torch" if rule in MODEL_RULES else "python"})
 
     for d, e in config["datasets"].items():
         n = sum(counts[d].values())
         h, w = grid_of(e.get("img_size", 224), 1)
         render = 0.0
         if e["source"] == "scenes":  # generated here, at the generator's own image size
-            from patchlens.data.scenes import resolve_params
-
-            render = n * resolve_params(e.get("params") or {})["image_size"] ** 2 / 1e6
+            render = n * scenes_params(e)["image_size"] ** 2 / 1e6
         add("prepare_dataset", "-", d, "prepare", written=n * h * w * IMAGE_BYTES_PER_PIXEL,
             render_mpix=render)
 
@@ -434,9 +438,8 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
                 extra = {}
                 if task == "fewshot_seg":  # the probe and the upsampling have rates of their own
                     parts = fewshot_parts(p, counts[d], de, grid, f["dim"])
-                    extra = {k: per * parts[v] for k, v in (("probe_flop", "probe"),
-                                                            ("pixels", "pixels"),
-                                                            ("pixel_flop", "pixel_flop"))}
+                    extra = {"probe_flop": per * parts["probe"], "pixels": per * parts["pixels"],
+                             "pixel_flop": per * parts["pixel_flop"]}
                 if task == "tracking":  # every scored frame: upsample, arg-max, J&F per object
                     H, W = mask_size(de)
                     extra = {"mask_pixels": per * counts[d].get(p["split"], 0) * H * W
@@ -514,6 +517,13 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
 
     import numpy as np
 
+    from patchlens.evaluation.davis_metrics import jf_labels
+    from patchlens.evaluation.knn import l2_normalize
+    from patchlens.evaluation.probes import LinearProbe
+    from patchlens.evaluation.upsample import resize_bilinear
+    from patchlens.features.channel_stats import merge_moments
+    from patchlens.tasks.tracking import labels_to_mask, propagate
+
     m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, c), dtype=np.float32)
@@ -552,9 +562,6 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
                         + max(0.0, fwd["first_s"] - per_image))
     forward = vit_flop(model_facts({"timm": "vit_small_patch16_224"}), (28, 28)) / per_image / 1e9
     build = fwd["build_s"] / fwd["mparams"]
-    from patchlens.evaluation.probes import LinearProbe
-    from patchlens.evaluation.upsample import resize_bilinear
-
     n, k = 4096, 21  # the linear probe of few-shot segmentation: support patches x C -> K + 1
     xs, ys = a, rng.integers(0, k, m)
     LinearProbe.fit(xs[:256], ys[:256], k, 1e-4, 3)  # warm-up
@@ -567,12 +574,6 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
     for _ in range(5):
         resize_bilinear(scores, (448, 448)).argmax(-1)
     upsample = (time.perf_counter() - t0) / (5 * 448 * 448 * k) * 1e9
-    from patchlens.evaluation.davis_metrics import jf_labels
-    from patchlens.evaluation.knn import l2_normalize
-    from patchlens.tasks.tracking import labels_to_mask, propagate
-
-    from patchlens.features.channel_stats import merge_moments
-
     x16 = rng.standard_normal((8 * 784, c), dtype=np.float32).astype(np.float16)
     runs = []
     for _ in range(4):  # the first allocates; the median of the others
@@ -633,74 +634,56 @@ print(json.dumps({"after_imports_s": t3 - t1, "build_s": tb - t1, "first_s": t2 
 """
 
 
-def job_seconds(job: dict, cpu_gflops: float, read_mbps: float, cores: int,
-                startup_s: dict | None = None, render_s_per_mpix: float = RENDER_S_PER_MPIX,
-                gpu_tflops: float | None = None, disk_gbps: float | None = None,
-                forward_gflops: float | None = None, lbfgs_gflops: float = LBFGS_GFLOPS,
-                upsample_ns: float = UPSAMPLE_NS,
-                build_s_per_mparam: float = BUILD_S_PER_MPARAM,
-                track_ns: float = TRACK_NS,
-                propagate_gflops: float = PROPAGATE_GFLOPS,
-                reduce_ns: float = REDUCE_NS) -> float:
-    """Wall seconds of one job row: start-up + building its model + generation + its FLOPs at the rate of the threads
-    it declares (``cpu_gflops``, numpy's matmul, or for a model's forward pass
-    ``forward_gflops`` when probed; the linear probe's ``probe_flop`` at ``lbfgs_gflops``: rates
-    of all ``cores``) + upsampled ``pixels`` at ``upsample_ns`` each + bytes at the disk rate;
-    with ``gpu_tflops``/``disk_gbps``, the same job on a GPU node (the upsampling too, as its
-    ``pixel_flop``)."""
-    fixed = ((startup_s or STARTUP_S)[job.get("startup", "python")]
-             + job.get("render_mpix", 0.0) * render_s_per_mpix
-             + job.get("mparams", 0.0) * build_s_per_mparam
-             + job.get("mask_pixels", 0.0) * track_ns * 1e-9  # numpy, on a GPU node too
-             + job.get("elements", 0.0) * reduce_ns * 1e-9)
+def job_seconds(job: dict, rates: dict, cores: int, gpu: tuple[float, float] | None = None
+                ) -> float:
+    """Wall seconds of one job row at ``rates`` (:data:`DEFAULT_RATES` keys plus ``cpu_gflops``
+    and ``read_mbps``; GFLOP/s of all ``cores``): start-up + building its model + generating
+    data + tracking's mask scoring + the channel-statistics reduction (numpy, on a GPU node too)
+    + its FLOPs at its rule's rate (:data:`RULE_RATE`), the linear probe's ``probe_flop`` at
+    ``lbfgs_gflops``, both at its threads' share of the cores, + upsampled ``pixels`` + bytes at
+    the disk rate. ``gpu`` = (TFLOP/s, GB/s): the same job on a GPU node, the upsampling on the
+    device as its ``pixel_flop``."""
+    fixed = (rates["startup_s"][job.get("startup", "python")]
+             + job.get("render_mpix", 0.0) * rates["render_s_per_mpix"]
+             + job.get("mparams", 0.0) * rates["build_s_per_mparam"]
+             + job.get("mask_pixels", 0.0) * rates["track_ns"] * 1e-9
+             + job.get("elements", 0.0) * rates["reduce_ns"] * 1e-9)
     nbytes = job["bytes_read"] + job["bytes_written"]
-    if gpu_tflops is not None:
-        return (fixed + (job["flop"] + job.get("pixel_flop", 0.0)) / (gpu_tflops * 1e12)
-                + nbytes / (disk_gbps * 1e9))
-    pixels = job.get("pixels", 0.0) * upsample_ns * 1e-9
-    if forward_gflops and job["rule"] in MODEL_RULES:
-        cpu_gflops = forward_gflops
-    if job["rule"] == "tracking":
-        cpu_gflops = propagate_gflops
+    if gpu is not None:
+        tflops, gbps = gpu
+        return (fixed + (job["flop"] + job.get("pixel_flop", 0.0)) / (tflops * 1e12)
+                + nbytes / (gbps * 1e9))
     share = min(job.get("threads", cores), cores) / cores
+    rate = rates.get(RULE_RATE.get(job["rule"], "cpu_gflops")) or rates["cpu_gflops"]
     probe = job.get("probe_flop", 0.0)  # the linear probe's matmuls, at its own rate
-    return (fixed + pixels + (job["flop"] - probe) / (cpu_gflops * share * 1e9)
-            + probe / (lbfgs_gflops * share * 1e9) + nbytes / (read_mbps * 1e6))
+    return (fixed + job.get("pixels", 0.0) * rates["upsample_ns"] * 1e-9
+            + (job["flop"] - probe) / (rate * share * 1e9)
+            + probe / (rates["lbfgs_gflops"] * share * 1e9) + nbytes / (rates["read_mbps"] * 1e6))
 
 
 def add_hours(result: dict, cpu_gflops: float, read_mbps: float, gpu_tflops: float = GPU_TFLOPS,
-              disk_gbps: float = DISK_GBPS, cores: int | None = None,
-              startup_s: dict | None = None, render_s_per_mpix: float = RENDER_S_PER_MPIX,
-              forward_gflops: float | None = None, lbfgs_gflops: float = LBFGS_GFLOPS,
-              upsample_ns: float = UPSAMPLE_NS,
-              build_s_per_mparam: float = BUILD_S_PER_MPARAM, track_ns: float = TRACK_NS,
-              propagate_gflops: float = PROPAGATE_GFLOPS, reduce_ns: float = REDUCE_NS) -> dict:
+              disk_gbps: float = DISK_GBPS, cores: int | None = None, **probed) -> dict:
     """``hours_cpu`` / ``hours_gpu`` of every job row (its wall time, :func:`job_seconds`) and
-    stage (machine hours: the jobs' core-hours over ``cores``; on a GPU the jobs in series)."""
+    stage (machine hours: the jobs' core-hours over ``cores``; on a GPU the jobs in series).
+    ``probed``: any of :data:`DEFAULT_RATES` (what :func:`probe` measured)."""
+    unknown = set(probed) - set(DEFAULT_RATES)
+    if unknown:
+        raise TypeError(f"add_hours: unknown rate(s) {sorted(unknown)}")
     cores = cores or os.cpu_count() or 1
-    rates = {"forward_gflops": forward_gflops, "lbfgs_gflops": lbfgs_gflops,
-             "upsample_ns": upsample_ns, "build_s_per_mparam": build_s_per_mparam,
-             "track_ns": track_ns, "propagate_gflops": propagate_gflops,
-             "reduce_ns": reduce_ns}
+    rates = {**DEFAULT_RATES, **{k: v for k, v in probed.items() if v is not None},
+             "cpu_gflops": cpu_gflops, "read_mbps": read_mbps}
     for s in result["stages"].values():
         s["hours_cpu"] = s["hours_gpu"] = 0.0
     for job in result["jobs"]:
-        job["hours_cpu"] = job_seconds(job, cpu_gflops, read_mbps, cores, startup_s,
-                                       render_s_per_mpix, **rates) / 3600
-        job["hours_gpu"] = job_seconds(job, cpu_gflops, read_mbps, cores, startup_s,
-                                       render_s_per_mpix, gpu_tflops, disk_gbps, **rates) / 3600
+        job["hours_cpu"] = job_seconds(job, rates, cores) / 3600
+        job["hours_gpu"] = job_seconds(job, rates, cores, (gpu_tflops, disk_gbps)) / 3600
         s = result["stages"][job["rule"]]
         s["hours_cpu"] += job["hours_cpu"] * min(job.get("threads", cores), cores) / cores
         s["hours_gpu"] += job["hours_gpu"]
     result["hours_cpu"] = sum(s["hours_cpu"] for s in result["stages"].values())
     result["hours_gpu"] = sum(s["hours_gpu"] for s in result["stages"].values())
-    result["rates"] = {"cpu_gflops": cpu_gflops, "forward_gflops": forward_gflops or cpu_gflops,
-                       "lbfgs_gflops": lbfgs_gflops, "upsample_ns": upsample_ns,
-                       "build_s_per_mparam": build_s_per_mparam, "track_ns": track_ns,
-                       "propagate_gflops": propagate_gflops, "reduce_ns": reduce_ns,
-                       "read_mbps": read_mbps, "cores": cores,
-                       "startup_s": dict(startup_s or STARTUP_S),
-                       "render_s_per_mpix": render_s_per_mpix,
+    result["rates"] = {**rates, "forward_gflops": rates["forward_gflops"] or cpu_gflops,
+                       "startup_s": dict(rates["startup_s"]), "cores": cores,
                        "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps}
     return result
 
@@ -721,8 +704,9 @@ def job_resources(result: dict, rule: str, model: str, dataset: str,
     for r in result["jobs"]:
         if r["rule"] == rule and r["model"] == model and r["dataset"] == dataset:
             t = r.get("threads", 1)
-            secs = job_seconds(r, core_gflops * t, read_mbps, t, gpu_tflops=gpu_tflops,
-                               disk_gbps=disk_gbps)
+            rates = {**DEFAULT_RATES, "cpu_gflops": core_gflops * t, "read_mbps": read_mbps}
+            secs = job_seconds(r, rates, t, None if gpu_tflops is None else (gpu_tflops,
+                                                                             disk_gbps))
             return {"mem_mb": max(floor_mb, int(1.5 * r["mem_bytes"] / 2 ** 20) + 1000),
                     "runtime": max(floor_min, int(math.ceil(2 * secs / 60)))}
     return {"mem_mb": floor_mb, "runtime": floor_min}
