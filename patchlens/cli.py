@@ -11,14 +11,12 @@ from patchlens.errors import PatchlensError
 
 def _plan(args) -> int:
     from patchlens.config import load_config
-    from patchlens.plan import (CORE_RATES, LBFGS_GFLOPS, PROBED, PROPAGATE_GFLOPS, add_hours,
-                                format_plan, plan, probe)
+    from patchlens.plan import CORE_RATES, DEFAULT_RATES, add_hours, format_plan, plan, probe
 
     config = load_config(args.config)
     result = plan(config, args.results)
     if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, the others' defaults
-        rates = {"cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps,
-                 "lbfgs_gflops": LBFGS_GFLOPS, "propagate_gflops": PROPAGATE_GFLOPS}
+        rates = {**DEFAULT_RATES, "cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}
     else:
         scenes = any(e["source"] == "scenes" for e in config["datasets"].values())
         rates = probe(path=None, scenes=scenes)
@@ -33,7 +31,7 @@ def _plan(args) -> int:
                 rates[k] *= args.cores / cores
         cores = args.cores
     add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps,
-              cores=cores, **{k: rates[k] for k in PROBED if k in rates})
+              cores=cores, **{k: rates[k] for k in DEFAULT_RATES if k in rates})
     if args.json:
         out = {k: v for k, v in result.items() if k not in ("features",)}
         out["features"] = {f"{m}/{d}": b for (m, d), b in result["features"].items()}
