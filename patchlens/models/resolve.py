@@ -56,7 +56,10 @@ def resolve_model(key: str, entry: dict) -> dict:
         return {"key": key, "kind": kind, "patch_size": int(entry.get("patch_size", 16)),
                 "mean": list(entry.get("mean", IMAGENET_MEAN)),
                 "std": list(entry.get("std", IMAGENET_STD)), "n_blocks": 1,
-                "family": model_label(key, entry)[1]}
+                "family": model_label(key, entry)[1],
+                # pixels: the patch's RGB values; oracle: set by the data set (oracle_channels)
+                "channels": 3 * int(entry.get("patch_size", 16)) ** 2 if kind == "pixels"
+                else None}
     if "timm" not in entry:
         raise ConfigError(f"models.{key}: needs either 'timm: <architecture>' or 'baseline: "
                           "pixels|oracle'")
@@ -84,7 +87,9 @@ def resolve_model(key: str, entry: dict) -> dict:
 
 
 def _timm_facts(key: str, spec: dict) -> dict:
-    """Patch size, depth, width (``channels``) and normalisation from timm's architecture config,
+    """Patch size, depth, width (``channels``), prefix tokens, MLP width (``mlp_hidden``),
+    whether a final norm follows the last block (``final_norm``) and the normalisation from
+    timm's architecture config,
     without weights. Builds the model on the ``meta`` device (no memory, no download), once per
     (architecture, kwargs) in a process; an architecture timm does not know, or kwargs it cannot
     build, is a ConfigError naming ``models.<key>.timm`` / ``models.<key>.kwargs``."""
@@ -136,10 +141,17 @@ def _timm_facts_cached(name: str, kwargs_json: str) -> tuple:
     except Exception as exc:  # AssertionError (embed_dim % heads), TypeError (unknown kwarg), ...
         raise _BuildError(f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
     cfg = m.pretrained_cfg or {}
+    mlp = m.blocks[0].mlp
+    hidden = getattr(getattr(mlp, "fc1", None), "out_features", 4 * m.embed_dim)
+    if getattr(mlp, "fc1_g", None) is not None:  # SwiGLU: two input projections
+        hidden = 2 * mlp.fc1_g.out_features
+    norm = getattr(m, "norm", None)
     facts = {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
              "dynamic_img_size": dynamic, "channels": int(m.embed_dim),
              "has_cls": getattr(m, "cls_token", None) is not None,
              "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
+             "mlp_hidden": int(hidden),  # width of the MLP's input projection(s)
+             "final_norm": norm is not None and not isinstance(norm, torch.nn.Identity),
              "mean": list(cfg.get("mean", IMAGENET_MEAN)),
              "std": list(cfg.get("std", IMAGENET_STD))}
     return tuple(facts.items())
