@@ -326,7 +326,29 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     return pd.DataFrame(rows)
 
 
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant, every seed): ``flop`` = the k-NN
+    (every query patch against every support patch) + the linear probe's ``probe_flop`` (per
+    L-BFGS evaluation, about one per iteration, the two (patches x C) x (C x K+1) matmuls, then
+    the query logits); ``pixels`` = pixel x class values upsampled and arg-maxed per query image
+    and head (``pixel_flop``: their two interpolation products, what they cost on a GPU)."""
+    from patchlens.data.sizes import image_size, n_classes
+
+    K = n_classes(entry)
+    n_sup = min(counts.get(p["support_split"], 0), p["n_shots"] * K)
+    n_query = counts.get(p["query_split"], 0)
+    ns, nq = n_sup * grid[0] * grid[1], n_query * grid[0] * grid[1]
+    heads, seeds, V = set(p["heads"]), len(p["seeds"]), len(variants)
+    h, w = image_size(entry)
+    pixels = seeds * len(heads) * n_query * h * w * (K + 1)
+    knn = seeds * 2.0 * nq * ns * C if "knn" in heads else 0.0
+    probe = (seeds * (p["linear_iters"] * 2 * 2.0 * ns * C * (K + 1) + 2.0 * nq * C * (K + 1))
+             if "linear" in heads else 0.0)
+    return {"flop": V * (knn + probe), "probe_flop": V * probe, "pixels": V * pixels,
+            "pixel_flop": V * pixels * 2.0 * sum(grid)}
+
+
 SPEC = register_task(TaskSpec(
     name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=10, figures=("fewshot_seg",)))
+    order=10, figures=("fewshot_seg",), flop=flop))

@@ -108,7 +108,17 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant): pooling each image's objects, then
+    every object against every other."""
+    from patchlens.data.sizes import OBJECTS_PER_IMAGE
+
+    n = counts.get(p["split"], 0)
+    objs = n * OBJECTS_PER_IMAGE
+    return {"flop": len(variants) * (n * grid[0] * grid[1] * C * 2.0 + 2.0 * objs * objs * C)}
+
+
 SPEC = register_task(TaskSpec(
     name=TASK, title="Instance identification", color="#d55e00", headline="top1",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=20, figures=("instance_id",)))
+    order=20, figures=("instance_id",), flop=flop))

@@ -311,7 +311,17 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     return pd.concat([per_cat, overall[cols]], ignore_index=True)
 
 
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant): per pair, each source keypoint
+    against every target patch plus the upsampled score map."""
+    from patchlens.data.sizes import SPAIR_KEYPOINTS_PER_PAIR, image_size, n_pairs
+
+    h, w = image_size(entry)
+    per_pair = SPAIR_KEYPOINTS_PER_PAIR * (2.0 * grid[0] * grid[1] * C + 8.0 * h * w)
+    return {"flop": len(variants) * n_pairs(entry, counts) * per_pair}
+
+
 SPEC = register_task(TaskSpec(
     name="keypoints", title="Keypoint correspondence", color="#e69f00", headline="pck@0.1",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=50, figures=("keypoints",)))
+    order=50, figures=("keypoints",), flop=flop))

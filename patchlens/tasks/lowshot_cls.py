@@ -176,7 +176,19 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     return pd.DataFrame(out, columns=cols)
 
 
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant): pooling every support and query
+    image's patches, then per seed, feature and shot count the k-NN of the query images."""
+    from patchlens.data.sizes import n_classes
+
+    K, P = n_classes(entry), grid[0] * grid[1]
+    nq = counts.get(p["query_split"], 0)
+    pool = (counts.get(p["support_split"], 0) + nq) * P * C
+    knn = sum(2.0 * nq * min(s * K, counts.get(p["support_split"], 0)) * C for s in p["n_shots"])
+    return {"flop": len(variants) * (pool + len(p["seeds"]) * len(p["features"]) * knn)}
+
+
 SPEC = register_task(TaskSpec(
     name=TASK, title="Low-shot classification", color="#56b4e9", headline="acc",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=60, figures=("lowshot_cls",)))
+    order=60, figures=("lowshot_cls",), flop=flop))

@@ -52,9 +52,10 @@ class TaskSpec:
     ``order``: its rank in tables, figures and the report (ascending).
     ``figures``: names of the report figures (:data:`patchlens.report.figures.FIGURES`) shown in
     the task's report section (names without a figure are ignored). ``flop``: optional cost
-    model ``flop(params, split_counts, dataset_entry, grid, channels)`` of one layer and one
-    variant for the resource plan (:func:`patchlens.plan.task_flop`; without it, one pass over
-    every token of the data set)."""
+    model ``flop(params, split_counts, dataset_entry, grid, channels, variants)`` of one layer
+    with every variant for the resource plan: a dict of ``flop`` and the other named costs of
+    :data:`patchlens.plan.rows.ROW_COSTS` (a number: FLOPs of one layer and one variant;
+    :func:`patchlens.plan.task_cost`; without it, one pass over every token of the data set)."""
     name: str
     title: str
     color: str

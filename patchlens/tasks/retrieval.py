@@ -178,7 +178,15 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
                                        "n_skipped"])
 
 
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant): every query object against every
+    gallery patch."""
+    nq = counts.get(p["query_split"], 0)
+    return {"flop": len(variants) * (2.0 * nq * counts.get(p["gallery_split"], 0) * grid[0]
+                                     * grid[1] * C)}
+
+
 SPEC = register_task(TaskSpec(
     name=TASK, title="Object retrieval", color="#009e73", headline="map",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=30, figures=("retrieval_scale",)))
+    order=30, figures=("retrieval_scale",), flop=flop))

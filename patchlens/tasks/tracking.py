@@ -365,7 +365,37 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                        "sequence"])
 
 
+def propagate_flop(grid, n_ctx: int, radius: int, C: int) -> float:
+    """FLOPs of one target frame of :func:`propagate`: per band of target rows, their
+    similarities to the context frames' rows within the radius (the window is a mask on it)."""
+    h, w = grid
+    rows = _band_rows(h, w, n_ctx, radius)
+    total = 0.0
+    for a in range(0, h, rows):
+        b = min(h, a + rows)
+        sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
+        total += 2.0 * (b - a) * w * n_ctx * (sb - sa) * w * C
+    return total
+
+
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """The resource plan's cost of one layer (every variant): ``flop`` = the propagation of every
+    scored frame (:func:`propagate_flop` with its context frames); ``mask_pixels`` = every
+    frame's mask pixels x (objects + background), upsampled, arg-maxed and scored (J&F)."""
+    from patchlens.data.sizes import mask_size, n_videos, video_objects
+
+    frames = counts.get(p["split"], 0)
+    videos = max(1, min(n_videos(entry), frames))
+    scored = max(0, int(frames / videos) - (2 if p["skip_last_frame"] else 1))
+    per_layer = videos * sum(propagate_flop(grid, 1 + min(t - 1, p["n_last_frames"]),
+                                            p["size_mask_neighborhood"], C)
+                             for t in range(1, scored + 1))
+    H, W = mask_size(entry)
+    V = len(variants)
+    return {"flop": V * per_layer, "mask_pixels": V * frames * H * W * (video_objects(entry) + 1)}
+
+
 SPEC = register_task(TaskSpec(
     name="tracking", title="Tracking", color="#cc79a7", headline="jf",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=40, figures=("tracking",)))
+    order=40, figures=("tracking",), flop=flop))
