@@ -31,7 +31,8 @@ def _plan(args) -> int:
                 rates[k] *= args.cores / cores
         cores = args.cores
     add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps,
-              cores=cores, **{k: rates[k] for k in DEFAULT_RATES if k in rates})
+              cores=cores, gpu_fp16_tflops=args.gpu_fp16_tflops,
+              **{k: rates[k] for k in DEFAULT_RATES if k in rates})
     if args.json:
         out = {k: v for k, v in result.items() if k not in ("features",)}
         out["features"] = {f"{m}/{d}": b for (m, d), b in result["features"].items()}
@@ -43,7 +44,7 @@ def _plan(args) -> int:
 
 
 def main(argv=None) -> int:
-    from patchlens.plan import DISK_GBPS, GPU_TFLOPS
+    from patchlens.plan import DISK_GBPS, GPU_FP16_TFLOPS, GPU_TFLOPS
 
     ap = argparse.ArgumentParser(prog="patchlens")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -54,6 +55,9 @@ def main(argv=None) -> int:
                    help="results directory (a prepared manifest there gives the image counts)")
     p.add_argument("--gpu-tflops", type=float, default=GPU_TFLOPS,
                    help=f"sustained fp32 matmul rate of the GPU (default {GPU_TFLOPS:g})")
+    p.add_argument("--gpu-fp16-tflops", type=float, default=GPU_FP16_TFLOPS,
+                   help="float16 tensor-core rate of the GPU's similarity products (default "
+                        f"{GPU_FP16_TFLOPS:g}: assumed, half an H100's dense figure)")
     p.add_argument("--disk-gbps", type=float, default=DISK_GBPS,
                    help=f"disk rate of the GPU node in GB/s (default {DISK_GBPS:g})")
     p.add_argument("--cpu-gflops", type=float, help="skip the probe's matmul rate")

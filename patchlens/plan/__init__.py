@@ -10,7 +10,8 @@ The one home of the cost model (``patchlens plan CONFIG``; the rule resources of
 * :mod:`.facts`: model facts from :func:`patchlens.models.resolve.resolve_model` (width, depth,
   patch size, MLP width, prefix tokens, final norm), the ViT's forward FLOPs, feature bytes;
 * :mod:`.hours`: seconds per job at a machine's rates, stage hours, the rule resources, the
-  disk check; :mod:`.probe`: this machine's rates; :mod:`.report`: the text table.
+  disk check; :mod:`.splits`: evaluator jobs cut to a cluster's runtime limit; :mod:`.probe`:
+  this machine's rates; :mod:`.report`: the text table.
 
 Counting (multiply-adds count as 2 FLOPs; float16 tokens as 2 bytes): images per split from a
 prepared ``manifest.csv`` under ``results/data/<dataset>/`` when present, else the recipes'
@@ -23,15 +24,17 @@ matmuls only; ``benchmarks/rehearsal.py`` measures how far the real jobs are fro
 from patchlens.data.sizes import split_counts
 from patchlens.plan.facts import feature_bytes, grid_of, model_facts, vit_flop, vit_mparams
 from patchlens.plan.hours import (BUILD_S_PER_MPARAM, CORE_GFLOPS, CORE_RATES, DEFAULT_RATES,
-                                  DISK_GBPS, GPU_TFLOPS, LBFGS_GFLOPS, PROBED, STARTUP_S,
-                                  UPSAMPLE_NS, add_hours, check_disk, job_resources,
-                                  job_seconds)
+                                  DISK_GBPS, GPU, GPU_FP16_TFLOPS, GPU_TFLOPS,
+                                  LBFGS_GFLOPS, PROBED, STARTUP_S,
+                                  UPSAMPLE_NS, add_hours, check_disk, gpu_rates,
+                                  job_resources, job_seconds)
 from patchlens.plan.probe import probe
 from patchlens.plan.report import drivers, format_plan, human_bytes
 from patchlens.plan.rows import ROW_COSTS, plan, rule_threads, task_cost, task_flop
+from patchlens.plan.splits import job_splits, max_runtime
 
 __all__ = ["BUILD_S_PER_MPARAM", "CORE_GFLOPS", "CORE_RATES", "DEFAULT_RATES", "DISK_GBPS",
-           "GPU_TFLOPS", "LBFGS_GFLOPS", "PROBED", "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS",
-           "add_hours", "check_disk", "drivers", "feature_bytes", "format_plan", "grid_of",
-           "human_bytes", "job_resources", "job_seconds", "model_facts", "plan", "probe",
+           "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PROBED", "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS",
+           "add_hours", "check_disk", "drivers", "feature_bytes", "format_plan", "gpu_rates", "grid_of",
+           "human_bytes", "job_resources", "job_splits", "job_seconds", "max_runtime", "model_facts", "plan", "probe",
            "rule_threads", "split_counts", "task_cost", "task_flop", "vit_flop", "vit_mparams"]

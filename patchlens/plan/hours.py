@@ -32,58 +32,89 @@ BUILD_S_PER_MPARAM = 0.02  # building a timm model (random init; then weights ar
 UPSAMPLE_NS = 5.7
 TRACK_NS = 28.0  # tracking: ns per mask pixel x channel to upsample, arg-max and score (J&F)
 REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduced
-PROPAGATE_GFLOPS = 90.0  # tracking's banded similarity + top-k (all cores)
+# ns per similarity value and variant of one job: the rank-m correction, the division by the
+# norms and the top-k (patchlens.evaluation.similarity_cost; probe: numpy + the block top-k).
+# Measured on the busy development machine (2026-12-04) next to its matmul rate and scaled to
+# the quiet 168 GFLOP/s: 4.2-6.0 ns in three runs
+SELECT_NS = 5.0
 
 # what :func:`probe` measures beyond the matmul and read rates (keywords of add_hours), and the
 # value each takes when not probed; forward_gflops None: extraction at the matmul rate
 DEFAULT_RATES = {"forward_gflops": None, "build_s_per_mparam": BUILD_S_PER_MPARAM,
                  "lbfgs_gflops": LBFGS_GFLOPS, "upsample_ns": UPSAMPLE_NS, "track_ns": TRACK_NS,
-                 "propagate_gflops": PROPAGATE_GFLOPS, "reduce_ns": REDUCE_NS,
+                 "select_ns": SELECT_NS, "reduce_ns": REDUCE_NS,
                  "startup_s": STARTUP_S, "render_s_per_mpix": RENDER_S_PER_MPIX}
 PROBED = tuple(DEFAULT_RATES)
 # the rate of a rule's main FLOPs (the others: numpy's matmul, cpu_gflops)
-RULE_RATE = {"extract_features": "forward_gflops", "attention_stats": "forward_gflops",
-             "tracking": "propagate_gflops"}
+RULE_RATE = {"extract_features": "forward_gflops", "attention_stats": "forward_gflops"}
 
 # the probed rates that grow with the cores (a job's share is its threads over the cores)
-CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops", "propagate_gflops")
+CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops")
 
 GPU_TFLOPS = 50.0   # default: sustained fp32 matmul of a current data-centre GPU (H100 SXM: 67 peak)
 DISK_GBPS = 2.0     # default: NVMe read/write of a GPU node, GB/s
+# The similarity products on float16 tensor cores (float32 accumulation): ASSUMED at half an
+# H100 SXM's dense float16 figure (989 TFLOP/s) until a device run measures one; the memory-
+# bound passes at half its 3.35 TB/s. Printed as assumptions with the plan.
+GPU_FP16_TFLOPS = 400.0
+GPU = {"tflops": GPU_TFLOPS, "fp16_tflops": GPU_FP16_TFLOPS, "disk_gbps": DISK_GBPS,
+       "mem_gbps": 1675.0,  # device memory, GB/s
+       "select_bytes": 20.0,  # per similarity value and variant: correction, norms, top-k
+       "mask_bytes": 32.0,  # per mask pixel x channel: upsample, arg-max, J&F (max-pool)
+       "stats_bytes": 4.0,  # per token value: the extractor's statistics on the device
+       "launch_us": 10.0}  # per kernel launch (tracking's many small bands)
 # A conservative per-core fp32 matmul rate for the runtime a cluster job asks for (the
 # development machine's probe gives about 85 per core; older or busy nodes give less).
 CORE_GFLOPS = 30.0
 
 
-def job_seconds(job: dict, rates: dict, cores: int, gpu: tuple[float, float] | None = None
-                ) -> float:
+def gpu_rates(tflops: float = GPU_TFLOPS, disk_gbps: float = DISK_GBPS,
+              fp16_tflops: float = GPU_FP16_TFLOPS, **other) -> dict:
+    """The GPU node's rates (:data:`GPU`) with the given ones replaced."""
+    return {**GPU, **other, "tflops": tflops, "disk_gbps": disk_gbps, "fp16_tflops": fp16_tflops}
+
+
+def job_seconds(job: dict, rates: dict, cores: int, gpu: dict | None = None) -> float:
     """Wall seconds of one job row at ``rates`` (:data:`DEFAULT_RATES` keys plus ``cpu_gflops``
     and ``read_mbps``; GFLOP/s of all ``cores``): start-up + building its model + generating
-    data + tracking's mask scoring + the channel-statistics reduction (numpy, on a GPU node too)
-    + its FLOPs at its rule's rate (:data:`RULE_RATE`), the linear probe's ``probe_flop`` at
-    ``lbfgs_gflops``, both at its threads' share of the cores, + upsampled ``pixels`` + bytes at
-    the disk rate. ``gpu`` = (TFLOP/s, GB/s): the same job on a GPU node, the upsampling on the
-    device as its ``pixel_flop``."""
+    data + the mask scoring of ``mask_pixels`` (numpy, on a GPU node too) + the channel
+    statistics' ``elements`` + bytes at the disk rate, and
+
+    * on this machine: its FLOPs at its rule's rate (:data:`RULE_RATE`; the similarity products
+      ``sim_flop`` at the matmul rate) and the linear probe's ``probe_flop`` at
+      ``lbfgs_gflops``, both at its threads' share of the cores, + upsampled ``pixels``,
+      similarity values ``select`` and ``device_mask_pixels`` at their ns each;
+    * with ``gpu`` (:func:`gpu_rates`): ``sim_flop`` at ``fp16_tflops`` (tensor cores), the
+      other FLOPs and the upsampling's ``pixel_flop`` at ``tflops`` (float32), ``select``,
+      ``device_mask_pixels`` and ``elements`` as bytes at ``mem_gbps``, ``launches`` at
+      ``launch_us``, bytes at ``disk_gbps``."""
     fixed = (rates["startup_s"][job.get("startup", "python")]
              + job.get("render_mpix", 0.0) * rates["render_s_per_mpix"]
              + job.get("mparams", 0.0) * rates["build_s_per_mparam"]
-             + job.get("mask_pixels", 0.0) * rates["track_ns"] * 1e-9
-             + job.get("elements", 0.0) * rates["reduce_ns"] * 1e-9)
+             + job.get("mask_pixels", 0.0) * rates["track_ns"] * 1e-9)
     nbytes = job["bytes_read"] + job["bytes_written"]
+    sim = job.get("sim_flop", 0.0)
     if gpu is not None:
-        tflops, gbps = gpu
-        return (fixed + (job["flop"] + job.get("pixel_flop", 0.0)) / (tflops * 1e12)
-                + nbytes / (gbps * 1e9))
+        device_bytes = (job.get("select", 0.0) * gpu["select_bytes"]
+                        + job.get("device_mask_pixels", 0.0) * gpu["mask_bytes"]
+                        + job.get("elements", 0.0) * gpu["stats_bytes"])
+        return (fixed + (job["flop"] - sim + job.get("pixel_flop", 0.0)) / (gpu["tflops"] * 1e12)
+                + sim / (gpu["fp16_tflops"] * 1e12) + device_bytes / (gpu["mem_gbps"] * 1e9)
+                + job.get("launches", 0.0) * gpu["launch_us"] * 1e-6
+                + nbytes / (gpu["disk_gbps"] * 1e9))
     share = min(job.get("threads", cores), cores) / cores
     rate = rates.get(RULE_RATE.get(job["rule"], "cpu_gflops")) or rates["cpu_gflops"]
     probe = job.get("probe_flop", 0.0)  # the linear probe's matmuls, at its own rate
-    return (fixed + job.get("pixels", 0.0) * rates["upsample_ns"] * 1e-9
-            + (job["flop"] - probe) / (rate * share * 1e9)
+    ns = (job.get("pixels", 0.0) * rates["upsample_ns"] + job.get("select", 0.0)
+          * rates["select_ns"] + job.get("device_mask_pixels", 0.0) * rates["track_ns"]
+          + job.get("elements", 0.0) * rates["reduce_ns"])
+    return (fixed + ns * 1e-9 + (job["flop"] - probe) / (rate * share * 1e9)
             + probe / (rates["lbfgs_gflops"] * share * 1e9) + nbytes / (rates["read_mbps"] * 1e6))
 
 
 def add_hours(result: dict, cpu_gflops: float, read_mbps: float, gpu_tflops: float = GPU_TFLOPS,
-              disk_gbps: float = DISK_GBPS, cores: int | None = None, **probed) -> dict:
+              disk_gbps: float = DISK_GBPS, cores: int | None = None,
+              gpu_fp16_tflops: float = GPU_FP16_TFLOPS, **probed) -> dict:
     """``hours_cpu`` / ``hours_gpu`` of every job row (its wall time, :func:`job_seconds`) and
     stage (machine hours: the jobs' core-hours over ``cores``; on a GPU the jobs in series).
     ``probed``: any of :data:`DEFAULT_RATES` (what :func:`probe` measured)."""
@@ -93,11 +124,12 @@ def add_hours(result: dict, cpu_gflops: float, read_mbps: float, gpu_tflops: flo
     cores = cores or os.cpu_count() or 1
     rates = {**DEFAULT_RATES, **{k: v for k, v in probed.items() if v is not None},
              "cpu_gflops": cpu_gflops, "read_mbps": read_mbps}
+    gpu = gpu_rates(gpu_tflops, disk_gbps, gpu_fp16_tflops)
     for s in result["stages"].values():
         s["hours_cpu"] = s["hours_gpu"] = 0.0
     for job in result["jobs"]:
         job["hours_cpu"] = job_seconds(job, rates, cores) / 3600
-        job["hours_gpu"] = job_seconds(job, rates, cores, (gpu_tflops, disk_gbps)) / 3600
+        job["hours_gpu"] = job_seconds(job, rates, cores, gpu) / 3600
         s = result["stages"][job["rule"]]
         s["hours_cpu"] += job["hours_cpu"] * min(job.get("threads", cores), cores) / cores
         s["hours_gpu"] += job["hours_gpu"]
@@ -105,7 +137,8 @@ def add_hours(result: dict, cpu_gflops: float, read_mbps: float, gpu_tflops: flo
     result["hours_gpu"] = sum(s["hours_gpu"] for s in result["stages"].values())
     result["rates"] = {**rates, "forward_gflops": rates["forward_gflops"] or cpu_gflops,
                        "startup_s": dict(rates["startup_s"]), "cores": cores,
-                       "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps}
+                       "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps,
+                       "gpu_fp16_tflops": gpu_fp16_tflops, "gpu_mem_gbps": gpu["mem_gbps"]}
     return result
 
 
@@ -121,8 +154,8 @@ def job_resources(result: dict, rule: str, model: str, dataset: str,
         if r["rule"] == rule and r["model"] == model and r["dataset"] == dataset:
             t = r.get("threads", 1)
             rates = {**DEFAULT_RATES, "cpu_gflops": core_gflops * t, "read_mbps": read_mbps}
-            secs = job_seconds(r, rates, t, None if gpu_tflops is None else (gpu_tflops,
-                                                                             disk_gbps))
+            secs = job_seconds(r, rates, t, None if gpu_tflops is None else
+                               gpu_rates(gpu_tflops, disk_gbps))
             return {"mem_mb": max(floor_mb, int(1.5 * r["mem_bytes"] / 2 ** 20) + 1000),
                     "runtime": max(floor_min, int(math.ceil(2 * secs / 60)))}
     return {"mem_mb": floor_mb, "runtime": floor_min}

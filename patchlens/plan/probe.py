@@ -25,11 +25,10 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
     import numpy as np
 
     from patchlens.evaluation.davis_metrics import jf_labels
-    from patchlens.evaluation.knn import l2_normalize
     from patchlens.evaluation.probes import LinearProbe
     from patchlens.evaluation.upsample import resize_bilinear
     from patchlens.features.channel_stats import merge_moments
-    from patchlens.tasks.tracking import labels_to_mask, propagate, propagate_flop
+    from patchlens.tasks.tracking import labels_to_mask, topk_indices
 
     m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
     rng = np.random.default_rng(0)
@@ -88,13 +87,20 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
         merge_moments(0, np.zeros(c), np.zeros(c), x16.astype(np.float32))
         runs.append(time.perf_counter() - t0)
     reduce = float(np.median(runs[1:])) / x16.size * 1e9
-    # DINO's label propagation at DAVIS shape: 30 x 54 patches, 8 context frames, 3 labels
-    ctx = l2_normalize(rng.standard_normal((8 * 30 * 54, c), dtype=np.float32)).reshape(8, -1, c)
-    labels = rng.random((8, 30 * 54, 3), dtype=np.float32)
-    propagate(ctx[0], ctx, labels, (30, 54), 12, 5, 0.1)
-    t0 = time.perf_counter()
-    propagate(ctx[1], ctx, labels, (30, 54), 12, 5, 0.1)
-    propagation = propagate_flop((30, 54), 8, 12, c) / (time.perf_counter() - t0) / 1e9
+    # one variant's pass over a block of similarities (queries x support, C = 384): a rank-4
+    # correction, the division by the norms, the block top-k (patchlens.evaluation.similarity_cost)
+    sims = (a[:1024] @ b[:, :8192]).astype(np.float32)
+    qn, sn = 1 / np.linalg.norm(a[:1024], axis=1), 1 / np.linalg.norm(b[:, :8192], axis=0)
+    qd, sd = np.ascontiguousarray(a[:1024, :4]), np.ascontiguousarray(b[:4, :8192])
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        x = sims - qd @ sd
+        x *= qn[:, None]
+        x *= sn[None, :]
+        topk_indices(x, 20, 64)
+        runs.append(time.perf_counter() - t0)
+    select = min(runs) / sims.size * 1e9
 
     soft = rng.random((30, 54, 3), dtype=np.float32)  # a DAVIS frame: 2 objects + background
     gt = np.zeros((480, 854), np.int64)
@@ -117,7 +123,7 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
             render = (time.perf_counter() - t0) / (n * 256 * 256 / 1e6)
     return {"cpu_gflops": gflops, "read_mbps": mbps, "cores": os.cpu_count() or 1,
             "forward_gflops": forward, "build_s_per_mparam": build, "lbfgs_gflops": lbfgs,
-            "upsample_ns": upsample, "track_ns": track, "propagate_gflops": propagation,
+            "upsample_ns": upsample, "track_ns": track, "select_ns": select,
             "reduce_ns": reduce,
             "startup_s": startup, "render_s_per_mpix": render}
 

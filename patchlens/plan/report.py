@@ -28,6 +28,10 @@ def format_plan(result: dict, top: int = 10) -> str:
                  f"({r['cpu_gflops']:.0f} GFLOP/s matmul, {r['read_mbps']:.0f} MB/s read); "
                  f"{result['hours_gpu']:.1f} h on a GPU ({r['gpu_tflops']:g} TFLOP/s, "
                  f"{r['disk_gbps']:g} GB/s disk)")
+    lines.append(f"assumed on the GPU: similarity products at {r['gpu_fp16_tflops']:g} TFLOP/s "
+                 "float16 (half an H100's dense figure; no device run has measured one), other "
+                 f"FLOPs at {r['gpu_tflops']:g} TFLOP/s float32, memory-bound passes at "
+                 f"{r['gpu_mem_gbps']:g} GB/s")
     lines.append(f"disk: {human_bytes(result['disk_bytes'])} with keep_features: true, "
                  f"{human_bytes(result['disk_bytes_temp'])} peak with keep_features: false")
     lines.append("largest cost drivers (model x data set x stage):")

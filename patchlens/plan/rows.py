@@ -25,7 +25,7 @@ MODEL_RULES = ("extract_features", "attention_stats")  # their scripts import to
 
 # a job row's costs beyond FLOPs and bytes (see job_seconds), 0 where a rule has none
 ROW_COSTS = ("render_mpix", "probe_flop", "pixels", "pixel_flop", "mparams", "mask_pixels",
-             "elements")
+             "elements", "sim_flop", "select", "device_mask_pixels", "launches")
 
 
 def task_cost(task: str, p: dict, counts: dict, entry: dict, grid, C: int,
@@ -78,8 +78,9 @@ def rule_threads(config: dict, rule: str) -> int:
 class Study:
     """The rows and per-stage sums being built for one config."""
 
-    def __init__(self, config: dict, results: Path):
+    def __init__(self, config: dict, results: Path, stats_in_extraction: bool = True):
         self.config, self.stages, self.rows, self.feats = config, {}, [], {}
+        self.stats_in_extraction = stats_in_extraction
         self.counts = {d: split_counts(e, results / "data" / d / "manifest.csv")
                        for d, e in config["datasets"].items()}
         self.facts = {m: model_facts(e) for m, e in config["models"].items()}
@@ -146,7 +147,8 @@ def task_rows(st: Study) -> None:
                 layer_mem = read / max(f["n_layers"], 1) * 2  # float16 layer + float32 chunks
                 cost = task_cost(task, p, st.counts[d], de, grid, f["dim"], variants)
                 per_job = {k: f["n_layers"] * v for k, v in cost.items()}
-                st.add(task, m, d, task, read=read, mem=layer_mem, **per_job)
+                st.add(task, m, d, task, read=read, mem=layer_mem, n_layers=f["n_layers"],
+                       n_seeds=len(p.get("seeds") or [0]), **per_job)
                 if any(needs_stats(v) for v in variants):
                     pairs_variance.add((m, d))
     for m, d in sorted(pairs_variance):
@@ -154,13 +156,25 @@ def task_rows(st: Study) -> None:
         sup = [s for s in config.get("variance", {}).get("split", ["train"])
                if s in st.counts[d]]
         n = sum(st.counts[d][s] for s in sup)
-        st.add("channel_variance", m, d, "variance", read=feature_bytes(f, n, grid),
-               written=f["n_layers"] * f["dim"] * 8.0 * 2,  # a memory-bound reduction, no matmul
-               elements=n * f["n_layers"] * grid[0] * grid[1] * f["dim"])
+        small = f["n_layers"] * f["dim"] * 8.0 * 2  # mean and variance per layer and channel
+        elements = n * f["n_layers"] * grid[0] * grid[1] * f["dim"]
+        if st.stats_in_extraction:  # accumulated while writing; the rule reads them back
+            st.add("channel_variance", m, d, "variance", read=small, written=small)
+            extract = next(r for r in st.rows if r["rule"] == "extract_features"
+                           and (r["model"], r["dataset"]) == (m, d))
+            extract["elements"] += elements
+        else:  # re-reads the split's tokens: a memory-bound reduction, no matmul
+            st.add("channel_variance", m, d, "variance", read=feature_bytes(f, n, grid),
+                   written=small, elements=elements)
 
 
-def plan(config: dict, results: str | os.PathLike = "results") -> dict:
+def plan(config: dict, results: str | os.PathLike = "results",
+         stats_in_extraction: bool = True) -> dict:
     """Per stage (rule) jobs, FLOPs and bytes; per job rows for the cost drivers; disk.
+
+    ``stats_in_extraction``: the channel statistics (``zscore``, ``drop{m}``) are accumulated by
+    the extractor while it writes a feature file (its ``elements``), and ``channel_variance``
+    reads only the small per-split statistics; False: that rule re-reads the split's tokens.
 
     Returns ``{"stages": {rule: {...}}, "jobs": [...], "disk_bytes": ..., "disk_bytes_temp": ...,
     "features": {(model, dataset): bytes}}`` (hours are added by
@@ -168,7 +182,7 @@ def plan(config: dict, results: str | os.PathLike = "results") -> dict:
     """
     from patchlens.plan.analyses import analysis_rows
 
-    st = Study(config, Path(results))
+    st = Study(config, Path(results), stats_in_extraction)
     data_rows(st)
     task_rows(st)
     analysis_rows(st)

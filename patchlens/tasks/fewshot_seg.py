@@ -326,13 +326,21 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     return pd.DataFrame(rows)
 
 
-def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
-    """The resource plan's cost of one layer (every variant, every seed): ``flop`` = the k-NN
-    (every query patch against every support patch) + the linear probe's ``probe_flop`` (per
-    L-BFGS evaluation, about one per iteration, the two (patches x C) x (C x K+1) matmuls, then
-    the query logits); ``pixels`` = pixel x class values upsampled and arg-maxed per query image
-    and head (``pixel_flop``: their two interpolation products, what they cost on a GPU)."""
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
+         shared_product: bool = True, tensor_cores: bool = True) -> dict:
+    """The resource plan's cost of one layer (every variant, every seed). The k-NN head: every
+    query patch against every support patch, from the shared similarity product
+    (:func:`patchlens.evaluation.similarity_cost.similarity_cost`: 2 products for raw + zscore +
+    every drop{m}, ``select`` = the values normalised and top-k'd per variant);
+    ``shared_product=False``: one product per variant (each variant's features searched on
+    their own); ``tensor_cores=False``: the products as plain float32 FLOPs on a GPU (no
+    ``sim_flop``). The linear head's ``probe_flop``, per variant (per L-BFGS evaluation, about
+    one per iteration, the two (patches x C) x (C x K+1) matmuls, then the query logits).
+    ``pixels`` = pixel x class values upsampled and arg-maxed per query image, head and variant
+    (``pixel_flop``: their two interpolation products, their cost on a GPU, where the vote, the
+    upsampling and the arg-max run)."""
     from patchlens.data.sizes import image_size, n_classes
+    from patchlens.evaluation.similarity_cost import similarity_cost
 
     K = n_classes(entry)
     n_sup = min(counts.get(p["support_split"], 0), p["n_shots"] * K)
@@ -340,12 +348,21 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) ->
     ns, nq = n_sup * grid[0] * grid[1], n_query * grid[0] * grid[1]
     heads, seeds, V = set(p["heads"]), len(p["seeds"]), len(variants)
     h, w = image_size(entry)
-    pixels = seeds * len(heads) * n_query * h * w * (K + 1)
-    knn = seeds * 2.0 * nq * ns * C if "knn" in heads else 0.0
-    probe = (seeds * (p["linear_iters"] * 2 * 2.0 * ns * C * (K + 1) + 2.0 * nq * C * (K + 1))
-             if "linear" in heads else 0.0)
-    return {"flop": V * (knn + probe), "probe_flop": V * probe, "pixels": V * pixels,
-            "pixel_flop": V * pixels * 2.0 * sum(grid)}
+    pixels = V * seeds * len(heads) * n_query * h * w * (K + 1)
+    out = {"flop": 0.0, "sim_flop": 0.0, "select": 0.0, "probe_flop": 0.0, "pixels": pixels,
+           "pixel_flop": pixels * 2.0 * sum(grid)}
+    if "knn" in heads:
+        groups = [variants] if shared_product else [[v] for v in variants]
+        for group in groups:
+            for key, value in similarity_cost(nq, ns, C, group).items():
+                out[key] += seeds * value
+        if not tensor_cores:
+            out["sim_flop"] = 0.0
+    if "linear" in heads:
+        out["probe_flop"] = V * seeds * (p["linear_iters"] * 2 * 2.0 * ns * C * (K + 1)
+                                         + 2.0 * nq * C * (K + 1))
+        out["flop"] += out["probe_flop"]
+    return out
 
 
 SPEC = register_task(TaskSpec(

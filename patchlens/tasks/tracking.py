@@ -378,21 +378,44 @@ def propagate_flop(grid, n_ctx: int, radius: int, C: int) -> float:
     return total
 
 
-def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
-    """The resource plan's cost of one layer (every variant): ``flop`` = the propagation of every
-    scored frame (:func:`propagate_flop` with its context frames); ``mask_pixels`` = every
-    frame's mask pixels x (objects + background), upsampled, arg-maxed and scored (J&F)."""
+KERNELS_PER_BAND = 12  # device kernels per band and variant (product share, correction, mask,
+# top-k, gather, weights, vote) and per frame (upsampling, arg-max, J&F), for the plan
+
+
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
+         shared_product: bool = True, tensor_cores: bool = True, on_device: bool = True) -> dict:
+    """The resource plan's cost of one layer (every variant): the propagation of every scored
+    frame, i.e. its bands' similarities to the context frames (:func:`propagate_flop`), from
+    the shared similarity product (:func:`patchlens.evaluation.similarity_cost.similarity_cost`:
+    2 products for every variant, ``select`` = the values normalised and top-k'd per variant;
+    ``shared_product=False``: one product per variant; ``tensor_cores=False``: float32 on a
+    GPU); ``mask_pixels`` = every frame's mask pixels x (objects + background) per variant,
+    upsampled, arg-maxed and scored (J&F); ``on_device``: they run in torch on the GPU when the
+    job has one (``device_mask_pixels``, and ``launches`` = the kernels each band and frame
+    starts there); False: in numpy on the node's CPU even on a GPU node."""
     from patchlens.data.sizes import mask_size, n_videos, video_objects
+    from patchlens.evaluation.similarity_cost import similarity_cost
 
     frames = counts.get(p["split"], 0)
     videos = max(1, min(n_videos(entry), frames))
     scored = max(0, int(frames / videos) - (2 if p["skip_last_frame"] else 1))
-    per_layer = videos * sum(propagate_flop(grid, 1 + min(t - 1, p["n_last_frames"]),
-                                            p["size_mask_neighborhood"], C)
-                             for t in range(1, scored + 1))
+    radius = p["size_mask_neighborhood"]
+    pairs = videos * sum(propagate_flop(grid, 1 + min(t - 1, p["n_last_frames"]), radius, 1)
+                         for t in range(1, scored + 1)) / 2.0
+    groups = [variants] if shared_product else [[v] for v in variants]
+    out = {"flop": 0.0, "sim_flop": 0.0, "select": 0.0}
+    for group in groups:
+        for key, value in similarity_cost(pairs, 1, C, group).items():
+            out[key] += value
+    if not tensor_cores:
+        out["sim_flop"] = 0.0
     H, W = mask_size(entry)
     V = len(variants)
-    return {"flop": V * per_layer, "mask_pixels": V * frames * H * W * (video_objects(entry) + 1)}
+    bands = -(-grid[0] // _band_rows(grid[0], grid[1], 1 + p["n_last_frames"], radius))
+    out["device_mask_pixels" if on_device else "mask_pixels"] = (
+        V * frames * H * W * (video_objects(entry) + 1))
+    out["launches"] = float(on_device) * V * videos * scored * (bands + 1) * KERNELS_PER_BAND
+    return out
 
 
 SPEC = register_task(TaskSpec(

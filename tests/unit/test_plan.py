@@ -15,9 +15,10 @@ from patchlens.config import ROOT, validate
 from patchlens.data.dataset import Dataset
 from patchlens.features.extract import extract
 from patchlens.models.resolve import resolve_model
-from patchlens.plan import (BUILD_S_PER_MPARAM, STARTUP_S, UPSAMPLE_NS, add_hours,
+from patchlens.plan import (BUILD_S_PER_MPARAM, GPU, STARTUP_S, UPSAMPLE_NS, add_hours,
                             feature_bytes, job_resources, model_facts, plan, split_counts,
-                            task_flop, vit_flop)
+                            task_cost, task_flop, vit_flop)
+from patchlens.plan.hours import REDUCE_NS, SELECT_NS
 
 TINY = {"timm": "vit_tiny_patch16_224", "pretrained": False,
         "kwargs": {"depth": 3, "embed_dim": 48, "num_heads": 3}}
@@ -73,7 +74,7 @@ def test_split_counts_prefer_a_prepared_manifest(image_dataset):
     assert davis == {"video": 30}
 
 
-def test_fewshot_flop_is_query_times_support_patches():
+def test_fewshot_flop_is_query_times_support_patches_once_for_every_variant():
     p = {"n_shots": 2, "seeds": [0, 1], "heads": ["knn"], "support_split": "train",
          "query_split": "val", "linear_iters": 0}
     entry = {"source": "voc2012"}
@@ -81,6 +82,61 @@ def test_fewshot_flop_is_query_times_support_patches():
     # 20 classes x 2 shots = 40 support images of 6 patches; 50 query images of 6 patches
     expect = 2 * (2 * (50 * 6) * (40 * 6) * 8)
     assert task_flop("fewshot_seg", p, counts, entry, (2, 3), 8) == expect
+    # raw, zscore and drop{m} share two products (raw and z-scored) of the same pairs; each
+    # variant still visits every similarity value once (correction, norms, top-k)
+    variants = ["raw", "zscore", "drop1", "drop4", "drop16"]
+    cost = task_cost("fewshot_seg", p, counts, entry, (2, 3), 8, variants)
+    pairs = 2 * (50 * 6) * (40 * 6)  # two seeds
+    assert cost["sim_flop"] == cost["flop"] == 2 * pairs * 2 * 8
+    assert cost["select"] == 5 * pairs
+    # without zscore one product serves them all; searched one variant at a time, five
+    assert task_cost("fewshot_seg", p, counts, entry, (2, 3), 8, ["raw", "drop2"])["flop"] == \
+        pairs * 2 * 8
+    from patchlens.tasks.fewshot_seg import flop
+
+    p = {**p, "k": 20}
+    alone = flop(p, counts, entry, (2, 3), 8, variants, shared_product=False)
+    assert alone["flop"] == 5 * pairs * 2 * 8 and alone["select"] == 5 * pairs
+    assert flop(p, counts, entry, (2, 3), 8, variants, tensor_cores=False)["sim_flop"] == 0
+
+
+def test_tracking_scores_masks_on_the_device_when_asked():
+    from patchlens.tasks.tracking import DEFAULT_PARAMS, flop, propagate_flop
+
+    entry = {"source": "davis2017", "params": {"max_sequences": 2, "max_frames": 4}}
+    counts = split_counts(entry)  # 2 videos of 4 frames: frames 1 and 2 are scored
+    variants = ["raw", "zscore", "drop2"]
+    grid, C = (6, 10), 16
+    on = flop(DEFAULT_PARAMS, counts, entry, grid, C, variants)
+    # frame t propagates from the first frame and the t - 1 before it (n_last_frames 7)
+    pairs = 2 * sum(propagate_flop(grid, 1 + (t - 1), 12, 1) / 2 for t in (1, 2))
+    assert on["flop"] == on["sim_flop"] == 2 * pairs * 2 * C and on["select"] == 3 * pairs
+    pixels = 3 * 8 * 480 * 854 * (61 / 30 + 1)  # variants x frames x mask x (objects + 1)
+    assert on["device_mask_pixels"] == pytest.approx(pixels) and on["launches"] > 0
+    off = flop(DEFAULT_PARAMS, counts, entry, grid, C, variants, on_device=False)
+    assert off["mask_pixels"] == pytest.approx(pixels) and "device_mask_pixels" not in off
+    assert off["launches"] == 0
+
+
+def test_channel_statistics_are_accumulated_while_extracting():
+    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()), values=False)
+    now, before = plan(cfg, "/nonexistent"), plan(cfg, "/nonexistent", stats_in_extraction=False)
+    written = sum(s["bytes_written"] for s in now["stages"].values())
+    read = sum(s["bytes_read"] for s in now["stages"].values())
+    assert read <= 1.5 * written  # issue 20: every feature file read about once
+    cv, cv0 = now["stages"]["channel_variance"], before["stages"]["channel_variance"]
+    # the rule reads back what the extractor wrote beside the tokens: two float64 per channel
+    # and layer, instead of the variance split's tokens
+    stats = 0.0
+    for (m, d) in {(r["model"], r["dataset"]) for r in now["jobs"]
+                   if r["rule"] == "channel_variance"}:
+        f = model_facts(cfg["models"][m])
+        stats += f["n_layers"] * f["dim"] * 16.0
+    assert cv["bytes_read"] == pytest.approx(stats) and cv0["bytes_read"] > 1000 * stats
+    # the reduction moved to the extraction jobs, value for value
+    moved = sum(r["elements"] for r in now["jobs"] if r["rule"] == "extract_features")
+    assert moved == pytest.approx(sum(r["elements"] for r in before["jobs"]
+                                      if r["rule"] == "channel_variance"))
 
 
 def test_plan_of_the_demo_counts_jobs_and_disk(demo):
@@ -111,22 +167,28 @@ def test_plan_of_the_demo_counts_jobs_and_disk(demo):
     io = (fs["bytes_read"] + fs["bytes_written"]) / 1e9
     rows = [j for j in r["jobs"] if j["rule"] == "fewshot_seg"]
     probe, pixels = sum(j["probe_flop"] for j in rows), sum(j["pixels"] for j in rows)
+    sim, select = sum(j["sim_flop"] for j in rows), sum(j["select"] for j in rows)
     assert 0 < probe < fs["flop"] and pixels > 0  # the demo runs both heads
+    assert fs["flop"] == pytest.approx(sim + probe) and select > 0
     # each job runs with its t threads at t/8 of the all-core rates (matmul; the linear probe's
-    # own); the stage's machine hours are its core-hours over the 8 cores
-    job_s = (n * 2.0 + pixels * 3e-9 + (fs["flop"] - probe) / (100e9 * t / 8)
-             + probe / (20e9 * t / 8) + io)
+    # own); the similarity values of every variant at their ns each; the stage's machine hours
+    # are its core-hours over the 8 cores
+    job_s = (n * 2.0 + pixels * 3e-9 + select * SELECT_NS * 1e-9
+             + (fs["flop"] - probe) / (100e9 * t / 8) + probe / (20e9 * t / 8) + io)
     assert fs["hours_cpu"] == pytest.approx(job_s * t / 8 / 3600)
-    # on a GPU the upsampling runs there too: its two products per pixel x class
+    # on a GPU the upsampling runs there too (its two products per pixel x class), the
+    # similarity products on float16 tensor cores, each variant's pass over the similarities
+    # at the device's memory rate
     pixel_flop = sum(j["pixel_flop"] for j in rows)
     assert pixel_flop > pixels
-    assert fs["hours_gpu"] == pytest.approx((n * 2.0 + (fs["flop"] + pixel_flop) / 10e12 + io)
-                                            / 3600)
+    gpu_s = (n * 2.0 + (fs["flop"] - sim + pixel_flop) / 10e12 + sim / (GPU["fp16_tflops"] * 1e12)
+             + select * GPU["select_bytes"] / (GPU["mem_gbps"] * 1e9) + io)
+    assert fs["hours_gpu"] == pytest.approx(gpu_s / 3600)
     ex = [j for j in r["jobs"] if j["rule"] == "extract_features"][0]
     assert ex["threads"] == demo["extraction"]["threads"] and ex["startup"] == "torch"
     assert ex["mparams"] > 0  # building the model: its weights at the default rate
     assert ex["hours_cpu"] * 3600 == pytest.approx(
-        7.0 + ex["mparams"] * BUILD_S_PER_MPARAM
+        7.0 + ex["mparams"] * BUILD_S_PER_MPARAM + ex["elements"] * REDUCE_NS * 1e-9
         + ex["flop"] / (100e9 * min(ex["threads"], 8) / 8)
         + (ex["bytes_read"] + ex["bytes_written"]) / 1e9)
     # scenes are generated: start-up + megapixels x the render rate + the images written
@@ -146,6 +208,7 @@ def test_plan_of_the_demo_counts_jobs_and_disk(demo):
     one = {"stages": r["stages"], "jobs": [big]}
     big["probe_flop"] = 0.0
     secs = (STARTUP_S["python"] + big["pixels"] * UPSAMPLE_NS * 1e-9
+            + big["select"] * SELECT_NS * 1e-9
             + 1e16 / (30e9 * big["threads"]) + (big["bytes_read"] + big["bytes_written"]) / 500e6)
     assert job_resources(one, "fewshot_seg", big["model"], big["dataset"])["runtime"] == \
         math.ceil(2 * secs / 60)
@@ -179,3 +242,39 @@ def test_disk_check_names_need_free_and_the_largest_files(demo, tmp_path):
     (tmp_path / "features" / "pixels").mkdir(parents=True)
     (tmp_path / "features" / "pixels" / "scenes.h5").write_bytes(b"")
     assert check_disk(r, tmp_path, free=need)["need"] == need - r["features"][("pixels", "scenes")]
+
+
+def test_jobs_longer_than_the_cluster_limit_split_by_layers_then_seeds():
+    from patchlens.plan import job_splits, max_runtime
+
+    cfg = validate(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()), values=False)
+    assert max_runtime(cfg) == 24 * 60  # the schema's default
+    # one evaluator job of 12 layers and 3 seeds, only matmul FLOPs and a file read: at 4
+    # threads of 30 GFLOP/s its runtime is 2x (start-up + FLOPs / 120 GFLOP/s + bytes / 500 MB/s)
+    row = {"rule": "fewshot_seg", "model": "m", "dataset": "d", "threads": 4, "flop": 36 * 3.6e14,
+           "bytes_read": 12 * 1e9, "bytes_written": 0.0, "mem_bytes": 0.0, "n_layers": 12,
+           "n_seeds": 3}
+    result = {"jobs": [row]}
+
+    def minutes(layers, seeds):  # independent of the plan's code: the formula above
+        secs = STARTUP_S["python"] + 36 * 3.6e14 * layers / 12 * seeds / 3 / 120e9 + \
+            12e9 * layers / 12 / 500e6
+        return max(10, math.ceil(2 * secs / 60))
+
+    whole = minutes(12, 3)
+    assert job_resources(result, "fewshot_seg", "m", "d")["runtime"] == whole
+    assert job_splits(result, "fewshot_seg", "m", "d", whole) == [(list(range(12)), None)]
+    for limit in (whole // 2, whole // 5, minutes(1, 3), minutes(1, 2), minutes(1, 1)):
+        pieces = job_splits(result, "fewshot_seg", "m", "d", limit)
+        # every layer is read by one layer group only; a layer is cut into seed groups only when
+        # it does not fit alone; every (layer, seed) is evaluated exactly once
+        cells = [(layer, s) for layers, seeds in pieces for layer in layers
+                 for s in (seeds if seeds is not None else range(3))]
+        assert sorted(cells) == [(layer, s) for layer in range(12) for s in range(3)]
+        assert all(minutes(len(lay), len(s) if s else 3) <= limit for lay, s in pieces)
+        split_seeds = any(s is not None for _, s in pieces)
+        assert split_seeds == (minutes(1, 3) > limit)
+        # as few layer groups as fit: one group fewer would not
+        if not split_seeds:
+            g = len(pieces)
+            assert g == 1 or minutes(math.ceil(12 / (g - 1)), 3) > limit

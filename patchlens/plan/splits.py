@@ -1,0 +1,70 @@
+"""Evaluator jobs a cluster accepts: where the plan says a job would run longer than
+``cluster.max_runtime`` (minutes), the pieces it splits into (issue 20, item 5).
+
+A piece is a group of layers (each still read once, by one piece only) and, where one layer
+alone is too long, a group of seeds of that layer. Every cost of a job row scales with its
+layers and seeds (a task's cost is per layer, summed over its seeds), its bytes read with its
+layers (a seed group reads its layer again); start-up is paid by every piece. A piece's runtime
+is what :func:`patchlens.plan.hours.job_resources` would ask for it, at the threads the job
+declares.
+"""
+from __future__ import annotations
+
+import math
+
+from patchlens.plan.hours import CORE_GFLOPS, DISK_GBPS, job_resources
+from patchlens.plan.rows import ROW_COSTS
+
+DEFAULT_MAX_RUNTIME = 24 * 60  # minutes (schema default of cluster.max_runtime)
+_SCALED = ("flop", *(k for k in ROW_COSTS if k not in ("render_mpix", "mparams")))
+
+
+def max_runtime(config: dict) -> int:
+    """``cluster.max_runtime`` of a config, in minutes (default 24 h)."""
+    return int((config.get("cluster") or {}).get("max_runtime", DEFAULT_MAX_RUNTIME))
+
+
+def piece_row(row: dict, n_layers: int, n_seeds: int) -> dict:
+    """The job row of ``n_layers`` of the job's layers and ``n_seeds`` of its seeds."""
+    L, S = max(1, row.get("n_layers", 1)), max(1, row.get("n_seeds", 1))
+    f = n_layers / L * n_seeds / S
+    out = {**row, **{k: row.get(k, 0.0) * f for k in _SCALED},
+           "bytes_read": row["bytes_read"] * n_layers / L, "n_layers": n_layers,
+           "n_seeds": n_seeds}
+    return out
+
+
+def _runtime(row: dict, **rates) -> int:
+    return job_resources({"jobs": [row]}, row["rule"], row["model"], row["dataset"],
+                         **rates)["runtime"]
+
+
+def _groups(n: int, size: int) -> list[list[int]]:
+    """0..n-1 in consecutive groups of at most ``size``, as even as possible."""
+    k = math.ceil(n / size)
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
+
+
+def job_splits(result: dict, rule: str, model: str, dataset: str, limit: int,
+               core_gflops: float = CORE_GFLOPS, gpu_tflops: float | None = None,
+               disk_gbps: float = DISK_GBPS) -> list[tuple[list[int], list[int] | None]]:
+    """Pieces ``(layers, seeds)`` of one evaluator job so that each one's planned runtime
+    (minutes, :func:`~patchlens.plan.hours.job_resources`) is at most ``limit``: layer
+    positions (0 .. n_layers-1 along the feature file's layer axis) in as few even groups as
+    fit, and seed positions (into the task's ``seeds`` list) where one layer alone does not
+    fit (None: every seed). ``[(all layers, None)]`` when the whole job fits; a piece of one
+    layer and one seed is returned even if it does not fit (nothing smaller exists)."""
+    row = next(r for r in result["jobs"]
+               if (r["rule"], r["model"], r["dataset"]) == (rule, model, dataset))
+    rates = {"core_gflops": core_gflops, "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps}
+    L, S = max(1, row.get("n_layers", 1)), max(1, row.get("n_seeds", 1))
+    for size in range(L, 0, -1):
+        groups = _groups(L, size)
+        if _runtime(piece_row(row, max(map(len, groups)), S), **rates) <= limit:
+            return [(g, None) for g in groups]
+    for size in range(S, 0, -1):
+        seeds = _groups(S, size)
+        if _runtime(piece_row(row, 1, max(map(len, seeds))), **rates) <= limit or size == 1:
+            return [([layer], g) for layer in range(L) for g in seeds]
+    raise AssertionError("unreachable")
