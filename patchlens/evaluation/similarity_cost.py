@@ -16,11 +16,17 @@ from __future__ import annotations
 from patchlens.features.variants import parse_variant
 
 
-def similarity_cost(n_query: float, n_support: float, channels: int, variants) -> dict:
-    """``sim_flop``, ``select`` and ``flop`` (= ``sim_flop``) of the top-k of ``n_query``
-    vectors against ``n_support`` (every pair is compared) for every one of ``variants``."""
+def similarity_cost(n_query: float, n_support: float, channels: int, variants,
+                    shared: bool = True, tensor_cores: bool = True) -> dict:
+    """``flop`` (= ``sim_flop``, the products) and ``select`` (values visited) of the top-k of
+    ``n_query`` vectors against ``n_support`` (every pair compared) for every one of
+    ``variants``. ``shared=False``: each variant searched on its own (one product each);
+    ``tensor_cores=False``: no ``sim_flop`` (the products as plain float32 FLOPs on a GPU)."""
     kinds = [parse_variant(v)[0] for v in variants]
-    products = int("zscore" in kinds) + int(any(k != "zscore" for k in kinds))
-    pairs = float(n_query) * float(n_support)
-    sim = products * 2.0 * channels * pairs
-    return {"flop": sim, "sim_flop": sim, "select": len(kinds) * pairs}
+    if shared:
+        products = int("zscore" in kinds) + int(any(k != "zscore" for k in kinds))
+    else:
+        products = len(kinds)
+    sim = products * 2.0 * channels * float(n_query) * float(n_support)
+    return {"flop": sim, "sim_flop": sim * bool(tensor_cores),
+            "select": len(kinds) * float(n_query) * float(n_support)}

@@ -30,33 +30,21 @@ ROW_COSTS = ("render_mpix", "probe_flop", "pixels", "pixel_flop", "mparams", "ma
 
 def task_cost(task: str, p: dict, counts: dict, entry: dict, grid, C: int,
               variants=("raw",)) -> dict:
-    """Costs of one layer of a task's evaluator job (every variant): its ``TaskSpec.flop``
-    (a dict of ``flop`` and :data:`ROW_COSTS`; a number is read as the FLOPs of one layer and
-    one variant); a task without one: one pass over every token of the data set per variant."""
+    """Costs of one layer of a task's evaluator job (every variant): its ``TaskSpec.flop``, a
+    dict of ``flop`` and :data:`ROW_COSTS` (a number is read as the FLOPs of one layer and one
+    variant); a task without one: one pass over every token of the data set per variant."""
     from patchlens.tasks.registry import get_task
 
     fn = get_task(task).flop
     if fn is None:
         return {"flop": len(variants) * 2.0 * sum(counts.values()) * grid[0] * grid[1] * C}
-    if isinstance(fn, Number):
-        raise TypeError(f"task {task!r}: flop must be callable")
-    out = fn(p, counts, entry, grid, C, variants) if _takes_variants(fn) else \
-        fn(p, counts, entry, grid, C)
+    out = fn(p, counts, entry, grid, C, variants)
     if isinstance(out, Number):
         return {"flop": len(variants) * float(out)}
     unknown = set(out) - {"flop", *ROW_COSTS}
     if unknown:
         raise ValueError(f"task {task!r}: flop() returned unknown cost(s) {sorted(unknown)}")
     return dict(out)
-
-
-def _takes_variants(fn) -> bool:
-    import inspect
-
-    try:
-        return len(inspect.signature(fn).parameters) >= 6
-    except (TypeError, ValueError):
-        return False
 
 
 def task_flop(task: str, p: dict, counts: dict, entry: dict, grid, C: int,

@@ -331,10 +331,9 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
     """The resource plan's cost of one layer (every variant, every seed). The k-NN head: every
     query patch against every support patch, from the shared similarity product
     (:func:`patchlens.evaluation.similarity_cost.similarity_cost`: 2 products for raw + zscore +
-    every drop{m}, ``select`` = the values normalised and top-k'd per variant);
-    ``shared_product=False``: one product per variant (each variant's features searched on
-    their own); ``tensor_cores=False``: the products as plain float32 FLOPs on a GPU (no
-    ``sim_flop``). The linear head's ``probe_flop``, per variant (per L-BFGS evaluation, about
+    every drop{m}, ``select`` = the values normalised and top-k'd per variant;
+    ``shared_product=False``: one product per variant; ``tensor_cores=False``: float32 FLOPs on
+    a GPU). The linear head's ``probe_flop``, per variant (per L-BFGS evaluation, about
     one per iteration, the two (patches x C) x (C x K+1) matmuls, then the query logits).
     ``pixels`` = pixel x class values upsampled and arg-maxed per query image, head and variant
     (``pixel_flop``: their two interpolation products, their cost on a GPU, where the vote, the
@@ -352,12 +351,8 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
     out = {"flop": 0.0, "sim_flop": 0.0, "select": 0.0, "probe_flop": 0.0, "pixels": pixels,
            "pixel_flop": pixels * 2.0 * sum(grid)}
     if "knn" in heads:
-        groups = [variants] if shared_product else [[v] for v in variants]
-        for group in groups:
-            for key, value in similarity_cost(nq, ns, C, group).items():
-                out[key] += seeds * value
-        if not tensor_cores:
-            out["sim_flop"] = 0.0
+        knn = similarity_cost(nq, ns, C, variants, shared_product, tensor_cores)
+        out.update({k: seeds * v for k, v in knn.items()})
     if "linear" in heads:
         out["probe_flop"] = V * seeds * (p["linear_iters"] * 2 * 2.0 * ns * C * (K + 1)
                                          + 2.0 * nq * C * (K + 1))

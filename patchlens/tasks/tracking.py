@@ -365,56 +365,32 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                                        "sequence"])
 
 
-def propagate_flop(grid, n_ctx: int, radius: int, C: int) -> float:
-    """FLOPs of one target frame of :func:`propagate`: per band of target rows, their
-    similarities to the context frames' rows within the radius (the window is a mask on it)."""
-    h, w = grid
-    rows = _band_rows(h, w, n_ctx, radius)
-    total = 0.0
-    for a in range(0, h, rows):
-        b = min(h, a + rows)
-        sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
-        total += 2.0 * (b - a) * w * n_ctx * (sb - sa) * w * C
-    return total
-
-
-KERNELS_PER_BAND = 12  # device kernels per band and variant (product share, correction, mask,
-# top-k, gather, weights, vote) and per frame (upsampling, arg-max, J&F), for the plan
-
-
 def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
-         shared_product: bool = True, tensor_cores: bool = True, on_device: bool = True) -> dict:
-    """The resource plan's cost of one layer (every variant): the propagation of every scored
-    frame, i.e. its bands' similarities to the context frames (:func:`propagate_flop`), from
-    the shared similarity product (:func:`patchlens.evaluation.similarity_cost.similarity_cost`:
-    2 products for every variant, ``select`` = the values normalised and top-k'd per variant;
-    ``shared_product=False``: one product per variant; ``tensor_cores=False``: float32 on a
-    GPU); ``mask_pixels`` = every frame's mask pixels x (objects + background) per variant,
-    upsampled, arg-maxed and scored (J&F); ``on_device``: they run in torch on the GPU when the
-    job has one (``device_mask_pixels``, and ``launches`` = the kernels each band and frame
-    starts there); False: in numpy on the node's CPU even on a GPU node."""
+         shared_product: bool = True, tensor_cores: bool = True, on_device: bool = True,
+         kernels_per_band: int = 12) -> dict:
+    """The plan's cost of one layer, every variant: in every scored frame each band of target
+    rows against the context frames' rows within the radius (:func:`propagate`), the products
+    shared (``similarity_cost``); every frame's mask pixels x (objects + 1) per variant
+    upsampled and scored (J&F), in torch on the GPU (``on_device``: ``device_mask_pixels``,
+    ``kernels_per_band`` launches per band, variant and frame) or in numpy (``mask_pixels``)."""
     from patchlens.data.sizes import mask_size, n_videos, video_objects
     from patchlens.evaluation.similarity_cost import similarity_cost
 
-    frames = counts.get(p["split"], 0)
+    frames, (h, w), radius = counts.get(p["split"], 0), grid, p["size_mask_neighborhood"]
     videos = max(1, min(n_videos(entry), frames))
     scored = max(0, int(frames / videos) - (2 if p["skip_last_frame"] else 1))
-    radius = p["size_mask_neighborhood"]
-    pairs = videos * sum(propagate_flop(grid, 1 + min(t - 1, p["n_last_frames"]), radius, 1)
-                         for t in range(1, scored + 1)) / 2.0
-    groups = [variants] if shared_product else [[v] for v in variants]
-    out = {"flop": 0.0, "sim_flop": 0.0, "select": 0.0}
-    for group in groups:
-        for key, value in similarity_cost(pairs, 1, C, group).items():
-            out[key] += value
-    if not tensor_cores:
-        out["sim_flop"] = 0.0
-    H, W = mask_size(entry)
-    V = len(variants)
-    bands = -(-grid[0] // _band_rows(grid[0], grid[1], 1 + p["n_last_frames"], radius))
+    V, (H, W), pairs = len(variants), mask_size(entry), 0.0
+    for t in range(1, scored + 1):
+        n_ctx = 1 + min(t - 1, p["n_last_frames"])
+        rows = _band_rows(h, w, n_ctx, radius)
+        pairs += videos * sum((min(h, a + rows) - a) * w * n_ctx * w * (
+            (min(h, a + rows + radius) - max(0, a - radius)) if radius > 0 else h)
+            for a in range(0, h, rows))
+    out = similarity_cost(pairs, 1, C, variants, shared_product, tensor_cores)
+    bands = -(-h // _band_rows(h, w, 1 + p["n_last_frames"], radius))
     out["device_mask_pixels" if on_device else "mask_pixels"] = (
         V * frames * H * W * (video_objects(entry) + 1))
-    out["launches"] = float(on_device) * V * videos * scored * (bands + 1) * KERNELS_PER_BAND
+    out["launches"] = on_device * V * videos * scored * (bands + 1) * kernels_per_band
     return out
 
 

@@ -101,15 +101,16 @@ def test_fewshot_flop_is_query_times_support_patches_once_for_every_variant():
 
 
 def test_tracking_scores_masks_on_the_device_when_asked():
-    from patchlens.tasks.tracking import DEFAULT_PARAMS, flop, propagate_flop
+    from patchlens.tasks.tracking import DEFAULT_PARAMS, flop
 
     entry = {"source": "davis2017", "params": {"max_sequences": 2, "max_frames": 4}}
     counts = split_counts(entry)  # 2 videos of 4 frames: frames 1 and 2 are scored
     variants = ["raw", "zscore", "drop2"]
     grid, C = (6, 10), 16
     on = flop(DEFAULT_PARAMS, counts, entry, grid, C, variants)
-    # frame t propagates from the first frame and the t - 1 before it (n_last_frames 7)
-    pairs = 2 * sum(propagate_flop(grid, 1 + (t - 1), 12, 1) / 2 for t in (1, 2))
+    # frame t propagates from the first frame and the t - 1 before it (n_last_frames 7); with
+    # 6 rows and radius 12 every target patch meets every patch of each context frame
+    pairs = 2 * (60 * 1 * 60 + 60 * 2 * 60)
     assert on["flop"] == on["sim_flop"] == 2 * pairs * 2 * C and on["select"] == 3 * pairs
     pixels = 3 * 8 * 480 * 854 * (61 / 30 + 1)  # variants x frames x mask x (objects + 1)
     assert on["device_mask_pixels"] == pytest.approx(pixels) and on["launches"] > 0
