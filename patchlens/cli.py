@@ -11,7 +11,8 @@ from patchlens.errors import PatchlensError
 
 def _plan(args) -> int:
     from patchlens.config import load_config
-    from patchlens.plan import CORE_RATES, DEFAULT_RATES, add_hours, format_plan, plan, probe
+    from patchlens.plan import (CORE_RATES, DEFAULT_RATES, add_hours, format_plan, max_runtime,
+                                plan, probe, split_summary)
 
     config = load_config(args.config)
     result = plan(config, args.results)
@@ -33,6 +34,9 @@ def _plan(args) -> int:
     add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps,
               cores=cores, gpu_fp16_tflops=args.gpu_fp16_tflops,
               **{k: rates[k] for k in DEFAULT_RATES if k in rates})
+    limit = max_runtime(config)  # evaluator jobs a cluster accepts (patchlens.plan.job_splits)
+    result["cluster"] = {"cpu": split_summary(result, limit),
+                         "gpu": split_summary(result, limit, args.gpu_tflops)}
     if args.json:
         out = {k: v for k, v in result.items() if k not in ("features",)}
         out["features"] = {f"{m}/{d}": b for (m, d), b in result["features"].items()}

@@ -34,6 +34,13 @@ def format_plan(result: dict, top: int = 10) -> str:
                  f"{r['gpu_mem_gbps']:g} GB/s")
     lines.append(f"disk: {human_bytes(result['disk_bytes'])} with keep_features: true, "
                  f"{human_bytes(result['disk_bytes_temp'])} peak with keep_features: false")
+    for node, c in (result.get("cluster") or {}).items():
+        still = ", ".join(f"{m}/{d} {rule} {mins / 60:.0f} h" for rule, m, d, mins in
+                          c["still_over"][:3])
+        lines.append(f"cluster ({node} nodes, max_runtime {c['limit']} min): {c['jobs_over']} "
+                     f"evaluator job(s) longer, split into {c['pieces']} pieces by layers/seeds"
+                     + (f"; {len(c['still_over'])} whose one-layer one-seed piece is still "
+                        f"longer ({still})" if c["still_over"] else ""))
     lines.append("largest cost drivers (model x data set x stage):")
     for d in drivers(result, top):
         lines.append(f"  {d['hours_cpu']:9.1f} h cpu {d['hours_gpu']:8.2f} h gpu  "

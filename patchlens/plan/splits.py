@@ -68,3 +68,30 @@ def job_splits(result: dict, rule: str, model: str, dataset: str, limit: int,
         if _runtime(piece_row(row, 1, max(map(len, seeds))), **rates) <= limit or size == 1:
             return [([layer], g) for layer in range(L) for g in seeds]
     raise AssertionError("unreachable")
+
+
+OTHER_RULES = ("prepare_dataset", "extract_features", "channel_variance", "cka",
+                   "attention_stats")  # the rules that are not task evaluators
+
+
+def split_summary(result: dict, limit: int, gpu_tflops: float | None = None) -> dict:
+    """For ``patchlens plan``: the evaluator jobs whose runtime exceeds ``limit`` minutes, the
+    pieces :func:`job_splits` cuts them into, and the pieces that still exceed it (one layer
+    and one seed is the smallest piece) as ``(rule, model, dataset, minutes)``."""
+    over, pieces, still = [], 0, []
+    for r in result["jobs"]:
+        if r["rule"] in OTHER_RULES:
+            continue
+        key = (r["rule"], r["model"], r["dataset"])
+        if job_resources(result, *key, gpu_tflops=gpu_tflops)["runtime"] <= limit:
+            continue
+        over.append(key)
+        parts = job_splits(result, *key, limit, gpu_tflops=gpu_tflops)
+        pieces += len(parts)
+        layers, seeds = parts[0]
+        piece = piece_row(r, len(layers), len(seeds) if seeds is not None else r.get("n_seeds", 1))
+        minutes = _runtime(piece, core_gflops=CORE_GFLOPS, gpu_tflops=gpu_tflops,
+                           disk_gbps=DISK_GBPS)
+        if minutes > limit:
+            still.append((*key, minutes))
+    return {"limit": limit, "jobs_over": len(over), "pieces": pieces, "still_over": still}

@@ -223,6 +223,9 @@ def test_cli_json_shape(tmp_path, capsys):
     assert set(out["stages"]["extract_features"]) >= {"jobs", "flop", "bytes_written",
                                                       "bytes_read", "hours_cpu", "hours_gpu"}
     assert out["disk_bytes"] > 0 and out["disk_bytes_temp"] > 0
+    # the demo's evaluator jobs are minutes long: nothing to split at the default 24 h
+    assert out["cluster"]["cpu"] == {"limit": 1440, "jobs_over": 0, "pieces": 0,
+                                     "still_over": []}
     assert main(["plan", str(tmp_path / "nope.yaml")]) == 1
     assert "config file not found" in capsys.readouterr().err
 
