@@ -6,9 +6,10 @@ timm for the rules that build a model) + generating the data (``scenes`` only; a
 depends on the network and is not counted) + FLOPs / the rate of the threads it declares (numpy's
 fp32 matmul for the evaluators; a real ViT forward pass for the rules that run a model) +
 bytes / disk rate: on this machine from a probe of a few seconds (:func:`patchlens.plan.probe`),
-on a GPU from ``gpu_tflops`` / ``disk_gbps``. A stage's hours on this machine are its jobs'
-core-seconds over the cores (the scheduler keeps every core busy); on a GPU, its jobs' seconds
-one after another.
+on a GPU from :data:`GPU` (float32 and float16 tensor-core rates, device memory, disk, kernel
+launches; the float16 rate and the memory rate are assumptions until a device run measures
+them). A stage's hours on this machine are its jobs' core-seconds over the cores (the scheduler
+keeps every core busy); on a GPU, its jobs' seconds one after another.
 """
 from __future__ import annotations
 

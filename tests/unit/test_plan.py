@@ -282,3 +282,16 @@ def test_jobs_longer_than_the_cluster_limit_split_by_layers_then_seeds():
         if not split_seeds:
             g = len(pieces)
             assert g == 1 or minutes(math.ceil(12 / (g - 1)), 3) > limit
+
+
+def test_a_task_cost_may_be_one_number_per_layer_and_variant(monkeypatch):
+    from types import SimpleNamespace
+
+    import patchlens.tasks.registry as registry
+
+    spec = SimpleNamespace(flop=lambda p, counts, entry, grid, C, variants: 7.0)
+    monkeypatch.setattr(registry, "get_task", lambda name: spec)
+    assert task_cost("toy", {}, {}, {}, (2, 2), 3, ["raw", "drop1"]) == {"flop": 14.0}
+    spec.flop = lambda *args: {"flop": 1.0, "walltime": 5.0}  # not a cost the plan can time
+    with pytest.raises(ValueError, match="walltime"):
+        task_cost("toy", {}, {}, {}, (2, 2), 3)
