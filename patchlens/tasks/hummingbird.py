@@ -45,11 +45,11 @@ from patchlens.data.layout import subsample
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.ann import KINDS, ApproxCosineIndex, recall_at_k
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, weighted_vote
+from patchlens.evaluation.labels import class_lut, load_labels
 from patchlens.evaluation.support import check_seeds
 from patchlens.evaluation.upsample import grid_fraction, resize_bilinear, upsample_argmax
 from patchlens.params import merge_params
 from patchlens.stats.units import records
-from patchlens.tasks.fewshot_seg import class_lut, load_labels
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -218,7 +218,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
         units: list | None = None, device: str = "cpu") -> pd.DataFrame:
     """Score every layer (module docstring): rows (layer, seed) with metrics ``miou`` (and
     ``miou_hungarian``, ``recall_at_k`` when asked for), ``n_eval`` / ``n_skipped`` (query
-    images), ``n_memory`` (memory patches), ``n_memory_images``, ``patches_per_image``.
+    images), ``n_memory`` (memory patches), ``n_memory_images``, ``n_patches_per_image``.
     ``units`` receives per query image and class tp / fp / fn (aggregator ``iou``).
     ``device``: where the exact search and the upsampling run (``"cpu"``: faiss and numpy)."""
     p = check_params(params)
@@ -270,7 +270,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
             conf = per_image.sum(0)
             extra = {"n_eval": len(query), "n_skipped": len(query_all) - len(query),
                      "n_memory": len(bank), "n_memory_images": len(images),
-                     "patches_per_image": per}
+                     "n_patches_per_image": per}
             scored = [("miou", per_image)]
             if p["hungarian"]:
                 scored.append(("miou_hungarian", per_image[:, :, hungarian_order(conf, K)]))
@@ -303,4 +303,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int) -> float:
 SPEC = register_task(TaskSpec(
     name=TASK, title="Hummingbird retrieval", color="#8c564b", headline="miou",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=15, figures=(), flop=flop))
+    order=70, figures=("hummingbird",), flop=flop))

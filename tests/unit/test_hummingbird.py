@@ -172,7 +172,7 @@ def test_hungarian_metric_is_reported(tmp_path):
 def test_memory_size_fraction_and_subset_file(tmp_path):
     ds, store = build(tmp_path)
     df = hb.run(store, ds, identity, params(memory_size=100), layers=[0])
-    assert df.patches_per_image.iloc[0] == 10 and df.n_memory.iloc[0] == 100
+    assert df.n_patches_per_image.iloc[0] == 10 and df.n_memory.iloc[0] == 100
     df = hb.run(store, ds, identity, params(fraction=0.5), layers=[0])
     assert df.n_memory_images.iloc[0] == 5
     listing = tmp_path / "subset.txt"
