@@ -209,9 +209,16 @@ def _index(bank, p, device, seed):
 
 
 def _predict(scores: np.ndarray, size, device: str) -> np.ndarray:
+    """Label indices (H, W) of the bilinearly upsampled scores (h, w, K+1). Labels scoring 0 on
+    every patch are left out first: they cannot win (an upsampled pixel's scores sum to 1), so
+    the result is the same at a fraction of the cost (ADE20K: 151 labels)."""
+    cols = np.flatnonzero(scores.reshape(-1, scores.shape[-1]).max(0) > 0)
+    if len(cols) == 1:
+        return np.full(size, cols[0], np.int64)
+    sub = np.ascontiguousarray(scores[..., cols])
     if device == "cpu":
-        return resize_bilinear(scores, size).argmax(-1)
-    return upsample_argmax(scores, size, device)
+        return cols[resize_bilinear(sub, size).argmax(-1)]
+    return cols[upsample_argmax(sub, size, device)]
 
 
 def run(store, dataset, transform, params: dict, layers: list[int] | None = None,

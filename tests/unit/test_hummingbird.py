@@ -198,3 +198,17 @@ def test_plan_costs_the_task():
     got = task_flop("hummingbird", p, counts, {"source": "voc2012"}, (28, 28), 384)
     per = min(784, 102_400 // 1000)
     assert got == pytest.approx(2.0 * 200 * 784 * 1000 * per * 384)
+
+
+def test_pruned_upsampling_equals_the_full_argmax():
+    from patchlens.evaluation.upsample import resize_bilinear
+
+    rng = np.random.default_rng(3)
+    scores = rng.dirichlet(np.ones(4), size=(6, 7)).astype(np.float32)
+    full = np.zeros((6, 7, 12), np.float32)
+    full[..., [2, 5, 6, 11]] = scores                   # 8 labels score 0 everywhere
+    assert np.array_equal(hb._predict(full, (30, 41), "cpu"),
+                          resize_bilinear(full, (30, 41)).argmax(-1))
+    one = np.zeros((2, 2, 5), np.float32)
+    one[..., 3] = 1
+    assert (hb._predict(one, (4, 4), "cpu") == 3).all()
