@@ -75,7 +75,7 @@ DEFAULT_PARAMS = {
     "query_split": "val",
 }
 REQUIRES = ("semantic",)
-_CHUNK = 32  # query images per batch
+_CHUNK = 32  # memory / query images per batch
 
 
 def check_params(params: dict) -> dict:
@@ -247,9 +247,11 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     rows = []
     for layer in layers:
         for seed, (images, picks, mem_labels, per) in mems.items():
-            tok = transform(layer, store.tokens(layer, images))
-            bank = np.concatenate([t.reshape(-1, t.shape[-1])[i] for t, i in zip(tok, picks)])
-            del tok
+            bank = np.concatenate([                       # memory images in chunks
+                t.reshape(-1, t.shape[-1])[i]
+                for c0 in range(0, len(images), _CHUNK)
+                for t, i in zip(transform(layer, store.tokens(layer, images[c0:c0 + _CHUNK])),
+                                picks[c0:c0 + _CHUNK])])
             index, exact = _index(bank, p, device, seed)
             per_image = np.zeros((len(query), K + 1, K + 1), np.int64)
             n_q = len(query) * grid[0] * grid[1]

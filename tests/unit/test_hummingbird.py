@@ -212,3 +212,10 @@ def test_pruned_upsampling_equals_the_full_argmax():
     one = np.zeros((2, 2, 5), np.float32)
     one[..., 3] = 1
     assert (hb._predict(one, (4, 4), "cpu") == 3).all()
+
+
+def test_chunked_reading_gives_the_same_scores(tmp_path, monkeypatch):
+    ds, store = build(tmp_path)
+    whole = hb.run(store, ds, identity, params(memory_size=200), layers=[1])
+    monkeypatch.setattr(hb, "_CHUNK", 3)                # memory and queries in chunks of 3
+    assert hb.run(store, ds, identity, params(memory_size=200), layers=[1]).equals(whole)
