@@ -7,7 +7,7 @@ approximate indexes of ``patchlens.evaluation.ann`` (IVF at ``nprobe`` 16, HNSW 
 defaults). Prints build and search seconds and the recall@k against exact search, the number the
 task writes as its ``recall_at_k`` metric.
 
-    python benchmarks/hummingbird_bench.py [--memory 100000] [--queries 5000] [--dim 384] [--k 30]
+    python benchmarks/hummingbird_bench.py [--memory 50000] [--queries 2000] [--dim 384] [--k 30]
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import time
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--memory", type=int, default=100_000)
-    ap.add_argument("--queries", type=int, default=5_000)
+    ap.add_argument("--memory", type=int, default=50_000)
+    ap.add_argument("--queries", type=int, default=2_000)
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=150)
     ap.add_argument("--k", type=int, default=30)
