@@ -198,9 +198,8 @@ def _memory(dataset, p, lut, K, grid, has_gt, seed):
     return images, picks, np.concatenate(labs), per
 
 
-def _index(bank, p, device, seed):
-    backend = "faiss" if device == "cpu" else "torch"
-    exact = CosineIndex(bank, backend=backend, device=device)
+def _index(bank, p, device, seed, torch_path: bool):
+    exact = CosineIndex(bank, backend="torch" if torch_path else "faiss", device=device)
     if p["index"] == "exact":
         return exact, None
     approx = ApproxCosineIndex(bank, p["index"], p["nlist"], p["nprobe"], p["hnsw_m"],
@@ -208,7 +207,7 @@ def _index(bank, p, device, seed):
     return approx, exact
 
 
-def _predict(scores: np.ndarray, size, device: str) -> np.ndarray:
+def _predict(scores: np.ndarray, size, device: str | None) -> np.ndarray:
     """Label indices (H, W) of the bilinearly upsampled scores (h, w, K+1). Labels scoring 0 on
     every patch are left out first: they cannot win (an upsampled pixel's scores sum to 1), so
     the result is the same at a fraction of the cost (ADE20K: 151 labels)."""
@@ -216,19 +215,26 @@ def _predict(scores: np.ndarray, size, device: str) -> np.ndarray:
     if len(cols) == 1:
         return np.full(size, cols[0], np.int64)
     sub = np.ascontiguousarray(scores[..., cols])
-    if device == "cpu":
+    if device is None:
         return cols[resize_bilinear(sub, size).argmax(-1)]
     return cols[upsample_argmax(sub, size, device)]
 
 
 def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
-        units: list | None = None, device: str = "cpu") -> pd.DataFrame:
+        units: list | None = None, device: str = "cpu", engine: str | None = None
+        ) -> pd.DataFrame:
     """Score every layer (module docstring): rows (layer, seed) with metrics ``miou`` (and
     ``miou_hungarian``, ``recall_at_k`` when asked for), ``n_eval`` / ``n_skipped`` (query
     images), ``n_memory`` (memory patches), ``n_memory_images``, ``n_patches_per_image``.
     ``units`` receives per query image and class tp / fp / fn (aggregator ``iou``).
-    ``device``: where the exact search and the upsampling run (``"cpu"``: faiss and numpy)."""
+    ``device``: where the exact search and the upsampling run; ``engine``: ``"numpy"`` (faiss
+    and numpy, the CPU default) or ``"torch"`` (torch matmul + top-k and the upsampling on
+    ``device``; the default off the CPU)."""
     p = check_params(params)
+    engine = engine or ("numpy" if device == "cpu" else "torch")
+    if engine not in ("numpy", "torch") or (engine == "numpy" and device != "cpu"):
+        raise ValueError(f"hummingbird: engine {engine!r} cannot run on device {device!r}")
+    up_dev = device if engine == "torch" else None
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     lut, ids = class_lut(dataset)
     K, grid = len(ids), tuple(store.grid)
@@ -252,7 +258,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                 for c0 in range(0, len(images), _CHUNK)
                 for t, i in zip(transform(layer, store.tokens(layer, images[c0:c0 + _CHUNK])),
                                 picks[c0:c0 + _CHUNK])])
-            index, exact = _index(bank, p, device, seed)
+            index, exact = _index(bank, p, device, seed, engine == "torch")
             per_image = np.zeros((len(query), K + 1, K + 1), np.int64)
             n_q = len(query) * grid[0] * grid[1]
             stride = max(1, n_q // p["recall_sample"])
@@ -270,7 +276,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
                 sc = weighted_vote(sims, np.maximum(idx, 0), mem_labels, K + 1, p["temperature"])
                 sc = sc.astype(np.float32).reshape(n, h, w, K + 1)
                 for i, im in enumerate(chunk):
-                    pred = _predict(sc[i], gts[im].shape, device)
+                    pred = _predict(sc[i], gts[im].shape, up_dev)
                     g = gts[im].ravel()
                     keep = g >= 0
                     per_image[c0 + i] = np.bincount(

@@ -207,11 +207,12 @@ def test_pruned_upsampling_equals_the_full_argmax():
     scores = rng.dirichlet(np.ones(4), size=(6, 7)).astype(np.float32)
     full = np.zeros((6, 7, 12), np.float32)
     full[..., [2, 5, 6, 11]] = scores                   # 8 labels score 0 everywhere
-    assert np.array_equal(hb._predict(full, (30, 41), "cpu"),
-                          resize_bilinear(full, (30, 41)).argmax(-1))
+    ref = resize_bilinear(full, (30, 41)).argmax(-1)
+    assert np.array_equal(hb._predict(full, (30, 41), None), ref)
+    assert np.array_equal(hb._predict(full, (30, 41), "cpu"), ref)    # the torch path
     one = np.zeros((2, 2, 5), np.float32)
     one[..., 3] = 1
-    assert (hb._predict(one, (4, 4), "cpu") == 3).all()
+    assert (hb._predict(one, (4, 4), None) == 3).all()
 
 
 def test_chunked_reading_gives_the_same_scores(tmp_path, monkeypatch):
@@ -219,3 +220,14 @@ def test_chunked_reading_gives_the_same_scores(tmp_path, monkeypatch):
     whole = hb.run(store, ds, identity, params(memory_size=200), layers=[1])
     monkeypatch.setattr(hb, "_CHUNK", 3)                # memory and queries in chunks of 3
     assert hb.run(store, ds, identity, params(memory_size=200), layers=[1]).equals(whole)
+
+
+def test_torch_engine_equals_numpy(tmp_path):
+    """The device path (torch search and upsampling), run on the CPU: the same scores."""
+    pytest.importorskip("torch")
+    ds, store = build(tmp_path)
+    ref = hb.run(store, ds, identity, params(hungarian=True))
+    got = hb.run(store, ds, identity, params(hungarian=True), device="cpu", engine="torch")
+    np.testing.assert_allclose(got.value, ref.value, atol=1e-6)
+    with pytest.raises(ValueError, match="engine"):
+        hb.run(store, ds, identity, params(), device="cuda", engine="numpy")
