@@ -3,9 +3,13 @@
 Synthetic sequence: 480x854 frames, a 30x54 patch grid (ViT/16 at 480x864), 384 channels (ViT-S),
 3 moving elliptic objects; DAVIS defaults (first + 7 last frames as context, radius 12, top-5).
 Propagation (``tracking.track``) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
-are timed separately; no file I/O is included.
+are timed separately; no file I/O is included. ``--engine numpy`` is the CPU default of the
+task; ``--engine torch`` runs the device path (``patchlens.evaluation.propagation_torch`` and
+``davis_torch``) on ``--device`` (``cpu`` or ``cuda``), timed with the device synchronised, and
+checks its J and F against the numpy path's on the same frames.
 
     python benchmarks/tracking_bench.py [--frames 20] [--channels 384] [--threads N]
+        [--engine numpy|torch|both] [--device cpu|cuda]
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ def parse():
     ap.add_argument("--width", type=int, default=854)
     ap.add_argument("--grid", type=int, nargs=2, default=(30, 54))
     ap.add_argument("--objects", type=int, default=3)
+    ap.add_argument("--engine", choices=("numpy", "torch", "both"), default="both")
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None,
                     help="BLAS threads (sets OMP/OPENBLAS/MKL_NUM_THREADS before numpy loads)")
     return ap.parse_args()
@@ -65,28 +71,63 @@ def main():
     ids = np.arange(1, args.objects + 1)
     seed = tracking.seed_labels(masks[0], ids, tuple(args.grid))
     p = tracking.DEFAULT_PARAMS
-
-    t0 = time.perf_counter()
-    soft = list(tracking.track(feats, seed, p["n_last_frames"], p["size_mask_neighborhood"],
-                               p["topk"], p["temperature"]))
-    t_prop = (time.perf_counter() - t0) / len(soft)
-
-    t0 = time.perf_counter()
-    js, fs = [], []
-    for t, s in enumerate(soft, start=1):
-        pred = tracking.labels_to_mask(s, masks[t].shape, p["norm_mask"])
-        j, f = jf_labels(masks[t], pred, args.objects, None, p["bound_th"])
-        js.append(j)
-        fs.append(f)
-    t_eval = (time.perf_counter() - t0) / len(soft)
-
     print(f"frames {args.frames} at {args.height}x{args.width}, grid {args.grid[0]}x{args.grid[1]}"
           f", {args.channels} channels, {args.objects} objects, context 1+{p['n_last_frames']}, "
           f"radius {p['size_mask_neighborhood']}, top-{p['topk']}")
-    print(f"propagation: {t_prop:.3f} s/frame")
-    print(f"J/F evaluation: {t_eval:.3f} s/frame")
-    print(f"(sanity) J&F of these noisy features: {(np.mean(js) + np.mean(fs)) / 2:.3f}")
+    args_t = (p["n_last_frames"], p["size_mask_neighborhood"], p["topk"], p["temperature"])
+    scores = {}
+    if args.engine in ("numpy", "both"):
+        t0 = time.perf_counter()
+        soft = list(tracking.track(feats, seed, *args_t))
+        t_prop = (time.perf_counter() - t0) / len(soft)
+        t0 = time.perf_counter()
+        js, fs = [], []
+        for t, s in enumerate(soft, start=1):
+            pred = tracking.labels_to_mask(s, masks[t].shape, p["norm_mask"])
+            j, f = jf_labels(masks[t], pred, args.objects, None, p["bound_th"])
+            js.append(j)
+            fs.append(f)
+        t_eval = (time.perf_counter() - t0) / len(soft)
+        scores["numpy"] = (np.array(js), np.array(fs))
+        print(f"numpy  cpu: propagation {t_prop:.3f} s/frame, J/F evaluation {t_eval:.3f} s/frame")
+    if args.engine in ("torch", "both"):
+        scores["torch"] = torch_path(args, masks, feats, seed, args_t, p)
+    for name, (js, fs) in scores.items():
+        print(f"(sanity) {name}: J&F of these noisy features {(js.mean() + fs.mean()) / 2:.4f}")
+    if len(scores) == 2:
+        d = max(np.abs(scores["numpy"][i] - scores["torch"][i]).max() for i in (0, 1))
+        print(f"max |numpy - torch| over per-object J and F: {d:.2e}")
 
+
+def torch_path(args, masks, feats, seed, args_t, p):
+    import numpy as np
+    import torch
+
+    from patchlens.evaluation import davis_torch, propagation_torch as pt
+
+    dev = args.device
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    for _ in pt.track(feats[:3], seed, *args_t, device=dev):   # warm-up (kernels, allocator)
+        pass
+    sync()
+    t0 = time.perf_counter()
+    soft = list(pt.track(feats, seed, *args_t, device=dev))
+    sync()
+    t_prop = (time.perf_counter() - t0) / len(soft)
+    gts = [torch.tensor(m, device=dev).long() for m in masks]
+    sync()
+    t0 = time.perf_counter()
+    js, fs = [], []
+    for t, s in enumerate(soft, start=1):
+        pred = pt.labels_to_mask(s, tuple(masks[t].shape), p["norm_mask"])
+        j, f = davis_torch.jf_labels(gts[t], pred, args.objects, None, p["bound_th"])
+        js.append(j)
+        fs.append(f)
+    sync()
+    t_eval = (time.perf_counter() - t0) / len(soft)
+    print(f"torch  {dev}: propagation {t_prop:.3f} s/frame, J/F evaluation {t_eval:.3f} s/frame"
+          f" (torch threads {torch.get_num_threads()})")
+    return np.array(js), np.array(fs)
 
 if __name__ == "__main__":
     main()

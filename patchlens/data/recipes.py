@@ -115,6 +115,22 @@ RECIPES: dict[str, Recipe] = {
         homepage="https://cvlab.postech.ac.kr/research/SPair-71k/",
         citation="Min et al., SPair-71k: A Large-scale Benchmark for Semantic Correspondence, "
                  "arXiv:1908.10543"),
+    "ade20k": Recipe(
+        name="ade20k",
+        description="ADE20K SceneParsing (ADEChallengeData2016): 150 classes, 20,210 training "
+                    "and 2,000 validation images with semantic masks",
+        archive=Archive(
+            filename="ADEChallengeData2016.zip",
+            urls=("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",),
+            md5="7328b3957e407ddae1d3cbf487f149ef",
+            source="md5: the ADE20K dataset classes of several independent public "
+                   "repositories (torchvision-style ARCHIVE_DICT); SHA-256 recorded in "
+                   "checksums.json on first download"),
+        root="ADEChallengeData2016",
+        probe="annotations/validation",
+        converter="patchlens.data.ade20k:convert",
+        homepage="http://sceneparsing.csail.mit.edu/",
+        citation="Zhou et al., Scene Parsing through ADE20K Dataset, CVPR 2017"),
     "imagenette": Recipe(
         name="imagenette",
         description="Imagenette v2, 320 px (10 easy ImageNet classes; train/val folders)",

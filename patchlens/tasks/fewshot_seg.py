@@ -33,13 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from patchlens.data.dataset import VOID, Dataset
+from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.checks import expect_int, expect_number, expect_split
 from patchlens.params import merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
+from patchlens.evaluation.labels import class_lut, load_labels
 from patchlens.evaluation.metrics import confusion_matrix, mean_iou
 from patchlens.evaluation.probes import LinearProbe
 from patchlens.evaluation.support import check_seeds, sample_support
@@ -79,32 +80,6 @@ def patch_labels(labels: np.ndarray, grid: tuple[int, int], n_classes: int,
     labelled = counts.sum(-1)
     out = counts.argmax(-1)
     out[(1.0 - labelled > max_void + 1e-6) | (labelled <= 1e-6)] = -1
-    return out
-
-
-def class_lut(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """(lookup (256,) pixel value -> class index, -1 void, -2 unknown; class ids (K,))."""
-    ids = dataset.classes["class"].to_numpy()
-    path = dataset.root / "classes.csv"
-    if len(ids) == 0:
-        raise DataError(f"{path}: no classes listed")
-    if not np.issubdtype(ids.dtype, np.integer) or ids.min() < 0 or ids.max() >= VOID \
-            or len(set(ids.tolist())) != len(ids):
-        raise DataError(f"{path}: class ids must be unique integers 0..254 "
-                        f"({VOID} is void); fix the file")
-    lut = np.full(256, -2, np.int64)
-    lut[ids] = np.arange(len(ids))
-    lut[VOID] = -1
-    return lut, ids
-
-
-def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
-    """Class indices (H, W) of an image's semantic PNG, -1 on void pixels."""
-    out = lut[dataset.load_semantic(image)]
-    if (out == -2).any():
-        bad = sorted(set(dataset.load_semantic(image)[out == -2].tolist()))
-        raise DataError(f"{dataset.root}: semantic mask of {image!r} has class id(s) {bad} that "
-                        "classes.csv does not list; fix classes.csv or the mask")
     return out
 
 

@@ -257,7 +257,7 @@ def _sequences(dataset, split: str) -> dict[str, list[str]]:
     return seqs
 
 
-def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
+def _score_sequence(store, transform, layers, name, frames, masks, p, grid, device=None):
     """Per layer: (J (n_obj,), F (n_obj,), n_frames) of one sequence, or None if skipped."""
     first = masks[0]
     present = np.setdiff1d(np.unique(first), [0, VOID])
@@ -288,16 +288,31 @@ def _score_sequence(store, transform, layers, name, frames, masks, p, grid):
     for layer in layers:
         feats = (transform(layer, store.tokens(layer, [f]))[0] for f in frames[:last + 1])
         js, fs = [], []
-        for t, soft in enumerate(track(feats, seed, p["n_last_frames"],
-                                       p["size_mask_neighborhood"], p["topk"],
-                                       p["temperature"]), start=1):
-            gt = masks[t]
-            pred = labels_to_mask(soft, gt.shape, p["norm_mask"])
-            j, f = jf_labels(lut[gt], pred, len(ids), gt == VOID, p["bound_th"])
+        for j, f in _frame_scores(feats, seed, masks, lut, len(ids), p, device):
             js.append(j)
             fs.append(f)
         out[layer] = (np.mean(js, axis=0), np.mean(fs, axis=0), len(js))
     return out
+
+
+def _frame_scores(feats, seed, masks, lut, n_obj, p, device: str | None):
+    """(J, F) per object of frames 1, 2, ...: numpy (``device`` None) or torch on ``device``
+    (propagation, upsampling and J/F there; :mod:`patchlens.evaluation.propagation_torch`)."""
+    args = (p["n_last_frames"], p["size_mask_neighborhood"], p["topk"], p["temperature"])
+    if device is None:
+        for t, soft in enumerate(track(feats, seed, *args), start=1):
+            pred = labels_to_mask(soft, masks[t].shape, p["norm_mask"])
+            yield jf_labels(lut[masks[t]], pred, n_obj, masks[t] == VOID, p["bound_th"])
+        return
+    import torch
+
+    from patchlens.evaluation import davis_torch, propagation_torch as pt
+
+    lut_t = torch.from_numpy(lut).to(device)
+    for t, soft in enumerate(pt.track(feats, seed, *args, device=device), start=1):
+        gt = torch.tensor(np.asarray(masks[t]), device=device)
+        pred = pt.labels_to_mask(soft, tuple(gt.shape), p["norm_mask"])
+        yield davis_torch.jf_labels(lut_t[gt.long()], pred, n_obj, gt == VOID, p["bound_th"])
 
 
 def _tracking_units(layer: int, per_seq: dict, average: str) -> list:
@@ -318,16 +333,23 @@ def _tracking_units(layer: int, per_seq: dict, average: str) -> list:
 
 
 def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
-        units: list | None = None) -> pd.DataFrame:
+        units: list | None = None, device: str = "cpu", engine: str | None = None
+        ) -> pd.DataFrame:
     """DAVIS label-propagation J, F and J&F per layer (see the module docstring for the protocol).
     ``units`` (a list) receives per object J, F, J&F (per-sequence rows, and the overall row under
     ``average: objects``) or per sequence (overall row, ``average: sequences``); see
     :mod:`patchlens.stats.units`.
 
     Loops sequences outside and layers inside, so one sequence's masks are loaded once; features
-    are read one frame of one layer at a time.
+    are read one frame of one layer at a time. ``device`` (``"cpu"``, ``"cuda"``, ...): where
+    the work runs; ``engine``: ``"numpy"`` (the CPU default) or ``"torch"`` (propagation, mask
+    upsampling and J/F as torch on ``device``; the default off the CPU).
     """
     p = check_params(params)
+    engine = engine or ("numpy" if device == "cpu" else "torch")
+    if engine not in ("numpy", "torch") or (engine == "numpy" and device != "cpu"):
+        raise ValueError(f"tracking: engine {engine!r} cannot run on device {device!r}")
+    dev = device if engine == "torch" else None
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     grid = tuple(store.grid)
     seqs = _sequences(dataset, p["split"])
@@ -335,7 +357,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     skipped = 0
     for name, frames in seqs.items():
         masks = [dataset.load_instance(f) for f in frames]
-        res = _score_sequence(store, transform, layers, name, frames, masks, p, grid)
+        res = _score_sequence(store, transform, layers, name, frames, masks, p, grid, dev)
         if res is None:
             skipped += 1
         else:

@@ -121,3 +121,52 @@ def test_label_maps_match_binary_per_object():
         assert f[k - 1] == pytest.approx(dm.boundary_f(gt == k, pred == k, void))
     j_self, f_self = dm.jf_labels(gt, gt, 4)   # object 4 absent from both maps -> 1 by convention
     assert np.all(j_self == 1) and np.all(f_self == 1)
+
+
+# -- the torch twin (the device path of tracking), run on the CPU ---------------------------------
+
+torch = pytest.importorskip("torch")
+from patchlens.evaluation import davis_torch as dt  # noqa: E402
+
+
+@pytest.mark.parametrize("radius", [1, 2, 2.5, 8])
+def test_torch_disk_dilation_equals_disk_definition(radius):
+    """Integer radii: skimage's disk, as the toolkit; any radius: within Euclidean distance r of
+    a set pixel (the KD-tree definition of the numpy path)."""
+    rng = np.random.default_rng(int(radius * 10))
+    maps = rng.random((3, 40, 57)) < 0.01
+    got = dt.dilate_disk(torch.from_numpy(maps), radius).numpy()
+    for m, g in zip(maps, got):
+        assert np.array_equal(g, ndimage.distance_transform_edt(~m) <= radius)
+        if radius == int(radius):
+            se = disk(int(radius)).astype(bool)
+            assert np.array_equal(g, ndimage.binary_dilation(m, structure=se))
+
+
+def test_torch_seg2bmap_equals_numpy():
+    rng = np.random.default_rng(3)
+    masks = np.stack([blobs(rng, (37, 52)) for _ in range(4)])
+    got = dt.seg2bmap(torch.from_numpy(masks)).numpy()
+    for m, g in zip(masks, got):
+        assert np.array_equal(g, dm.seg2bmap(m))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_jf_labels_equals_numpy(seed):
+    """Same counts, same float64 ratios: the torch J and F equal the numpy ones exactly, on
+    DAVIS-sized frames, with void, with absent objects and with empty predictions."""
+    rng = np.random.default_rng(seed)
+    shape = [(120, 213), (97, 64), (480, 854), (50, 50)][seed]
+    gt = np.zeros(shape, np.uint8)
+    pred = np.zeros(shape, np.uint8)
+    for k in (1, 2, 3):
+        gt[blobs(rng, shape)] = k
+        if k != 3 or seed % 2:             # object 3 never predicted on even seeds
+            pred[blobs(rng, shape) | ndimage.shift(gt == k, (2, -3), order=0)] = k
+    void = (rng.random(shape) < 0.05) if seed % 2 else None
+    n_obj = 4                              # object 4 absent from both maps
+    j, f = dm.jf_labels(gt, pred, n_obj, void)
+    jt, ft = dt.jf_labels(torch.from_numpy(gt).long(), torch.from_numpy(pred).long(), n_obj,
+                          None if void is None else torch.from_numpy(void))
+    assert np.array_equal(j, jt) and np.array_equal(f, ft)
+    assert ft[3] == 1.0 and (seed % 2 or ft[2] == 0.0)

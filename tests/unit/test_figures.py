@@ -48,6 +48,8 @@ def _rows_n(task, model, metric, variant="raw", seeds=(0,), fn=None, n=None, **e
                      n_classes_missing=1, **extra)
     if task == "lowshot_cls":
         extra = dict(n_classes_short=2, n_classes_missing=1, **extra)
+    if task == "hummingbird":  # the memory bank the evaluator reports
+        extra = dict(n_memory=492, n_memory_images=12, n_patches_per_image=41, **extra)
     for layer in range(n):
         for s in seeds:
             v = fn(layer, n) if fn else _curve(model, layer, n, peak)
@@ -74,6 +76,7 @@ def synthetic_scores(models=MODELS):
                                   fn=lambda l, n, m=m, g=gain: _curve(m, l, n, 0.6) + g)
         for metric in ("top1", "map"):
             rows += _rows("instance_id", m, metric)
+        rows += _rows("hummingbird", m, "miou")
         # as the retrieval evaluator writes it: per bin and the overall "all" row
         for b, scale in (("0.00-0.20", 0.5), ("0.20-0.40", 0.8), ("0.40-1.00", 1.0),
                          ("all", 0.9)):
@@ -403,7 +406,7 @@ def test_best_layer_heatmap_annotations(tables):
     b = b[(b.metric == b.task.map(T.HEADLINE_METRIC)) & (b.model != "pixels")]
     # low-shot patch and cls rows share (model, task, metric): the better one is shown
     b = b.loc[b.groupby(["model", "task", "dataset", "metric"])["best_value"].idxmax()]
-    assert len(b) == 3 * 6
+    assert len(b) == 3 * 7
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(b["best_layer"].astype(int))
     # single-layer baselines have no layer to choose and are left out
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dino", "ibot", "mae"]

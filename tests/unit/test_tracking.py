@@ -258,3 +258,73 @@ def test_ids_absent_from_first_frame_are_scored_as_the_toolkit(tmp_path):
     assert obj1_j == pytest.approx(0.5)         # frames 1, 2 absent; 3, 4 present
     assert value(df, "j", "a") == pytest.approx((obj1_j + j2) / 2, abs=0.02)
     assert value(df, "j") == pytest.approx((obj1_j + j2) / 2, abs=0.02)   # 2 objects pooled
+
+
+# -- the torch path (tracking on the device), run on the CPU --------------------------------------
+
+torch = pytest.importorskip("torch")
+from patchlens.evaluation import propagation_torch as pt  # noqa: E402
+
+
+@pytest.mark.parametrize("radius", [1, 3, 0])
+def test_torch_propagation_equals_numpy(radius):
+    rng = np.random.default_rng(radius)
+    h, w, n, C, K = 9, 11, 4, 16, 3
+    tgt = l2_normalize(rng.standard_normal((h * w, C)))
+    feats = l2_normalize(rng.standard_normal((n, h * w, C)))
+    labels = rng.dirichlet(np.ones(K), size=(n, h * w)).astype(np.float32)
+    ref = tracking.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
+    for budget in (3 * w * n * w, 1 << 30):            # several bands, and one
+        out = pt.propagate(*map(torch.from_numpy, (tgt, feats, labels)), (h, w), radius, 5, 0.1,
+                           band_budget=budget)
+        np.testing.assert_allclose(out.numpy(), ref, atol=1e-5)
+    assert pt.band_rows(h, w, n, radius, 3 * w * n * w) < h
+
+
+def test_torch_track_and_masks_equal_numpy():
+    rng = np.random.default_rng(5)
+    masks = moving_boxes(T, H, W, UNALIGNED)
+    clean = oracle(masks)
+    frames = list(clean + 0.3 * rng.standard_normal(clean.shape).astype(np.float32))
+    seed = tracking.seed_labels(masks[0], [1, 2], GRID)
+    args = (3, 4, 5, 0.1)                              # n_last_frames, radius, topk, temperature
+    ref = list(tracking.track(frames, seed, *args))
+    got = list(pt.track(frames, seed, *args, device="cpu"))
+    assert len(got) == T - 1
+    for r, g, m in zip(ref, got, masks[1:]):
+        np.testing.assert_allclose(g.numpy(), r, atol=1e-5)
+        for norm in (True, False):
+            a = tracking.labels_to_mask(r, m.shape, norm)
+            b = pt.labels_to_mask(torch.from_numpy(r), m.shape, norm).numpy()
+            assert np.mean(a != b) < 1e-3                # float32 ties only
+
+
+def test_torch_norm_mask_conventions_equal_numpy():
+    probs = np.zeros((4, 4, 3), np.float32)
+    probs[..., 1] = 0.2                                # constant positive channel -> 1
+    probs[1:3, 1:3, 2] = 0.05                          # weak channel rescaled to [0, 1]
+    for norm in (True, False):
+        assert np.array_equal(tracking.labels_to_mask(probs, (8, 8), norm),
+                              pt.labels_to_mask(torch.from_numpy(probs), (8, 8), norm).numpy())
+
+
+def test_run_on_torch_engine_equals_numpy(tmp_path):
+    clean = moving_boxes(T, H, W, UNALIGNED)
+    masks = clean.copy()
+    masks[3, 26:44, 10:50] = 255
+    rng = np.random.default_rng(1)
+    def noisy(m):
+        clean = oracle(m)
+        return clean + 0.2 * rng.standard_normal(clean.shape).astype(np.float32)
+
+    ds, store = build(tmp_path, {"u": masks, "v": moving_boxes(T, H, W, ALIGNED)}, noisy)
+    params = dict(tracking.DEFAULT_PARAMS)
+    ref = tracking.run(store, ds, identity, params)
+    u_ref, u_got = [], []
+    got = tracking.run(store, ds, identity, params, device="cpu", engine="torch", units=u_got)
+    tracking.run(store, ds, identity, params, units=u_ref)
+    np.testing.assert_allclose(got["value"], ref["value"], atol=1e-6)   # 0.0 here
+    assert got.drop(columns="value").equals(ref.drop(columns="value"))
+    assert len(u_got) == len(u_ref)
+    with pytest.raises(ValueError, match="engine"):
+        tracking.run(store, ds, identity, params, device="cuda", engine="numpy")

@@ -37,6 +37,12 @@ def fig_tracking(tables):
     return _raw_score_figure(tables, "tracking", metrics=("jf",))
 
 
+@_figure("hummingbird", ("scores",))
+def fig_hummingbird(tables):
+    """Hummingbird dense retrieval mIoU vs layer (raw features)."""
+    return _raw_score_figure(tables, "hummingbird", metrics=("miou",))
+
+
 @_figure("instance_id", ("scores",))
 def fig_instance_id(tables):
     """Instance identification top-1 and mAP vs layer (raw features)."""

@@ -1,0 +1,135 @@
+"""DINO's video label propagation and its per-frame mask upsampling in torch, on any device:
+the device path of :mod:`patchlens.tasks.tracking`, whose numpy functions (``propagate``,
+``track``, ``labels_to_mask``) define the protocol (Caron et al., ICCV 2021, reference
+``eval_video_segmentation.py`` of github.com/facebookresearch/dino; ``docs/protocols.md#tracking``).
+
+Steps 3-4 of the tracking protocol, the same arithmetic as the numpy path: cosine similarities of
+the target frame's L2-normalised patches with every context frame's, -inf outside the square
+window of ``radius`` patches, the ``topk`` largest over all context frames jointly, weights
+``exp((s - max) / temperature)`` normalised to 1, labels the weighted sum; the soft map is resized
+bilinearly (align_corners=False, the separable matrices of
+:func:`patchlens.evaluation.upsample.interp_matrix`), channels with a positive maximum min-max
+normalised, argmax (ties to the lower channel). Features, labels, the queue of context frames and
+the predicted masks stay on the device; a target frame is processed in bands of rows whose
+sources are only the rows within the radius, each band's similarity block under
+``band_budget`` entries. The unit tests run this code on the CPU against the numpy path.
+Torch is imported inside the functions.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from patchlens.evaluation.upsample import interp_matrix
+
+BAND_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per band (float32)
+
+
+def _budget(device: str) -> int:
+    return BAND_BUDGET.get(str(device).split(":")[0], BAND_BUDGET["cpu"])
+
+
+def band_rows(h: int, w: int, n_ctx: int, radius: int, budget: int) -> int:
+    """Target rows per band: about radius / 2, fewer while a band's similarities exceed
+    ``budget`` (as :func:`patchlens.tasks.tracking._band_rows`), all rows when unrestricted."""
+    rows = max(1, radius // 2) if radius > 0 else h
+    if radius > 0 and budget > (1 << 24):            # a larger budget: wider bands
+        rows = h
+    while rows > 1:
+        src_rows = h if radius <= 0 else min(h, rows + 2 * radius)
+        if rows * w * n_ctx * src_rows * w <= budget:
+            break
+        rows //= 2
+    return rows
+
+
+def l2_normalize(x, eps: float = 1e-12):
+    """Rows of a float tensor (..., C) scaled to unit L2 norm, float32 (zero rows stay 0)."""
+    import torch
+
+    x = x.to(torch.float32)
+    return x / torch.clamp(torch.linalg.vector_norm(x, dim=-1, keepdim=True), min=eps)
+
+
+def propagate(target, ctx_feats, ctx_labels, grid: tuple[int, int], radius: int, topk: int,
+              temperature: float, band_budget: int | None = None):
+    """Soft labels (P, K) of one target frame: target (P, C), ctx_feats (n, P, C) normalised,
+    ctx_labels (n, P, K), all tensors on one device (the twin of ``tracking.propagate``)."""
+    import torch
+
+    h, w = grid
+    n, P, C = ctx_feats.shape
+    K = ctx_labels.shape[-1]
+    dev = target.device
+    rows = band_rows(h, w, n, radius, band_budget or _budget(dev.type))
+    yy, xx = torch.div(torch.arange(P, device=dev), w, rounding_mode="floor"), \
+        torch.arange(P, device=dev) % w
+    out = torch.empty((P, K), dtype=torch.float32, device=dev)
+    for a in range(0, h, rows):
+        b = min(h, a + rows)
+        sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
+        q = target[a * w:b * w]                                     # (nq, C)
+        src = ctx_feats[:, sa * w:sb * w].reshape(-1, C)            # (n*ns, C), context-major
+        nq, ns = q.shape[0], (sb - sa) * w
+        sim = q @ src.T                                             # (nq, n*ns)
+        if radius > 0:
+            qa, sr = slice(a * w, b * w), slice(sa * w, sb * w)
+            win = ((yy[qa, None] - yy[None, sr]).abs() <= radius) & \
+                ((xx[qa, None] - xx[None, sr]).abs() <= radius)     # (nq, ns)
+            sim.view(nq, n, ns).masked_fill_(~win[:, None, :], float("-inf"))
+        val, idx = torch.topk(sim, min(topk, sim.shape[1]), dim=1)
+        wgt = torch.exp((val - val.max(dim=1, keepdim=True).values) / temperature)
+        wgt = wgt / wgt.sum(dim=1, keepdim=True)
+        lab = ctx_labels[:, sa * w:sb * w].reshape(n * ns, K)
+        out[a * w:b * w] = torch.einsum("qk,qkc->qc", wgt, lab[idx])
+    return out
+
+
+def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk: int = 5,
+          temperature: float = 0.1, device: str = "cpu") -> Iterator:
+    """Propagate ``seed`` (h, w, K) from the first of ``frames`` (each (h, w, C), numpy or torch)
+    through the rest on ``device``; yields the soft label map (h, w, K) of frames 1, 2, ... as
+    tensors on ``device`` (the twin of ``tracking.track``)."""
+    import torch
+
+    it = iter(frames)
+    first = torch.as_tensor(next(it)).to(device)
+    h, w, _ = first.shape
+    K = seed.shape[-1]
+    f0 = l2_normalize(first).reshape(h * w, -1)
+    l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(device).reshape(h * w, K)
+    queue: deque = deque(maxlen=n_last_frames)
+    for frame in it:
+        ft = l2_normalize(torch.as_tensor(frame).to(device)).reshape(h * w, -1)
+        feats = torch.stack([f0] + [f for f, _ in queue])
+        labels = torch.stack([l0] + [lab for _, lab in queue])
+        lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
+        queue.append((ft, lab))
+        yield lab.reshape(h, w, K)
+
+
+def labels_to_mask(probs, size: tuple[int, int], norm_mask: bool = True):
+    """Predicted index map (H, W) int64 tensor from soft labels (h, w, K) tensor (the twin of
+    ``tracking.labels_to_mask``): bilinear resize, per-channel min-max normalisation of channels
+    with a positive maximum (a constant positive channel becomes 1), argmax."""
+    import torch
+
+    H, W = size
+    h, w, _ = probs.shape
+    dev = probs.device
+    my = torch.from_numpy(interp_matrix(H, h)).to(dev)
+    mx = torch.from_numpy(interp_matrix(W, w)).to(dev)
+    up = torch.einsum("Hh,hwk->kHw", my, probs.to(torch.float32))
+    up = torch.einsum("Ww,kHw->kHW", mx, up).contiguous()           # (K, H, W)
+    if norm_mask:
+        lo = up.amin(dim=(1, 2)).double()
+        hi = up.amax(dim=(1, 2)).double()
+        span = hi - lo
+        scale = torch.where(span > 0, 1.0 / torch.where(span > 0, span, 1.0), 0.0).float()
+        shift = torch.where(span > 0, lo, 0.0).float()
+        norm = (up - shift.view(-1, 1, 1)) * scale.view(-1, 1, 1)
+        norm = torch.where((span > 0).view(-1, 1, 1), norm, torch.ones_like(up))
+        up = torch.where((hi > 0).view(-1, 1, 1), norm, up)
+    return up.argmax(dim=0)
