@@ -304,15 +304,15 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     return pd.DataFrame(rows)
 
 
-def flop(p: dict, counts: dict, entry: dict, grid, C: int) -> float:
-    """Resource plan (:func:`patchlens.plan.task_flop`): one layer and variant costs, per seed,
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """Resource plan (:func:`patchlens.plan.task_cost`): one layer costs, per seed and variant,
     the exact search of every query patch against the memory bank (2 n_query n_memory C)."""
     p = check_params(p)
     P = grid[0] * grid[1]
     n_img = max(1, int(counts.get(p["memory_split"], 0) * p["fraction"]))
     per = min(P, p["patches_per_image"] or max(1, p["memory_size"] // n_img))
     n_query = counts.get(p["query_split"], 0) * P
-    return len(p["seeds"]) * 2.0 * n_query * n_img * per * C
+    return {"flop": len(variants) * len(p["seeds"]) * 2.0 * n_query * n_img * per * C}
 
 
 SPEC = register_task(TaskSpec(
