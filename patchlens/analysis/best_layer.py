@@ -19,7 +19,8 @@ Protocol, on ``results/tables/scores.parquet`` (as ``collect_scores`` writes it)
 4. ``best_value`` = max over ALL scored layers (the block outputs 0..n_blocks-1 and, where the
    features carry it, the final-norm output ``layer == n_blocks``) -- min for the metrics in
    :data:`LOWER_IS_BETTER` (none today: every patchlens metric is higher-is-better); ties go to
-   the shallower layer. ``last_layer = n_blocks - 1`` (``n_layers`` column), ``last_value`` the
+   the shallower layer, where a tie is a seed mean within :data:`TIE` (``np.isclose`` rtol /
+   atol) of the best one, so two equal means that summation order left one ulp apart tie. ``last_layer = n_blocks - 1`` (``n_layers`` column), ``last_value`` the
    seed mean there (NaN if that block was not scored), ``gap = best_value - last_value`` (>= 0
    for higher-is-better metrics; ``last_value - best_value`` for lower-is-better ones, so the gap
    is always the improvement over the last block). ``depth_frac = (best_layer + 1) / n_layers``
@@ -41,6 +42,7 @@ OVERALL = "all"
 NOT_KEYS = {"layer", "seed", "value", "n_layers", "params", "family", "label", "depth_frac",
             "ci_low", "ci_high"}  # the intervals belong to a row, they never split one
 LOWER_IS_BETTER: frozenset = frozenset()  # metric names where smaller is better (none today)
+TIE = {"rtol": 1e-9, "atol": 1e-12}  # seed means this close are equal (best-layer ties)
 OUT_TAIL = ["best_layer", "best_value", "last_layer", "last_value", "gap", "n_layers",
             "depth_frac", "n_seeds"]
 
@@ -98,10 +100,11 @@ def best_layer_table(scores: pd.DataFrame) -> pd.DataFrame:
               .reset_index())
     sign = np.where(mean["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
     mean["score"] = sign * mean["value"]
-    # best: highest score, ties to the shallower layer (stable sort on layer first)
-    order = mean.sort_values(keys + ["score", "layer"], ascending=[True] * len(keys)
-                             + [False, True], kind="stable")
-    best = order.drop_duplicates(keys, keep="first").reset_index(drop=True)
+    # best: highest score; every layer within TIE of it ties, and the shallowest of them wins
+    top = mean.groupby(keys, dropna=False, sort=False)["score"].transform("max")
+    tied = mean[np.isclose(mean["score"], top, **TIE)]
+    best = (tied.sort_values(keys + ["layer"], kind="stable")
+                .drop_duplicates(keys, keep="first").reset_index(drop=True))
     n_layers = mean.groupby(keys, dropna=False, sort=False)["n_layers"].transform("max")
     last = mean[mean["layer"] == n_layers - 1][keys + ["value"]].rename(
         columns={"value": "last_value"})

@@ -4,14 +4,17 @@ Only the standard library (``urllib``) is used for the transfer: ``pooch`` verif
 but does not resume a partial download, and the data set archives here are 0.3-2 GB.
 
 * :func:`fetch` downloads ``url`` to ``dest``. Partial data lives in ``dest`` + ``.part`` and is
-  continued with an HTTP ``Range`` request (from zero when the server ignores it); connection
-  errors and cut-short transfers are retried with exponential backoff. The checksum is verified
-  on the ``.part`` file and only a matching file is renamed to ``dest``, so a file under
-  ``dest`` is always complete and verified. A local path or ``file://`` URL is copied instead.
-* :func:`extract` unpacks ``.tar``/``.tar.gz``/``.tgz``/``.zip`` into a temporary directory
-  next to the target, refuses members that would land outside it (path traversal, escaping
-  links, device files), moves the result into place and writes a marker so a second call is a
-  no-op.
+  continued with an HTTP ``Range`` + ``If-Range`` request only while the server confirms the
+  same file (else from zero; :mod:`patchlens.data.transfer`); connection errors and cut-short
+  transfers are retried with exponential backoff. The checksum is verified on the ``.part``
+  file and only a matching file is renamed to ``dest``, so a file under ``dest`` is always
+  complete and verified. A local path or ``file://`` URL is copied instead.
+* :func:`locked`: one job at a time per downloaded file (an ``flock`` on ``<file>.lock``).
+* :func:`extract` unpacks ``.tar``/``.tar.gz``/``.tgz``/``.tar.bz2``/``.tar.xz``/``.zip`` into a
+  temporary directory next to the target, refuses members that would land outside it (path
+  traversal, escaping links, device files), reads a compressed stream through to its end so
+  its CRC and length trailer are verified (and every zip member's CRC), moves the result into
+  place and writes a marker so a second call is a no-op.
 * :func:`place_file` puts a source file into a converted data set (hard link, else copy).
 
 Every failure is a :class:`~patchlens.errors.DataError` whose one-line message names the URL
@@ -19,33 +22,33 @@ or file and says what to do.
 """
 from __future__ import annotations
 
+import bz2
+import contextlib
+import fcntl
 import glob
-import http.client
+import gzip
+import lzma
 import os
 import posixpath
 import re
 import shutil
 import tarfile
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
-from urllib.error import HTTPError, URLError
 
 from tqdm import tqdm
 
-import patchlens
+from patchlens.data.transfer import (CHUNK, SourceUnreachable, discard_partial, download,
+                                     one_line)
 from patchlens.errors import DataError
 from patchlens.io import digest
 
-_CHUNK = 1 << 20
-_RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
-
-
-class SourceUnreachable(DataError):
-    """No connection to the download URL could be made (offline, DNS, refused)."""
+__all__ = ["ChecksumMismatch", "SourceUnreachable", "extract", "extraction_marker", "fetch",
+           "locked", "place_file"]
 
 
 class ChecksumMismatch(DataError):
@@ -68,10 +71,6 @@ def _mismatch(path: Path, expected: dict[str, str]) -> str | None:
     return None
 
 
-def _one_line(reason: object) -> str:
-    return " ".join(str(reason).split()) or type(reason).__name__
-
-
 def _local_source(url: str) -> Path | None:
     """The path for a local file or file:// URL, None for a network URL."""
     parsed = urllib.parse.urlparse(str(url))
@@ -92,8 +91,10 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
     """Download ``url`` to ``dest`` with resume, retries and checksum verification.
 
     Protocol: an existing ``dest`` is verified and reused (never downloaded again); otherwise
-    bytes go to ``dest.part``, resumed from its current size with ``Range: bytes=N-`` (a ``200``
-    answer means the server ignored the range: restart from zero). Connection errors, timeouts,
+    bytes go to ``dest.part``, resumed from its current size with ``Range: bytes=N-`` and
+    ``If-Range`` (the validator recorded when the ``.part`` was started, in ``dest.part.json``)
+    only while the server confirms the same file and total length; otherwise the ``.part``
+    restarts from zero (:mod:`patchlens.data.transfer`). Connection errors, timeouts,
     retryable HTTP codes and transfers that end before ``Content-Length`` are retried, at once
     when the attempt added bytes, else after ``backoff * 2**k`` seconds; after ``retries``
     retries in a row that add nothing the download stops. The complete ``.part`` is checked
@@ -124,106 +125,34 @@ def fetch(url: str, dest: str | os.PathLike, sha256: str | None = None, md5: str
         if not local.is_file():
             raise DataError(f"{local}: not found (given as the source of {dest.name}); fix the "
                             f"path, or place the file at {dest}")
+        discard_partial(part)
         shutil.copyfile(local, part)
     else:
-        _download(url, dest, part, retries, timeout, progress, backoff, cache_key)
+        download(url, dest, part, retries, timeout, progress, backoff, cache_key)
     bad = _mismatch(part, expected)
     if bad:
-        part.unlink()
+        discard_partial(part)
         raise ChecksumMismatch(f"{url}: the server sent a different file than expected for "
                                f"{dest.name} ({bad}); the bad download was deleted; check the URL "
                                f"(or the checksum in the recipe), or place the right file at "
                                f"{dest}")
     os.replace(part, dest)
+    discard_partial(part)  # its entity record
     return dest
 
 
-def _download(url: str, dest: Path, part: Path, retries: int, timeout: float, progress: bool,
-              backoff: float, cache_key: str = "data_dir") -> None:
-    """Fill ``part`` with the bytes of ``url`` (resuming); raise DataError when retries run out.
-
-    An attempt that adds bytes to ``part`` does not use up a retry (a long download over a
-    flaky link keeps going); ``retries`` retries in a row without progress end it.
-    """
-    connected = False
-    reason = "no attempt made"
-    attempts = failures = 0
-    while True:
-        attempts += 1
-        start = part.stat().st_size if part.exists() else 0
-        headers = {"User-Agent": f"patchlens/{patchlens.__version__}"}
-        if start:
-            headers["Range"] = f"bytes={start}-"
-        request = urllib.request.Request(url, headers=headers)
-        total = None
+@contextlib.contextmanager
+def locked(path: str | os.PathLike):
+    """Hold an exclusive ``flock`` on ``<path>.lock`` (created beside ``path``): concurrent jobs
+    that download, extract or record ``path`` take turns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                connected = True
-                ok, total = _response_extent(resp, start)
-                if ok:
-                    _stream(resp, part, start if resp.status == 206 else 0, total, progress,
-                            dest.name)
-                else:  # a 206 for a range we did not ask for: start over
-                    part.unlink(missing_ok=True)
-                    reason = "server answered with a different byte range"
-        except HTTPError as exc:
-            connected = True
-            if exc.code == 416 and start:  # the .part already holds the whole file
-                return
-            if exc.code not in _RETRYABLE_HTTP:
-                raise DataError(f"{url}: the server answered HTTP {exc.code} "
-                                f"({_one_line(exc.reason)}); check the URL, or download the "
-                                f"file by hand and place it at {dest}") from None
-            reason = f"HTTP {exc.code} {_one_line(exc.reason)}"
-            ok = False
-        except (URLError, OSError, http.client.HTTPException) as exc:
-            reason = _one_line(getattr(exc, "reason", exc))
-            ok = False
-        size = part.stat().st_size if part.exists() else 0
-        if ok:
-            if total is None or size >= total:
-                return
-            reason = f"transfer stopped at {size} of {total} bytes"
-        if size > start:
-            failures = 0
-            continue
-        failures += 1
-        if failures > retries:
-            break
-        time.sleep(backoff * 2 ** (failures - 1))
-    if not connected:
-        raise SourceUnreachable(f"{url}: could not be reached ({reason}); without network, "
-                                f"download it on another machine and place it at {dest} (under "
-                                f"{cache_key}), then rerun")
-    kept = (f"the partial data is kept in {part}: rerun to resume, or delete it to start over"
-            if part.exists() and part.stat().st_size else "rerun to try again")
-    raise DataError(f"{url}: download incomplete after {attempts} attempt(s) ({reason}); {kept}")
-
-
-def _response_extent(resp, start: int) -> tuple[bool, int | None]:
-    """(usable, total file size or None when unknown) from the response headers. A ``206`` is
-    usable only when its ``Content-Range`` begins at ``start``; a ``200`` always is (it restarts
-    the file from byte zero)."""
-    if resp.status == 206:
-        match = re.match(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", resp.headers.get("Content-Range", ""))
-        if not match or int(match[1]) != start:
-            return False, None
-        return True, int(match[3]) if match[3] != "*" else None
-    length = resp.headers.get("Content-Length", "")
-    return True, int(length) if length.isdigit() else None
-
-
-def _stream(resp, part: Path, offset: int, total: int | None, progress: bool, name: str) -> None:
-    """Write the response body into ``part`` from byte ``offset`` (0 rewrites the file)."""
-    mode = "r+b" if offset and part.exists() else "wb"
-    with open(part, mode) as fh, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                      unit_divisor=1024, desc=name, disable=not progress,
-                                      leave=False) as bar:
-        fh.seek(offset)
-        fh.truncate()
-        while block := resp.read(_CHUNK):
-            fh.write(block)
-            bar.update(len(block))
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # -- extraction ---------------------------------------------------------------------------------
@@ -262,9 +191,26 @@ def _check_tar_member(member: tarfile.TarInfo, archive: Path, out_dir: Path) -> 
                         "the official URL")
 
 
+_MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
+
+
+def _decompressed(archive: Path):
+    """A binary stream of the archive's tar bytes, decompressed by the module that checks the
+    compression's own integrity data when it reaches the end (gzip: CRC-32 and length trailer;
+    bzip2: block and stream CRCs; xz: its check), chosen by the file's magic bytes."""
+    with open(archive, "rb") as fh:
+        head = fh.read(6)
+    for magic, opener in _MAGIC:
+        if head.startswith(magic):
+            return opener(archive, "rb")
+    return open(archive, "rb")
+
+
 def _extract_tar(archive: Path, tmp: Path, out_dir: Path, progress: bool) -> None:
-    # stream mode: one sequential pass over the (possibly compressed) archive
-    with tarfile.open(archive, mode="r|*") as tar, \
+    # stream mode: one sequential pass; after the last member the rest of the stream (the tar
+    # padding and the compression trailer) is read to its end, where a truncated or corrupt
+    # stream raises, so no archive is accepted that does not decompress to its end intact
+    with _decompressed(archive) as stream, tarfile.open(fileobj=stream, mode="r|") as tar, \
             tqdm(desc=f"extract {archive.name}", unit=" files", disable=not progress,
                  leave=False) as bar:
         for member in tar:
@@ -272,9 +218,11 @@ def _extract_tar(archive: Path, tmp: Path, out_dir: Path, progress: bool) -> Non
             try:
                 tar.extract(member, tmp, filter="data")
             except tarfile.FilterError as exc:
-                raise DataError(f"{archive}: refuses member {member.name!r} ({_one_line(exc)}); "
+                raise DataError(f"{archive}: refuses member {member.name!r} ({one_line(exc)}); "
                                 "delete the archive and get it from the official URL") from None
             bar.update(1)
+        while stream.read(CHUNK):
+            pass
 
 
 def _extract_zip(archive: Path, tmp: Path, out_dir: Path, progress: bool) -> None:
@@ -328,8 +276,9 @@ def extract(archive: str | os.PathLike, out_dir: str | os.PathLike, progress: bo
     try:
         try:
             (_extract_zip if kind == "zip" else _extract_tar)(archive, tmp, out_dir, progress)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise DataError(f"{archive}: corrupt or truncated archive ({_one_line(exc)}); delete "
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error,
+                lzma.LZMAError) as exc:
+            raise DataError(f"{archive}: corrupt or truncated archive ({one_line(exc)}); delete "
                             "it and rerun to download it again") from None
         entries = sorted(tmp.iterdir())
         if keep is not None:

@@ -25,15 +25,14 @@ are in :mod:`patchlens.data.layout`.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from patchlens.data.download import ChecksumMismatch, SourceUnreachable, extract, fetch
+from patchlens.data.download import (ChecksumMismatch, SourceUnreachable, extract, fetch,
+                                     locked)
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import sha256sum, write_json
 
@@ -180,17 +179,6 @@ def get_recipe(name: str) -> Recipe:
 
 
 # -- trust-on-first-use checksum ledger ---------------------------------------------------------
-@contextlib.contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def recorded_checksums(data_dir: str | os.PathLike) -> dict[str, str]:
     """filename -> SHA-256 recorded in ``data_dir/checksums.json`` (empty when absent)."""
     ledger = Path(data_dir) / CHECKSUM_LEDGER
@@ -208,7 +196,7 @@ def recorded_checksums(data_dir: str | os.PathLike) -> dict[str, str]:
 
 def _record_checksum(data_dir: Path, filename: str, sha256: str) -> None:
     ledger = data_dir / CHECKSUM_LEDGER
-    with _locked(ledger):
+    with locked(ledger):
         data = recorded_checksums(data_dir)
         data[filename] = sha256
         write_json(data, ledger)
@@ -294,7 +282,7 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             raise DataError(f"{root / recipe.probe}: missing; {root} is not a complete "
                             f"{recipe.name} tree: fix params.root")
         path = data_dir / recipe.archive.filename
-        with _locked(path):  # two jobs preparing from one archive take turns
+        with locked(path):  # two jobs preparing from one archive take turns
             first_use = (recipe.archive.sha256 is None and recipe.archive.md5 is None
                          and recipe.archive.filename not in recorded_checksums(data_dir))
             downloaded = not path.exists()

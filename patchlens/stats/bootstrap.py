@@ -15,11 +15,25 @@ docs/protocols.md#resampling-units, to be merged into docs/protocols.md):
 * Where a task has support seeds, a replicate also draws the seeds with replacement (S of S) and
   averages the replicate score over the drawn seeds; the SAME unit draw is used for every seed,
   since the query set is shared (two-stage bootstrap of the seed-mean score).
-* Interval: the percentile interval [q_(1-level)/2, q_(1+level)/2] of the B replicates.
+* Interval: the bias-corrected percentile interval: the percentile interval
+  [q_(1-level)/2, q_(1+level)/2] of the replicates shifted by their median bias,
+  theta*_b - (median(theta*) - theta_hat) (Efron & Tibshirani 1993, Sec. 10.6: bias estimate
+  from the replicates). Resampling with replacement duplicates units, and for a ranking
+  statistic (the multi-label mAP: a duplicated query is several tied items) that raises every
+  replicate, so the plain percentile interval can lie above its own score; after the shift the
+  point estimate is the median of the shifted replicates, so the interval always contains it.
+  For the ratio statistics the median bias is ~0 and the interval is the percentile interval.
+  (Efron's BC interval moves the quantile levels instead and still excludes the estimate when
+  more than (1 + level) / 2 of the replicates lie on one side of it.)
 * Paired comparison of two models on the same units and seeds: every replicate uses one draw for
-  both, ``diff`` = score_a - score_b on the original sample, the interval is the percentile
-  interval of the replicate differences and the two-sided p-value is that of the centred
-  bootstrap test, p = (1 + #{|d*_b - d| >= |d|}) / (B + 1) (1 for identical models).
+  both, ``diff`` = score_a - score_b on the original sample, the interval is the bias-corrected
+  percentile interval of the replicate differences. The two-sided p-value: with at most
+  :data:`EXACT_MAX_UNITS` units, the exact paired permutation (sign-flip) test over all 2^n
+  assignments that swap the two models' statistics of a unit (the same swap on every seed),
+  p = #{|d_pi| >= |d|} / 2^n, which cannot go below 2 / 2^n (the identity and the full swap);
+  with more units, the centred bootstrap test, p = (1 + #{|d*_b - d| >= |d|}) / (B + 1), whose
+  floor is 1 / (B + 1) (:func:`p_floor`). 1 for identical models. docs/protocols.md, "Paired
+  comparisons", says which test applies when.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ import numpy as np
 
 AGGREGATORS = ("ratio", "category_ratio", "iou", "mlmap")
 DEFAULT_PARAMS = {"n_boot": 1000, "level": 0.95, "seed": 0}
+EXACT_MAX_UNITS = 16  # up to 2^16 = 65,536 sign assignments: the exact test, else the bootstrap
 
 
 @dataclass
@@ -156,8 +171,56 @@ def bootstrap_ci(seeds: list[UnitData], strata=None, n_boot: int = 1000, level: 
     order; ``strata`` (n,) optional stratum label of every unit."""
     rng = np.random.default_rng(seed)
     rep = _replicates([seeds], strata, n_boot, rng)[0]
-    lo, hi = np.nanquantile(rep, [(1 - level) / 2, (1 + level) / 2])
-    return point(seeds), float(lo), float(hi)
+    v = point(seeds)
+    lo, hi = bias_corrected_interval(rep, v, level)
+    return v, lo, hi
+
+
+def bias_corrected_interval(rep: np.ndarray, estimate: float, level: float
+                            ) -> tuple[float, float]:
+    """Percentile interval of the replicates ``rep`` shifted by their median bias (module doc);
+    it contains ``estimate`` whenever the replicates are finite."""
+    rep = np.asarray(rep, float)
+    if not np.isfinite(rep).any() or not np.isfinite(estimate):
+        return float("nan"), float("nan")
+    shifted = rep - (np.nanmedian(rep) - estimate)
+    lo, hi = np.nanquantile(shifted, [(1 - level) / 2, (1 + level) / 2])
+    return float(min(lo, estimate)), float(max(hi, estimate))  # guard float rounding only
+
+
+def p_floor(n_units: int, n_boot: int) -> float:
+    """The smallest two-sided p-value the paired test can report (module doc)."""
+    return 2.0 / 2 ** n_units if n_units <= EXACT_MAX_UNITS else 1.0 / (n_boot + 1)
+
+
+def _concat(a: UnitData, b: UnitData) -> UnitData:
+    """The units of ``a`` followed by those of ``b`` (class axes padded to one width)."""
+    arrays = {}
+    for name, x in a.arrays.items():
+        y = b.arrays[name]
+        if x.ndim == 2 and x.shape[1] != y.shape[1]:
+            k = max(x.shape[1], y.shape[1])
+            x, y = (np.pad(z, ((0, 0), (0, k - z.shape[1]))) for z in (x, y))
+        arrays[name] = np.concatenate([x, y])
+    return UnitData(a.agg, arrays)
+
+
+def sign_flip_p(seeds_a: list[UnitData], seeds_b: list[UnitData]) -> float:
+    """Exact two-sided p-value of the paired permutation test (module doc): every assignment of
+    the n units to (a, b) or (b, a), the same on every seed, the statistic re-accumulated."""
+    n = _n_units(seeds_a)
+    flips = (np.arange(2 ** n)[:, None] >> np.arange(n)) & 1           # (2^n, n)
+    wa = np.concatenate([1 - flips, flips], axis=1).astype(float)      # unit i from a or b
+    wb = 1.0 - wa
+    d = np.zeros(2 ** n)
+    for a, b in zip(seeds_a, seeds_b):
+        both = _concat(a, b)
+        d += score(both, wa) - score(both, wb)
+    d /= len(seeds_a)
+    obs = abs(d[0])  # row 0: no unit swapped, the observed difference
+    if obs == 0 or not np.isfinite(obs):
+        return 1.0
+    return float(np.mean(np.abs(d) >= obs * (1 - 1e-9) - 1e-12))
 
 
 def paired_bootstrap(seeds_a: list[UnitData], seeds_b: list[UnitData], strata=None,
@@ -171,7 +234,9 @@ def paired_bootstrap(seeds_a: list[UnitData], seeds_b: list[UnitData], strata=No
     ra, rb = _replicates([seeds_a, seeds_b], strata, n_boot, rng)
     d = point(seeds_a) - point(seeds_b)
     rep = ra - rb
-    lo, hi = np.nanquantile(rep, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = bias_corrected_interval(rep, d, level)
+    if _n_units(seeds_a) <= EXACT_MAX_UNITS:
+        return float(d), lo, hi, sign_flip_p(seeds_a, seeds_b)
     ok = np.isfinite(rep)
     p = (1 + np.sum(np.abs(rep[ok] - d) >= abs(d) - 1e-12)) / (ok.sum() + 1)
-    return float(d), float(lo), float(hi), float(min(1.0, p))
+    return float(d), lo, hi, float(min(1.0, p))

@@ -7,6 +7,8 @@ units there, the two models are compared at their best layer (argmax of the seed
 for both models, so difficulty shared by the units cancels (docs/protocols.md#resampling-units). Both models must
 have exactly the same units (the same query images, objects, pairs...): they do when they were
 evaluated on the same data set with the same task parameters; otherwise a DataError names them.
+The p-value comes from the exact sign-flip test up to ``EXACT_MAX_UNITS`` units, else from the
+bootstrap test (column ``p_test``); ``p_floor`` is the smallest p that test can give.
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
 from patchlens.errors import DataError
-from patchlens.stats.bootstrap import DEFAULT_PARAMS, paired_bootstrap, point
+from patchlens.stats.bootstrap import (DEFAULT_PARAMS, EXACT_MAX_UNITS, p_floor,
+                                       paired_bootstrap, point)
 from patchlens.stats.units import UNIT_COLUMNS, unit_data
 
 SCORE_KEYS = ["task", "dataset", "variant", "metric"]
 COLUMNS = SCORE_KEYS + list(TASK_KEYS) + ["layer_choice", "model_a", "model_b", "layer_a", "layer_b",
                                     "value_a", "value_b", "diff", "ci_low", "ci_high", "p_value",
-                                    "n_units", "n_seeds"]
+                                    "p_test", "p_floor", "n_units", "n_seeds"]
 LABELS = ["task", "model", "dataset", "variant"]
 
 
@@ -82,7 +85,11 @@ def paired_table(scores: pd.DataFrame, units: dict, n_boot: int = DEFAULT_PARAMS
                 rows.append({**kv, "layer_choice": choice, "model_a": ma, "model_b": mb,
                              "layer_a": la, "layer_b": lb, "value_a": point(da),
                              "value_b": point(db), "diff": d, "ci_low": lo, "ci_high": hi,
-                             "p_value": p, "n_units": len(order), "n_seeds": len(da)})
+                             "p_value": p, "p_test": ("sign-flip exact"
+                                                       if len(order) <= EXACT_MAX_UNITS
+                                                       else "bootstrap"),
+                             "p_floor": p_floor(len(order), n_boot), "n_units": len(order),
+                             "n_seeds": len(da)})
     out = pd.DataFrame(rows)
     for c in COLUMNS:
         if c not in out:
@@ -94,7 +101,11 @@ def read_units(paths) -> dict:
     """{(task, model, dataset, variant): units} from units parquet files (label columns)."""
     out = {}
     for p in paths:
-        df = pd.read_parquet(p)
+        try:
+            df = pd.read_parquet(p)
+        except Exception as exc:  # pyarrow's ArrowInvalid / OSError on a damaged file
+            raise DataError(f"{p}: not a readable units parquet ({' '.join(str(exc).split())[:120]}"
+                            "); delete it and rerun the task rule that writes it") from None
         missing = [c for c in LABELS + UNIT_COLUMNS if c not in df]
         if missing:
             raise DataError(f"{p}: not a units file (missing {missing}); rerun its task rule")

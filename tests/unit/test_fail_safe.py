@@ -294,7 +294,8 @@ def test_truncated_download_with_length_fails_and_records_nothing(tmp_path, toy_
                        r"kept in .*toy\.tar\.gz\.part"):
         recipes.obtain(recipes.RECIPES["toy"].archive, tmp_path / "data", progress=False,
                        retries=1, backoff=0)
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["toy.tar.gz.part"]
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [
+        "toy.tar.gz.part", "toy.tar.gz.part.json"]  # the .part and the record of its source
 
 
 def test_a_changed_source_names_the_ledger_entry_to_remove(tmp_path, toy_recipe):
@@ -399,7 +400,7 @@ def test_a_truncated_first_download_is_not_loaded_and_named(tmp_path, weights_se
     server.send_length = False  # the transfer looks complete
     server.truncate["v1/checkpoint.pth"] = 5000
     with pytest.raises(WeightsError, match=r"not a readable checkpoint, truncated or corrupt .*"
-                       r"; delete .*checkpoint\.pth \(a download cached in weights_dir\)"):
+                       r"; the download was removed from weights_dir: rerun to fetch it again"):
         _build(tmp_path, server.url("v1/checkpoint.pth"))
 
 
@@ -430,7 +431,7 @@ def test_shape_mismatch_and_corrupt_safetensors_are_one_line(tmp_path):
 
 
 def test_unreachable_weights_name_weights_dir(tmp_path, monkeypatch):
-    import patchlens.data.download as download
+    import patchlens.data.transfer as download
     from patchlens.errors import WeightsError
 
     monkeypatch.setattr(download.time, "sleep", lambda s: None)  # the retries' backoff

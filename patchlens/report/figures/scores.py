@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 import numpy as np
 import pandas as pd
@@ -163,8 +164,8 @@ def fig_drop_sweep(tables):
             (h,) = ax.plot(dl["m"], dl["value"], marker="o",
                            color=style.TASK_COLORS.get(task, "0.3"), label=name)
             handles.setdefault(name, h)
-        ax.set_title(f"{ctx.label(m)} ({ctx.families.get(m, style.DEFAULT_FAMILY)})",
-                     color=ctx.color(m))
+        title = f"{ctx.label(m)} ({ctx.families.get(m, style.DEFAULT_FAMILY)})"
+        ax.set_title(textwrap.fill(title, 28), color=ctx.color(m))  # long labels: several lines
         ax.set_xscale("symlog", linthresh=1)
         ms = sorted({int(v) for line in ax.get_lines() for v in line.get_xdata()})
         ax.set_xticks(ms, [str(v) for v in ms])
