@@ -56,10 +56,11 @@ OFFICIAL_SPLITS = {
     "davis2017": {"video": 1999},                       # DAVIS-2017 val 480p, 30 sequences
     "spair71k": {"pair": 1800},                         # SPair-71k images (shared by the pairs)
     "imagenette": {"train": 9469, "val": 3925},         # Imagenette v2 (320 px), 10 classes
+    "nyu_depth_v2": {"train": 795, "test": 654},        # NYU Depth v2 labelled, official split
 }
 DAVIS_SEQUENCES = 30
 DAVIS_OBJECTS = 61 / 30            # DAVIS-2017 val: 61 objects in 30 sequences
-MASK_SIZE = {"davis2017": (480, 854), "voc2012": (375, 500)}  # typical ground-truth mask (H, W)
+MASK_SIZE = {"davis2017": (480, 854), "voc2012": (375, 500), "nyu_depth_v2": (480, 640)}  # typical ground-truth mask (H, W)
 SPAIR_PAIRS = {"test": 12234, "val": 5384, "trn": 53340, "train": 53340}
 SPAIR_KEYPOINTS_PER_PAIR = 10      # SPair-71k test: about 10 annotated keypoint pairs per pair
 CLASSES = {"voc2012": 20, "imagenette": 10}        # foreground classes drawn for support
