@@ -197,3 +197,16 @@ def test_occluders_are_nearer_than_what_they_hide():
     win_b, m_b, _, _ = object_pixels(square, back[2], (64, 64))
     visible_back = z[win_b][m_b]
     assert (visible_back[visible_back != z_front[0]] == np.float32(z_back)).all()
+
+
+def test_oracle_depth_block_encodes_the_patch_geometric_mean(scenes):
+    im = scenes.split("val")[0]
+    z = scenes.load_depth(im).astype(np.float64)
+    lay = oracle.oracle_layout(scenes)
+    x = oracle.oracle_tokens(scenes, [im], GRID)[0, 0][:, lay.depth_slice]
+    s = TINY["image_size"] // GRID[0]
+    gmean = np.exp(np.log(z).reshape(GRID[0], s, GRID[1], s).mean((1, 3))).ravel()
+    t = (np.log(gmean) - np.log(oracle.DEPTH_RANGE[0])) / np.log(oracle.DEPTH_RANGE[1]
+                                                                  / oracle.DEPTH_RANGE[0])
+    np.testing.assert_allclose(x[:, 0], oracle.DEPTH_WEIGHT * np.cos(np.pi / 2 * t), atol=1e-6)
+    np.testing.assert_allclose(x[:, 1], oracle.DEPTH_WEIGHT * np.sin(np.pi / 2 * t), atol=1e-6)
