@@ -116,6 +116,9 @@ def _read_table(path: Path, columns: list[str], required: bool) -> pd.DataFrame 
                                                             "pair": str, "labels": str})
     except Exception as exc:  # pandas parser errors are long; keep one line
         raise DataError(f"{path}: not a readable CSV ({exc}); regenerate it") from exc
+    for c in OPTIONAL_COLUMNS:
+        if c in columns and c not in df.columns:
+            df[c] = ""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "

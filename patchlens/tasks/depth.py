@@ -225,4 +225,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int) -> float:
 SPEC = register_task(TaskSpec(
     name=TASK, title="Monocular depth", color="#882255", headline="delta1",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=70, figures=(), flop=flop))
+    order=70, figures=("depth",), flop=flop))
