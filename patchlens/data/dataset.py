@@ -255,21 +255,33 @@ class Dataset:
     def load_depth(self, image: str) -> np.ndarray:
         """Metric depth float32 (H, W) in metres, NaN where there is no measurement (the 16-bit
         millimetre PNG of the manifest's ``depth`` column)."""
+        key = (image, "depth")
+        mm = self._masks.get(key)
+        if mm is None:
+            mm = self._read_depth(image)
+            mm.setflags(write=False)
+            if self._mask_bytes + mm.nbytes <= MASK_CACHE_BYTES:  # shares the masks' budget
+                self._masks[key] = mm
+                self._mask_bytes += mm.nbytes
+        out = mm.astype(np.float32) / np.float32(DEPTH_SCALE)
+        out[mm == 0] = np.nan
+        return out
+
+    def _read_depth(self, image: str) -> np.ndarray:
+        """The depth PNG's millimetres, uint16 (H, W)."""
         path = self._file(image, "depth")
         row = self.manifest.loc[image]
         try:
             with Image.open(path) as im:
                 bad = depth_problem(im, _size(row["height"]), _size(row["width"]))
                 if bad is None:
-                    mm = np.asarray(im).astype(np.float32)
+                    mm = np.asarray(im).astype(np.uint16)
         except OSError as exc:
             raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
         if bad is not None:
             raise DataError(f"{path}: {bad}; the data set at {self.root} is inconsistent: fix "
                             "the converter or source and rerun the data preparation rule")
-        out = mm / np.float32(DEPTH_SCALE)
-        out[mm == 0] = np.nan
-        return out
+        return mm
 
     def labels(self, image: str) -> list[int]:
         """Image-level class ids."""

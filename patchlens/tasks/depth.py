@@ -25,6 +25,7 @@ The feature ``transform`` (variant) is applied to training and query tokens alik
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -99,11 +100,22 @@ def _with_depth(dataset: Dataset, split: str, role: str) -> tuple[list[str], lis
     return ok, [im for im in images if not has[im]]
 
 
+@lru_cache(maxsize=4)
+def _targets(dataset: Dataset, images: tuple[str, ...], grid: tuple[int, int],
+             lo: float, hi: float, min_valid: float) -> np.ndarray:
+    """Patch targets (n, h, w) of ``images``, once per job: an evaluator calls :func:`run`
+    for every layer and variant with the same Dataset (:mod:`patchlens.evaluate`)."""
+    out = np.stack([patch_targets(dataset.load_depth(im), grid, lo, hi, min_valid)
+                    for im in images])
+    out.setflags(write=False)
+    return out
+
+
 def training_patches(dataset: Dataset, images: list[str], grid: tuple[int, int], p: dict
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(flat indices into (image, h * w) of every labelled training patch, their depths)."""
-    targets = np.stack([patch_targets(dataset.load_depth(im), grid, p["min_depth"],
-                                      p["max_depth"], p["min_valid"]) for im in images])
+    targets = _targets(dataset, tuple(images), tuple(grid), float(p["min_depth"]),
+                       float(p["max_depth"]), float(p["min_valid"]))
     flat = targets.reshape(-1)
     idx = np.flatnonzero(np.isfinite(flat))
     if idx.size == 0:
