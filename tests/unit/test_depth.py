@@ -210,3 +210,11 @@ def test_oracle_depth_block_encodes_the_patch_geometric_mean(scenes):
                                                                   / oracle.DEPTH_RANGE[0])
     np.testing.assert_allclose(x[:, 0], oracle.DEPTH_WEIGHT * np.cos(np.pi / 2 * t), atol=1e-6)
     np.testing.assert_allclose(x[:, 1], oracle.DEPTH_WEIGHT * np.sin(np.pi / 2 * t), atol=1e-6)
+
+
+def test_paired_verdict_reads_errors_as_lower_is_better():
+    from patchlens.stats.paired import verdict
+    row = {"model_a": "a", "model_b": "b", "ci_low": 0.1, "ci_high": 0.3}
+    assert verdict({**row, "metric": "delta1"}) == "a > b"       # a higher delta: a better
+    assert verdict({**row, "metric": "rmse"}) == "b > a"         # a larger error: b better
+    assert verdict({**row, "metric": "rmse", "ci_low": -0.1}) == ""
