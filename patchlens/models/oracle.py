@@ -31,16 +31,17 @@ i.e. the patches of a ViT that sees the image resized to ``(h p, w p)``; the sam
   (over its measured pixels) mapped linearly from ``[log DEPTH_RANGE[0], log DEPTH_RANGE[1]]``
   to ``[0, 1]`` (clipped); zeros without a depth map. A linear head reads the depth off the angle
   (docs/protocols.md#depth); the block's norm is constant, so the orderings below keep their
-  margins (every bound moves by at most ``E^2 = 1``, less than the gaps).
+  margins (every bound moves by at most ``E^2 = 0.25``, far less than the gaps). The depth probe
+  standardises its features, so ``E`` does not change the oracle's depth scores.
 
-Weights ``A = B = 2, D = 1, E = 1``. Every patch wholly inside an object has squared norm
-``A^2 + B^2 + 2 D^2 + E^2 = 11`` with a depth map, 10 without (so cosine order = dot order
+Weights ``A = B = 2, D = 1, E = 0.5``. Every patch wholly inside an object has squared norm
+``A^2 + B^2 + 2 D^2 + E^2 = 10.25`` with a depth map, 10 without (so cosine order = dot order
 between object patches); the depth term of a dot product lies in ``[0, E^2]`` (both angles are in
 ``[0, pi/2]``), and:
   same identity            ``>= A^2 + B^2 = 8``  (the uv term then orders points within an object)
-  same class, other id.    ``in [A^2, A^2 + 2 D^2 + E^2] = [4, 7]``
-  other class              ``<= 2 D^2 + E^2 = 3``;  object vs background ``<= E^2 = 1``;
-  background vs background cosine ``>= A^2 / (A^2 + E^2) = 0.8`` (1 without depth). Hence cosine
+  same class, other id.    ``in [A^2, A^2 + 2 D^2 + E^2] = [4, 6.25]``
+  other class              ``<= 2 D^2 + E^2 = 2.25``;  object vs background ``<= E^2 = 0.25``;
+  background vs background cosine ``>= A^2 / (A^2 + E^2) = 0.94`` (1 without depth). Hence cosine
   k-NN recovers the class, the same identity is nearer than any other identity of its class, and
   within one identity the nearest patch is the one closest in (u, v) (among patches at one
   depth; across depths the depth term adds at most ``E^2``).
@@ -59,7 +60,7 @@ IDENTITY_WEIGHT = 2.0
 UV_WEIGHT = 1.0
 INSTANCE_SLOTS = 32
 UV_DIMS = 4
-DEPTH_WEIGHT = 1.0
+DEPTH_WEIGHT = 0.5
 DEPTH_DIMS = 2
 DEPTH_RANGE = (0.25, 16.0)  # metres: the log-depth interval psi spans (NYU: 0.7-10 m)
 
