@@ -218,3 +218,32 @@ def test_paired_verdict_reads_errors_as_lower_is_better():
     assert verdict({**row, "metric": "delta1"}) == "a > b"       # a higher delta: a better
     assert verdict({**row, "metric": "rmse"}) == "b > a"         # a larger error: b better
     assert verdict({**row, "metric": "rmse", "ci_low": -0.1}) == ""
+
+
+def test_depth_png_round_trip_and_refusals(tmp_path):
+    from PIL import Image
+
+    from patchlens.data.dataset import depth_to_png
+    from patchlens.data.layout import write_depth_png, write_layout
+    from patchlens.errors import DataError
+
+    z = np.array([[0.0, np.nan, 1.2344], [np.inf, 65.535, 0.0004]])
+    assert depth_to_png(z).tolist() == [[0, 0, 1234], [0, 65535, 1]]   # > 0 stays measured
+    with pytest.raises(ValueError, match="16-bit"):
+        depth_to_png(np.array([70.0]))
+    rgb = tmp_path / "images" / "a.png"
+    rgb.parent.mkdir()
+    Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(rgb)
+    (tmp_path / "depth").mkdir()
+    write_depth_png(z, tmp_path / "depth" / "a.png")
+    row = {"image": "a", "path": "images/a.png", "split": "val", "height": 2, "width": 3,
+           "depth": "depth/a.png"}
+    write_layout(tmp_path, [row], ["scene"])
+    got = Dataset(tmp_path).load_depth("a")
+    np.testing.assert_array_equal(np.isnan(got), [[True, True, False], [True, False, False]])
+    assert got[0, 2] == pytest.approx(1.234) and got[1, 1] == pytest.approx(65.535)
+    Image.fromarray(np.ones((2, 3), np.uint8)).save(tmp_path / "depth" / "a.png")  # 8-bit
+    with pytest.raises(DataError, match="a.png: mode L depth map"):
+        Dataset(tmp_path).load_depth("a")
+    with pytest.raises(DataError, match="a.png: mode L depth map"):
+        write_layout(tmp_path, [row], ["scene"])
