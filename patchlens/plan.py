@@ -60,7 +60,8 @@ OFFICIAL_SPLITS = {
 }
 DAVIS_SEQUENCES = 30
 DAVIS_OBJECTS = 61 / 30            # DAVIS-2017 val: 61 objects in 30 sequences
-MASK_SIZE = {"davis2017": (480, 854), "voc2012": (375, 500), "nyu_depth_v2": (480, 640)}  # typical ground-truth mask (H, W)
+MASK_SIZE = {"davis2017": (480, 854), "voc2012": (375, 500),  # typical ground-truth mask (H, W)
+             "nyu_depth_v2": (480, 640)}
 SPAIR_PAIRS = {"test": 12234, "val": 5384, "trn": 53340, "train": 53340}
 SPAIR_KEYPOINTS_PER_PAIR = 10      # SPair-71k test: about 10 annotated keypoint pairs per pair
 CLASSES = {"voc2012": 20, "imagenette": 10}        # foreground classes drawn for support
