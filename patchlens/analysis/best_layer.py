@@ -18,9 +18,10 @@ Protocol, on ``results/tables/scores.parquet`` (as ``collect_scores`` writes it)
 3. Per (keys, layer): the mean over seeds (each seed must have exactly one row).
 4. ``best_value`` = max over ALL scored layers (the block outputs 0..n_blocks-1 and, where the
    features carry it, the final-norm output ``layer == n_blocks``) -- min for the metrics in
-   :data:`LOWER_IS_BETTER` (none today: every patchlens metric is higher-is-better); ties go to
-   the shallower layer, where a tie is a seed mean within :data:`TIE` (``np.isclose`` rtol /
-   atol) of the best one, so two equal means that summation order left one ulp apart tie. ``last_layer = n_blocks - 1`` (``n_layers`` column), ``last_value`` the
+   :data:`LOWER_IS_BETTER` (the depth errors rmse, absrel, log10); ties go to the shallower
+   layer, where a tie is a seed mean within :data:`TIE` (``np.isclose`` rtol / atol) of the best
+   one, so two equal means that summation order left one ulp apart tie.
+   ``last_layer = n_blocks - 1`` (``n_layers`` column), ``last_value`` the
    seed mean there (NaN if that block was not scored), ``gap = best_value - last_value`` (>= 0
    for higher-is-better metrics; ``last_value - best_value`` for lower-is-better ones, so the gap
    is always the improvement over the last block). ``depth_frac = (best_layer + 1) / n_layers``
@@ -41,7 +42,9 @@ ITEM_COLUMNS = ("sequence", "scale_bin", "category")  # per-item breakdowns; "al
 OVERALL = "all"
 NOT_KEYS = {"layer", "seed", "value", "n_layers", "params", "family", "label", "depth_frac",
             "ci_low", "ci_high"}  # the intervals belong to a row, they never split one
-LOWER_IS_BETTER: frozenset = frozenset()  # metric names where smaller is better (none today)
+# metric names where smaller is better: the depth errors (patchlens.evaluation.depth, which
+# tests/unit/test_depth.py checks against this set; analysis cannot import the task registry)
+LOWER_IS_BETTER: frozenset = frozenset({"rmse", "absrel", "log10"})
 TIE = {"rtol": 1e-9, "atol": 1e-12}  # seed means this close are equal (best-layer ties)
 OUT_TAIL = ["best_layer", "best_value", "last_layer", "last_value", "gap", "n_layers",
             "depth_frac", "n_seeds"]

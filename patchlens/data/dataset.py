@@ -15,6 +15,9 @@ A data set lives in one directory (``results/data/{dataset}/`` by default)::
         labels     image-level class ids, space separated (low-shot classification), may be empty
         uv         relative path of a float32 .npy (H, W, 2) of canonical object coordinates
                    (scenes only; NaN off objects), may be empty
+        depth      relative path of a 16-bit grey PNG (H, W) of metric depth in millimetres,
+                   0 = no measurement (:func:`read_depth_png`), or empty; optional column (a
+                   manifest without it has no depth)
     classes.csv     class (int), name (str)                                     (required)
     objects.csv     image, instance, class, identity, area_frac, x0, y0, x1, y1 (optional)
                     one row per object occurrence; ``instance`` is its id in the instance PNG,
@@ -44,12 +47,15 @@ from PIL import Image
 from patchlens.errors import DataError
 
 MANIFEST_COLUMNS = ["image", "path", "split", "semantic", "instance", "sequence", "frame",
-                    "height", "width", "labels", "uv"]
+                    "height", "width", "labels", "uv", "depth"]
+OPTIONAL_COLUMNS = ("depth",)  # filled with "" when a manifest lacks them
 OBJECT_COLUMNS = ["image", "instance", "class", "identity", "area_frac", "x0", "y0", "x1", "y1"]
 KEYPOINT_COLUMNS = ["pair", "src_image", "trg_image", "kp", "src_x", "src_y", "trg_x", "trg_y",
                     "trg_x0", "trg_y0", "trg_x1", "trg_y1"]
 VOID = 255
 MASK_MODES = ("L", "P")  # 8-bit grey or palette indices
+DEPTH_MODES = ("I;16", "I;16B", "I;16L")  # 16-bit grey (PIL's names for it)
+DEPTH_SCALE = 1000.0  # depth PNG value per metre (millimetres; 0 = no measurement)
 
 
 MASK_CACHE_BYTES = 512 * 2**20  # decoded masks kept per Dataset (uint8: VOC's 2,913 masks ~ 0.5 GB)
@@ -66,6 +72,29 @@ def mask_problem(im: Image.Image, height: int | None, width: int | None) -> str 
     if height is not None and width is not None and (im.height, im.width) != (height, width):
         return (f"mask is {im.height}x{im.width} (HxW) but its image is {height}x{width}")
     return None
+
+
+def depth_problem(im: Image.Image, height: int | None, width: int | None) -> str | None:
+    """Why an opened depth image is unusable (one phrase), None when it is a 16-bit grey PNG of
+    size (height, width) (None: size not known, not checked)."""
+    if im.mode not in DEPTH_MODES:
+        return f"mode {im.mode} depth map; expected a 16-bit grey PNG in millimetres (0 = none)"
+    if height is not None and width is not None and (im.height, im.width) != (height, width):
+        return f"depth map is {im.height}x{im.width} (HxW) but its image is {height}x{width}"
+    return None
+
+
+def depth_to_png(depth: np.ndarray) -> np.ndarray:
+    """Metric depth (H, W) in metres (NaN, inf or <= 0: no measurement) -> uint16 millimetres
+    (0 = none), rounded; depths beyond 65.535 m are refused (ValueError)."""
+    d = np.asarray(depth, np.float64)
+    ok = np.isfinite(d) & (d > 0)
+    mm = np.zeros(d.shape, np.uint16)
+    v = np.round(d[ok] * DEPTH_SCALE)
+    if v.size and v.max() > np.iinfo(np.uint16).max:
+        raise ValueError(f"depth {d[ok].max():.3f} m does not fit a 16-bit PNG in millimetres")
+    mm[ok] = np.maximum(v, 1).astype(np.uint16)
+    return mm
 
 
 def _size(value) -> int | None:
@@ -87,6 +116,9 @@ def _read_table(path: Path, columns: list[str], required: bool) -> pd.DataFrame 
                                                             "pair": str, "labels": str})
     except Exception as exc:  # pandas parser errors are long; keep one line
         raise DataError(f"{path}: not a readable CSV ({exc}); regenerate it") from exc
+    for c in OPTIONAL_COLUMNS:
+        if c in columns and c not in df.columns:
+            df[c] = ""
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
@@ -140,7 +172,7 @@ class Dataset:
 
     def has(self, what: str) -> bool:
         """Whether the data set carries a kind of ground truth:
-        semantic, instance, objects, keypoints, video, labels, uv."""
+        semantic, instance, objects, keypoints, video, labels, uv, depth."""
         m = self.manifest
         return {
             "semantic": bool((m["semantic"] != "").any()),
@@ -150,6 +182,7 @@ class Dataset:
             "video": bool((m["sequence"] != "").any()),
             "labels": bool((m["labels"] != "").any()),
             "uv": bool((m["uv"] != "").any()),
+            "depth": bool((m["depth"] != "").any()),
         }[what]
 
     # -- files -----------------------------------------------------------------------------
@@ -218,6 +251,37 @@ class Dataset:
         """Canonical object coordinates float32 (H, W, 2), NaN off objects."""
         path = self._file(image, "uv")
         return np.load(path, allow_pickle=False)
+
+    def load_depth(self, image: str) -> np.ndarray:
+        """Metric depth float32 (H, W) in metres, NaN where there is no measurement (the 16-bit
+        millimetre PNG of the manifest's ``depth`` column)."""
+        key = (image, "depth")
+        mm = self._masks.get(key)
+        if mm is None:
+            mm = self._read_depth(image)
+            mm.setflags(write=False)
+            if self._mask_bytes + mm.nbytes <= MASK_CACHE_BYTES:  # shares the masks' budget
+                self._masks[key] = mm
+                self._mask_bytes += mm.nbytes
+        out = mm.astype(np.float32) / np.float32(DEPTH_SCALE)
+        out[mm == 0] = np.nan
+        return out
+
+    def _read_depth(self, image: str) -> np.ndarray:
+        """The depth PNG's millimetres, uint16 (H, W)."""
+        path = self._file(image, "depth")
+        row = self.manifest.loc[image]
+        try:
+            with Image.open(path) as im:
+                bad = depth_problem(im, _size(row["height"]), _size(row["width"]))
+                if bad is None:
+                    mm = np.asarray(im).astype(np.uint16)
+        except OSError as exc:
+            raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
+        if bad is not None:
+            raise DataError(f"{path}: {bad}; the data set at {self.root} is inconsistent: fix "
+                            "the converter or source and rerun the data preparation rule")
+        return mm
 
     def labels(self, image: str) -> list[int]:
         """Image-level class ids."""

@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from patchlens.data.dataset import (KEYPOINT_COLUMNS, MANIFEST_COLUMNS, OBJECT_COLUMNS,
-                                    mask_problem)
+                                    depth_problem, depth_to_png, mask_problem)
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import atomic_path, write_csv
 
@@ -87,6 +87,13 @@ def write_index_png(array: np.ndarray, path: Path) -> None:
             tmp, format="PNG")
 
 
+def write_depth_png(depth: np.ndarray, path: Path) -> None:
+    """Write metric depth (H, W) in metres as the layout's 16-bit millimetre PNG (0 = no
+    measurement: NaN, inf, <= 0), atomically (:func:`patchlens.data.dataset.depth_to_png`)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(depth_to_png(depth)).save(tmp, format="PNG")
+
+
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) from the image header; DataError when missing or unreadable."""
     with open_image(path) as im:
@@ -129,16 +136,16 @@ def write_layout(out_dir: str | os.PathLike, manifest: Iterable[dict], classes: 
 
 
 def check_masks(out_dir: Path, manifest: pd.DataFrame) -> None:
-    """DataError naming the first mask that is not an 8-bit index PNG of its image's size (reads
-    only the PNG headers)."""
-    for column in ("semantic", "instance"):
+    """DataError naming the first mask that is not an 8-bit index PNG of its image's size, or
+    depth map that is not a 16-bit PNG of it (reads only the PNG headers)."""
+    for column in ("semantic", "instance", "depth"):
         for rel, h, w in manifest[manifest[column] != ""][[column, "height", "width"]].itertuples(
                 index=False):
             path = Path(out_dir) / rel
             size = [int(v) if str(v).strip().lstrip("-").isdigit() and int(v) > 0 else None
                     for v in (h, w)]
             with open_image(path) as im:
-                bad = mask_problem(im, *size)
+                bad = (depth_problem if column == "depth" else mask_problem)(im, *size)
             if bad:
                 raise DataError(f"{path}: {bad}; the source tree is inconsistent: re-extract "
                                 "the archive or fix the converter")

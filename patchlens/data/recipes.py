@@ -62,6 +62,8 @@ class Recipe:
     homepage: str
     citation: str
     builtin: bool = False  # made from files an installed package ships: nothing to obtain
+    files: tuple[Archive, ...] = ()  # plain files (no archive), fetched as they are (filename
+    #                                  relative to data_dir, under ``root``)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -166,6 +168,28 @@ RECIPES: dict[str, Recipe] = {
         homepage="https://scikit-image.org/docs/stable/api/skimage.data.html",
         citation="van der Walt et al., scikit-image: image processing in Python, PeerJ 2014",
         builtin=True),
+    "nyu_depth_v2": Recipe(
+        name="nyu_depth_v2",
+        description="NYU Depth v2 labelled subset (1,449 indoor RGB-D images, official 795/654 "
+                    "train/test split), metric depth",
+        archive=None,
+        files=(
+            Archive(filename="nyu_depth_v2/nyu_depth_v2_labeled.mat",
+                    urls=("http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/"
+                          "nyu_depth_v2_labeled.mat",),
+                    size=2_972_037_809,
+                    source="no published checksum: SHA-256 recorded in checksums.json on first "
+                           "download (trust on first use, only at this size)"),
+            Archive(filename="nyu_depth_v2/splits.mat",
+                    urls=("http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat",),
+                    source="no published checksum: SHA-256 recorded in checksums.json on first "
+                           "download (trust on first use)")),
+        root="nyu_depth_v2",
+        probe="splits.mat",
+        converter="patchlens.data.nyu:convert",
+        homepage="https://cs.nyu.edu/~silberman/datasets/nyu_depth_v2.html",
+        citation="Silberman et al., Indoor Segmentation and Support Inference from RGBD Images, "
+                 "ECCV 2012"),
 }
 
 
@@ -252,6 +276,33 @@ def record_first_use(archive: Archive, data_dir: str | os.PathLike) -> None:
         _record_checksum(data_dir, archive.filename, sha256sum(data_dir / archive.filename))
 
 
+def obtain_files(files: tuple[Archive, ...], data_dir: str | os.PathLike,
+                 url: str | None = None, progress: bool = True) -> None:
+    """Every plain file of a recipe, verified, under ``data_dir`` (:func:`obtain`; ``url``: a
+    directory or URL prefix holding them under their base names). A file without a published
+    checksum is trusted on first use only when its size is the recipe's (when it gives one);
+    otherwise a fresh download is deleted."""
+    data_dir = Path(data_dir)
+    for f in files:
+        path = data_dir / f.filename
+        with _locked(path):
+            downloaded = not path.exists()
+            source = f"{url.rstrip('/')}/{Path(f.filename).name}" if url else None
+            obtain(f, data_dir, url=source, progress=progress)
+            trusting = (f.sha256 is None and f.md5 is None
+                        and f.filename not in recorded_checksums(data_dir))
+            size = path.stat().st_size
+            if trusting and f.size is not None and size != f.size:
+                if downloaded:
+                    path.unlink()
+                raise DataError(f"{path}: {size} bytes, expected {f.size}; no checksum is "
+                                "published, so "
+                                "nothing was recorded"
+                                + (" and the download was deleted: rerun" if downloaded else
+                                   f": delete {path} and rerun"))
+            record_first_use(f, data_dir)
+
+
 def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
             params: dict | None = None) -> None:
     """Obtain, extract and convert data set ``name`` into ``out_dir`` (manifest.csv last).
@@ -272,6 +323,9 @@ def prepare(name: str, data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         root = None
     elif root_param is not None:
         root = Path(root_param)
+    elif recipe.files:
+        root = data_dir / recipe.root
+        obtain_files(recipe.files, data_dir, url, progress)
     elif recipe.archive is None:
         raise ConfigError(f"data set recipe {name!r} downloads nothing: give params.root, the "
                           "directory that holds the tree to convert")

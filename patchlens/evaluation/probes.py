@@ -41,21 +41,24 @@ def optimizer_blas_on_one_thread():
 
 @dataclass
 class LinearProbe:
-    """Multinomial logistic regression on L2-normalised, standardised features."""
+    """Multinomial logistic regression on L2-normalised (unless ``l2`` is false), standardised
+    features."""
     mean: np.ndarray
     scale: np.ndarray
     weight: np.ndarray  # (C, K)
     bias: np.ndarray    # (K,)
     n_evals: int = 0    # objective evaluations of the fit (about one per L-BFGS iteration)
+    l2: bool = True     # features L2-normalised first (the few-shot protocol)
 
     @classmethod
     def fit(cls, x: np.ndarray, y: np.ndarray, n_classes: int, weight_decay: float,
-            iters: int) -> "LinearProbe":
+            iters: int, l2: bool = True) -> "LinearProbe":
         """Minimise mean cross-entropy + (weight_decay / 2) |W|^2 (bias not penalised) with
         full-batch L-BFGS (scipy), ``iters`` iterations from zero: deterministic given the data.
         Features are L2-normalised (the geometry the k-NN head uses), then standardised with the
-        support mean and standard deviation (conditioning only: the model class is unchanged)."""
-        x = l2_normalize(x)
+        support mean and standard deviation (conditioning only: the model class is unchanged).
+        ``l2=False`` skips the L2 normalisation (the depth probe: depth is not a direction)."""
+        x = l2_normalize(x) if l2 else np.asarray(x, np.float32)
         mean = x.mean(0)
         scale = np.maximum(x.std(0), 1e-6)
         x = np.ascontiguousarray((x - mean) / scale, dtype=np.float32)
@@ -80,8 +83,9 @@ class LinearProbe:
                            options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
         theta = res.x
         return cls(mean, scale, theta[:c * n_classes].reshape(c, n_classes).astype(np.float32),
-                   theta[c * n_classes:].astype(np.float32), int(res.nfev))
+                   theta[c * n_classes:].astype(np.float32), int(res.nfev), bool(l2))
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Class scores (n, K) of features (n, C)."""
-        return ((l2_normalize(x) - self.mean) / self.scale) @ self.weight + self.bias
+        x = l2_normalize(x) if self.l2 else np.asarray(x, np.float32)
+        return ((x - self.mean) / self.scale) @ self.weight + self.bias

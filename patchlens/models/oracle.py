@@ -9,7 +9,7 @@ belongs to the patch containing its centre, ``[floor((r + 0.5) h / H), floor((c 
 i.e. the patches of a ViT that sees the image resized to ``(h p, w p)``; the same convention as
 :func:`patchlens.evaluation.upsample.resize_nearest`)::
 
-    x = [ A * share(class) | B * share(identity or instance slot) | D * phi(u, v) ]
+    x = [ A * share(class) | B * share(identity or instance slot) | D * phi(u, v) | E * psi(z) ]
 
 * class block: the share of each class among the patch's non-void pixels (background 0
   included), so a patch inside one region is the one-hot of its class (the majority class, the
@@ -27,13 +27,24 @@ i.e. the patches of a ViT that sees the image resized to ``(h p, w p)``; the sam
   ``u, v in [0, 1]``, ``phi(a) . phi(b) = cos(pi/2 |du|) + cos(pi/2 |dv|)``, which lies in
   ``[0, 2]`` and decreases monotonically in ``|du|`` and in ``|dv|``.
 
-Weights ``A = B = 2, D = 1``. Every patch wholly inside an object has squared norm ``A^2 + B^2 + 2 D^2 = 10`` (so
-cosine order = dot order between object patches) and:
+* ``psi(z) = (cos(theta), sin(theta))``, ``theta = pi/2 * t``, ``t`` the patch's mean log depth
+  (over its measured pixels) mapped linearly from ``[log DEPTH_RANGE[0], log DEPTH_RANGE[1]]``
+  to ``[0, 1]`` (clipped); zeros without a depth map. A linear head reads the depth off the angle
+  (docs/protocols.md#depth); the block's norm is constant, so the orderings below keep their
+  margins (every bound moves by at most ``E^2 = 0.25``, far less than the gaps). The depth probe
+  standardises its features, so ``E`` does not change the oracle's depth scores.
+
+Weights ``A = B = 2, D = 1, E = 0.5``. Every patch wholly inside an object has squared norm
+``A^2 + B^2 + 2 D^2 + E^2 = 10.25`` with a depth map, 10 without (so cosine order = dot order
+between object patches); the depth term of a dot product lies in ``[0, E^2]`` (both angles are in
+``[0, pi/2]``), and:
   same identity            ``>= A^2 + B^2 = 8``  (the uv term then orders points within an object)
-  same class, other id.    ``in [A^2, A^2 + 2 D^2] = [4, 6]``
-  other class              ``<= 2 D^2 = 2``;  object vs background ``0``; background vs background
-  cosine 1. Hence cosine k-NN recovers the class, the same identity is nearer than any other
-  identity of its class, and within one identity the nearest patch is the one closest in (u, v).
+  same class, other id.    ``in [A^2, A^2 + 2 D^2 + E^2] = [4, 6.25]``
+  other class              ``<= 2 D^2 + E^2 = 2.25``;  object vs background ``<= E^2 = 0.25``;
+  background vs background cosine ``>= A^2 / (A^2 + E^2) = 0.94`` (1 without depth). Hence cosine
+  k-NN recovers the class, the same identity is nearer than any other identity of its class, and
+  within one identity the nearest patch is the one closest in (u, v) (among patches at one
+  depth; across depths the depth term adds at most ``E^2``).
 """
 from __future__ import annotations
 
@@ -49,18 +60,21 @@ IDENTITY_WEIGHT = 2.0
 UV_WEIGHT = 1.0
 INSTANCE_SLOTS = 32
 UV_DIMS = 4
+DEPTH_WEIGHT = 0.5
+DEPTH_DIMS = 2
+DEPTH_RANGE = (0.25, 16.0)  # metres: the log-depth interval psi spans (NYU: 0.7-10 m)
 
 
 @dataclass(frozen=True)
 class OracleLayout:
-    """Channel layout: ``[classes | identities | instance slots | uv embedding]``."""
+    """Channel layout: ``[classes | identities | instance slots | uv embedding | depth]``."""
     n_classes: int
     n_identities: int
     n_slots: int = INSTANCE_SLOTS
 
     @property
     def channels(self) -> int:
-        return self.n_classes + self.n_identities + self.n_slots + UV_DIMS
+        return self.n_classes + self.n_identities + self.n_slots + UV_DIMS + DEPTH_DIMS
 
     @property
     def class_slice(self) -> slice:
@@ -73,7 +87,12 @@ class OracleLayout:
 
     @property
     def uv_slice(self) -> slice:
-        return slice(self.channels - UV_DIMS, self.channels)
+        end = self.channels - DEPTH_DIMS
+        return slice(end - UV_DIMS, end)
+
+    @property
+    def depth_slice(self) -> slice:
+        return slice(self.channels - DEPTH_DIMS, self.channels)
 
 
 def oracle_layout(dataset: Dataset) -> OracleLayout:
@@ -99,6 +118,14 @@ def uv_embedding(uv: np.ndarray) -> np.ndarray:
     a = 0.5 * np.pi * np.asarray(uv, np.float64)
     return np.stack([np.cos(a[..., 0]), np.sin(a[..., 0]),
                      np.cos(a[..., 1]), np.sin(a[..., 1])], -1)
+
+
+def depth_embedding(depth: np.ndarray) -> np.ndarray:
+    """(...) depth in metres -> (..., 2) ``(cos, sin)(pi/2 t)`` with ``t`` the log depth mapped
+    from :data:`DEPTH_RANGE` to [0, 1] (clipped)."""
+    lo, hi = np.log(DEPTH_RANGE[0]), np.log(DEPTH_RANGE[1])
+    t = np.clip((np.log(np.asarray(depth, np.float64)) - lo) / (hi - lo), 0.0, 1.0)
+    return np.stack([np.cos(0.5 * np.pi * t), np.sin(0.5 * np.pi * t)], -1)
 
 
 def patch_index(size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
@@ -128,14 +155,16 @@ def _fractions(labels: np.ndarray, pidx: np.ndarray, keep: np.ndarray, n_patches
 def oracle_patch_features(layout: OracleLayout, grid: tuple[int, int],
                           semantic: np.ndarray | None, instance: np.ndarray | None = None,
                           uv: np.ndarray | None = None,
-                          identity_of: dict[int, int] | None = None) -> np.ndarray:
+                          identity_of: dict[int, int] | None = None,
+                          depth: np.ndarray | None = None) -> np.ndarray:
     """Oracle features (h*w, C) float32 of one image from its ground-truth maps (see module doc).
 
     ``semantic``/``instance`` uint8 (H, W) (255 void), ``uv`` float (H, W, 2) NaN off objects,
+    ``depth`` float (H, W) metres, NaN where not measured,
     ``identity_of`` maps instance id -> data-set identity (missing or -1: instance slot).
     Any map may be None; its blocks are then zero.
     """
-    ref = next((a for a in (semantic, instance, uv) if a is not None), None)
+    ref = next((a for a in (semantic, instance, uv, depth) if a is not None), None)
     P = grid[0] * grid[1]
     out = np.zeros((P, layout.channels), np.float32)
     if ref is None:
@@ -187,6 +216,14 @@ def oracle_patch_features(layout: OracleLayout, grid: tuple[int, int],
         has = n > 0
         mean = np.stack([su[has], sv[has]], 1) / n[has, None]
         out[has, layout.uv_slice] = UV_WEIGHT * uv_embedding(np.clip(mean, 0, 1))
+
+    if depth is not None:
+        d = depth.reshape(-1).astype(np.float64)
+        keep = np.isfinite(d) & (d > 0)
+        n = np.bincount(pidx[keep], minlength=P)
+        s = np.bincount(pidx[keep], np.log(d[keep]), minlength=P)
+        has = n > 0
+        out[has, layout.depth_slice] = DEPTH_WEIGHT * depth_embedding(np.exp(s[has] / n[has]))
     return out
 
 
@@ -203,8 +240,8 @@ def _identities_by_image(dataset: Dataset) -> dict[str, dict[int, int]]:
 
 def oracle_tokens(dataset: Dataset, images: list[str], grid: tuple[int, int]) -> np.ndarray:
     """Oracle patch tokens (n, 1, h*w, C) float32 for ``images`` (one "layer"); C is
-    :func:`oracle_channels` of the data set. Images without a semantic, instance or uv file get
-    zeros in the corresponding block."""
+    :func:`oracle_channels` of the data set. Images without a semantic, instance, uv or depth
+    file get zeros in the corresponding block."""
     layout = oracle_layout(dataset)
     by_image = _identities_by_image(dataset)
     m = dataset.manifest
@@ -216,9 +253,10 @@ def oracle_tokens(dataset: Dataset, images: list[str], grid: tuple[int, int]) ->
         sem = dataset.load_semantic(im) if row["semantic"] != "" else None
         inst = dataset.load_instance(im) if row["instance"] != "" else None
         uv = dataset.load_uv(im) if row["uv"] != "" else None
+        depth = dataset.load_depth(im) if row["depth"] != "" else None
         try:
             out[i, 0] = oracle_patch_features(layout, grid, sem, inst, uv,
-                                              by_image.get(str(im)))
+                                              by_image.get(str(im)), depth)
         except DataError as exc:
             raise DataError(f"{dataset.root / row['semantic']} (image {im!r}): {exc}") from None
     return out

@@ -17,7 +17,8 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
+from patchlens.analysis.best_layer import (ITEM_COLUMNS, LOWER_IS_BETTER, TASK_KEYS,
+                                           best_layer_table)
 from patchlens.errors import DataError
 from patchlens.stats.bootstrap import (DEFAULT_PARAMS, EXACT_MAX_UNITS, p_floor,
                                        paired_bootstrap, point)
@@ -116,11 +117,16 @@ def read_units(paths) -> dict:
 
 
 def verdict(row) -> str:
-    """'a > b' / 'b > a' where the interval excludes 0, else '' (no claim)."""
-    if not (np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"])):
+    """'a > b' / 'b > a' (a scores better: higher, or lower for the errors in
+    :data:`~patchlens.analysis.best_layer.LOWER_IS_BETTER`) where the interval of a - b excludes
+    0, else '' (no claim)."""
+    lo, hi = row["ci_low"], row["ci_high"]
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
-    if row["ci_low"] > 0:
+    if row.get("metric") in LOWER_IS_BETTER:  # a smaller error is the better score
+        lo, hi = -hi, -lo
+    if lo > 0:
         return f"{row['model_a']} > {row['model_b']}"
-    if row["ci_high"] < 0:
+    if hi < 0:
         return f"{row['model_b']} > {row['model_a']}"
     return ""

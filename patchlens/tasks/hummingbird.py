@@ -318,4 +318,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) ->
 SPEC = register_task(TaskSpec(
     name=TASK, title="Hummingbird retrieval", color="#8c564b", headline="miou",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=70, figures=("hummingbird",), flop=flop))
+    order=80, figures=("hummingbird",), flop=flop))

@@ -106,18 +106,21 @@ def test_best_layer_table_recomputed_from_scores(workdir):
     overall = scores["sequence"].isin(["", "all"]) & scores["scale_bin"].isin(["", "all"])
     if "category" in scores:
         overall &= scores["category"].isin(["", "all"])
+    errors = {"rmse", "absrel", "log10"}  # the depth errors: the smallest is the best
     rows = []
     for key, g in scores[overall].groupby(keys):
         per_layer = g.groupby("layer")["value"].mean()
         n_blocks = int(g["n_layers"].iloc[0])
+        sign = -1.0 if key[keys.index("metric")] in errors else 1.0
         # ties (means equal up to summation order, rtol 1e-9 / atol 1e-12): the shallower layer
-        layer = int(per_layer[np.isclose(per_layer, per_layer.max(), rtol=1e-9,
-                                         atol=1e-12)].index.min())
-        rows.append(dict(zip(keys, key), best_value=per_layer[layer], best_layer=layer,
-                         last_value=per_layer.get(n_blocks - 1, np.nan),
-                         n_seeds=g.loc[g["layer"] == layer, "seed"].nunique()))
+        signed = sign * per_layer
+        best_layer = int(per_layer[np.isclose(signed, signed.max(), rtol=1e-9,
+                                              atol=1e-12)].index.min())
+        rows.append(dict(zip(keys, key), best_value=per_layer[best_layer], best_layer=best_layer,
+                         last_value=per_layer.get(n_blocks - 1, np.nan), sign=sign,
+                         n_seeds=g.loc[g["layer"] == best_layer, "seed"].nunique()))
     want = pd.DataFrame(rows)
-    want["gap"] = want["best_value"] - want["last_value"]
+    want["gap"] = want["sign"] * (want["best_value"] - want["last_value"])
     assert len(got) == len(want) and not got.duplicated(keys).any()
     got["feature"], got["head"] = got["feature"].astype(str), got["head"].astype(str)
     m = got.merge(want, on=keys, suffixes=("", "_want"), validate="one_to_one")

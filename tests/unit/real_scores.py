@@ -35,7 +35,8 @@ MODELS = {"deep": {"label": "Deep (noisy oracle)", "family": "contrastive", "tim
 TASK_PARAMS = {"fewshot_seg": {"seeds": [0, 1], "n_shots": 2}, "instance_id": {},
                "retrieval": {}, "tracking": {}, "keypoints": {},
                "lowshot_cls": {"seeds": [0], "n_shots": [1, 2]},
-               "hummingbird": {"memory_size": 500}}
+               "hummingbird": {"memory_size": 500},
+               "depth": {"head": "log_regression"}}
 DEEP_BLOCKS = 3
 NOISE = [3.0, 1.5, 0.6, 0.3]  # per layer of "deep": 3 blocks, then the final-norm entry
 

@@ -18,7 +18,9 @@ def scores(tmp_path_factory):
 
 
 def _independent(scores: pd.DataFrame) -> pd.DataFrame:
-    """best / last / gap written out plainly: overall rows, seed mean, max over layers."""
+    """best / last / gap written out plainly: overall rows, seed mean, max over layers (min for
+    the depth errors)."""
+    errors = {"rmse", "absrel", "log10"}
     rows = []
     s = scores[scores["sequence"].isin(["", "all"]) & scores["scale_bin"].isin(["", "all"])]
     for key, g in s.groupby(KEY):
@@ -27,13 +29,14 @@ def _independent(scores: pd.DataFrame) -> pd.DataFrame:
         for layer, gl in g.groupby("layer"):
             per_layer[layer] = gl["value"].mean()
             seeds[layer] = gl["seed"].nunique()
-        best = max(per_layer.values())
+        lower = key[KEY.index("metric")] in errors
+        best = (min if lower else max)(per_layer.values())
         best_layer = min(la for la, v in per_layer.items() if v == best)
         n = int(g["n_layers"].iloc[0])
         last = per_layer.get(n - 1, np.nan)
         rows.append(dict(zip(KEY, key), best_layer=best_layer, best_value=best,
-                         last_value=last, gap=best - last, n_seeds=seeds[best_layer],
-                         last_layer=n - 1))
+                         last_value=last, gap=(last - best) if lower else (best - last),
+                         n_seeds=seeds[best_layer], last_layer=n - 1))
     return pd.DataFrame(rows)
 
 

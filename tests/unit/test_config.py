@@ -21,8 +21,9 @@ def test_demo_and_tiny_configs_validate_and_fill_defaults(demo):
     # the oracle is limited to scenes; tracking and keypoints run on raw features only
     assert ("tracking", "oracle", "scenes", "raw") in jobs
     assert ("tracking", "pixels", "scenes", "zscore") not in jobs
-    assert len(jobs) == 4 * (3 * 4 + 2 + 2 + 1)  # 4 models; fewshot_seg on raw and drop4 only;
-    # tracking, keypoints and hummingbird on raw only
+    assert ("depth", "oracle", "scenes", "raw") in jobs
+    # 4 models; fewshot_seg on raw and drop4 only; tracking, keypoints, hummingbird, depth on raw
+    assert len(jobs) == 4 * (3 * 4 + 2 + 2 + 1 + 1)
 
 
 def test_task_and_analysis_params_fill_defaults_and_reject_unknown_names(demo):

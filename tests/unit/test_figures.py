@@ -50,6 +50,8 @@ def _rows_n(task, model, metric, variant="raw", seeds=(0,), fn=None, n=None, **e
         extra = dict(n_classes_short=2, n_classes_missing=1, **extra)
     if task == "hummingbird":  # the memory bank the evaluator reports
         extra = dict(n_memory=492, n_memory_images=12, n_patches_per_image=41, **extra)
+    if task == "depth":
+        extra = dict(n_train_patches=1000, n_empty=0, **extra)
     for layer in range(n):
         for s in seeds:
             v = fn(layer, n) if fn else _curve(model, layer, n, peak)
@@ -93,6 +95,8 @@ def synthetic_scores(models=MODELS):
             for metric in ("acc", "mlmap"):
                 rows += _rows("lowshot_cls", m, metric, shots=5, feature=feat,
                               fn=lambda l, n, m=m, o=off: _curve(m, l, n, 0.7) + o)
+        for metric in ("rmse", "absrel", "log10", "delta1", "delta2", "delta3"):
+            rows += _rows("depth", m, metric)
     return pd.DataFrame(rows)
 
 
@@ -406,7 +410,7 @@ def test_best_layer_heatmap_annotations(tables):
     b = b[(b.metric == b.task.map(T.HEADLINE_METRIC)) & (b.model != "pixels")]
     # low-shot patch and cls rows share (model, task, metric): the better one is shown
     b = b.loc[b.groupby(["model", "task", "dataset", "metric"])["best_value"].idxmax()]
-    assert len(b) == 3 * 7
+    assert len(b) == 3 * 8
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(b["best_layer"].astype(int))
     # single-layer baselines have no layer to choose and are left out
     assert [t.get_text() for t in ax.get_yticklabels()] == ["dino", "ibot", "mae"]

@@ -69,7 +69,7 @@ def _patch_labels(ds, images, tok):
 def test_shape_and_channels(ds, tokens):
     n_cls = len(ds.classes)
     n_id = int(ds.objects["identity"].max()) + 1
-    C = n_cls + n_id + oracle.INSTANCE_SLOTS + 4
+    C = n_cls + n_id + oracle.INSTANCE_SLOTS + oracle.UV_DIMS + oracle.DEPTH_DIMS
     assert oracle.oracle_channels(ds) == C
     assert tokens.shape == (len(ds.images), 1, GRID[0] * GRID[1], C)
     assert tokens.dtype == np.float32
@@ -218,7 +218,7 @@ def test_missing_maps_give_zero_blocks(ds, tmp_path):
     m = pd.read_csv(root / "manifest.csv", keep_default_na=False, dtype=str)
     im_a, im_b = ds.split("val")[:2]
     m.loc[m["image"] == im_a, ["instance", "uv"]] = ""
-    m.loc[m["image"] == im_b, ["semantic", "instance", "uv"]] = ""
+    m.loc[m["image"] == im_b, ["semantic", "instance", "uv", "depth"]] = ""
     m.to_csv(root / "manifest.csv", index=False)
     d2 = Dataset(root)
     lay = oracle.oracle_layout(d2)
@@ -226,6 +226,7 @@ def test_missing_maps_give_zero_blocks(ds, tmp_path):
     full = oracle.oracle_tokens(ds, [im_a], GRID)[0, 0]
     np.testing.assert_array_equal(t[0, :, lay.class_slice], full[:, lay.class_slice])
     assert not t[0, :, lay.identity_slice].any() and not t[0, :, lay.uv_slice].any()
+    np.testing.assert_array_equal(t[0, :, lay.depth_slice], full[:, lay.depth_slice])
     assert not t[1].any()
 
 

@@ -28,7 +28,7 @@ TASK_MODULES = [m.name for m in pkgutil.iter_modules(patchlens.tasks.__path__)
 
 def test_the_tasks_are_registered_in_report_order():
     assert task_names() == ("fewshot_seg", "instance_id", "retrieval", "tracking", "keypoints",
-                            "lowshot_cls", "hummingbird")
+                            "lowshot_cls", "depth", "hummingbird")
     assert C.TASKS == task_names()
     assert sorted(TASK_MODULES) == sorted(task_names())
 

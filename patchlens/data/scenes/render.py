@@ -187,6 +187,26 @@ class Placement:
         return self.cx + c * a - s * b, self.cy + s * a + c * b
 
 
+def object_pixels(ident: Identity, pl: Placement, size: tuple[int, int]):
+    """The pixels an object covers in an image of ``size`` (H, W): ``(window, mask, u, v)`` --
+    the (row, column) slices of its clipped box, the boolean mask of the pixels in that window
+    whose centre maps inside its shape, and their canonical coordinates -- or None when it
+    covers no pixel."""
+    H, W = size
+    x0, y0, x1, y1 = pl.box()
+    c0, r0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
+    c1, r1 = min(int(math.ceil(x1)), W), min(int(math.ceil(y1)), H)
+    if c0 >= c1 or r0 >= r1:
+        return None
+    xs = np.arange(c0, c1, dtype=np.float64) + 0.5
+    ys = np.arange(r0, r1, dtype=np.float64) + 0.5
+    u, v = pl.to_uv(xs[None, :], ys[:, None])
+    m = shape_mask(ident.shape, u, v)
+    if not m.any():
+        return None
+    return (slice(r0, r1), slice(c0, c1)), m, u, v
+
+
 def render(background: np.ndarray, objects: list[tuple[int, Identity, Placement]]):
     """Paint objects (instance id, identity, placement) back to front over an RGB uint8 background.
 
@@ -199,18 +219,10 @@ def render(background: np.ndarray, objects: list[tuple[int, Identity, Placement]
     inst = np.zeros((H, W), np.uint8)
     uv = np.full((H, W, 2), np.nan, np.float32)
     for k, ident, pl in objects:
-        x0, y0, x1, y1 = pl.box()
-        c0, r0 = max(int(math.floor(x0)), 0), max(int(math.floor(y0)), 0)
-        c1, r1 = min(int(math.ceil(x1)), W), min(int(math.ceil(y1)), H)
-        if c0 >= c1 or r0 >= r1:
+        found = object_pixels(ident, pl, (H, W))
+        if found is None:
             continue
-        xs = np.arange(c0, c1, dtype=np.float64) + 0.5
-        ys = np.arange(r0, r1, dtype=np.float64) + 0.5
-        u, v = pl.to_uv(xs[None, :], ys[:, None])
-        m = shape_mask(ident.shape, u, v)
-        if not m.any():
-            continue
-        win = (slice(r0, r1), slice(c0, c1))
+        win, m, u, v = found
         rgb[win][m] = texture(ident, u[m], v[m]).astype(np.float32)
         sem[win][m] = ident.cls
         inst[win][m] = k

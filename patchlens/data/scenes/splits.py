@@ -1,5 +1,6 @@
 """The six ``scenes`` splits: samplers and one generator per split, each yielding records
-(image id, split, sequence, frame, rgb, sem, inst, uv, identities by instance).
+(image id, split, sequence, frame, rgb, sem, inst, uv, identities by instance, and the objects
+as drawn: ``placed``, (instance, identity, placement) back to front).
 See :mod:`patchlens.data.scenes`."""
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def _balanced_identities(rng, counts: list[int], pool: list[int]) -> list[list[i
 def _still(img_id, split, bg, objs):
     rgb, sem, inst, uv = render(bg, [(k, d, pl) for k, d, pl in objs])
     return dict(image=img_id, split=split, sequence="", frame=-1, rgb=rgb, sem=sem, inst=inst,
-                uv=uv, ident={k: d for k, d, _ in objs})
+                uv=uv, ident={k: d for k, d, _ in objs}, placed=list(objs))
 
 
 def _split_train(rng, p, idents):
@@ -201,7 +202,8 @@ def _split_video(rng, p, idents):
                                              s0 + a * (s1 - s0), ang)))
             rgb, sem, inst, uv = render(bg, objs)
             yield dict(image=f"{seq}_f{t:03d}", split="video", sequence=seq, frame=t, rgb=rgb,
-                       sem=sem, inst=inst, uv=uv, ident={k: d for k, d, _ in objs})
+                       sem=sem, inst=inst, uv=uv, ident={k: d for k, d, _ in objs},
+                       placed=objs)
 
 
 def _farthest_points(rng, pts: np.ndarray, k: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Writing the ``scenes`` data set: image, mask and uv files, then the layout tables (manifest
+"""Writing the ``scenes`` data set: image, mask, uv and depth files
+(:mod:`.depth`), then the layout tables (manifest
 last). See :mod:`patchlens.data.scenes`."""
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from patchlens.data.layout import write_layout
+from patchlens.data.layout import write_depth_png, write_layout
+from patchlens.data.scenes.depth import depth_map
 from patchlens.data.scenes.params import resolve_params
 from patchlens.data.scenes.render import class_names, identity_table, make_identities
 from patchlens.data.scenes.splits import (_split_crop, _split_gallery, _split_pair, _split_train,
@@ -44,15 +46,17 @@ def _labels(sem: np.ndarray) -> str:
 def _write_record(out: Path, rec: dict) -> dict:
     i = rec["image"]
     paths = {"path": f"images/{i}.png", "semantic": f"semantic/{i}.png",
-             "instance": f"instance/{i}.png", "uv": f"uv/{i}.npy"}
+             "instance": f"instance/{i}.png", "uv": f"uv/{i}.npy", "depth": f"depth/{i}.png"}
     Image.fromarray(rec["rgb"], "RGB").save(out / paths["path"], format="PNG")
     Image.fromarray(rec["sem"], "L").save(out / paths["semantic"], format="PNG")
     Image.fromarray(rec["inst"], "L").save(out / paths["instance"], format="PNG")
     np.save(out / paths["uv"], rec["uv"], allow_pickle=False)
     H, W = rec["sem"].shape
+    write_depth_png(depth_map((H, W), rec["placed"]), out / paths["depth"])
     return dict(image=i, path=paths["path"], split=rec["split"], semantic=paths["semantic"],
                 instance=paths["instance"], sequence=rec["sequence"], frame=rec["frame"],
-                height=H, width=W, labels=_labels(rec["sem"]), uv=paths["uv"])
+                height=H, width=W, labels=_labels(rec["sem"]), uv=paths["uv"],
+                depth=paths["depth"])
 
 
 def generate_scenes(out_dir, params: dict | None = None) -> None:
@@ -66,7 +70,7 @@ def generate_scenes(out_dir, params: dict | None = None) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.csv").unlink(missing_ok=True)
-    for sub in ("images", "semantic", "instance", "uv"):
+    for sub in ("images", "semantic", "instance", "uv", "depth"):
         (out / sub).mkdir(exist_ok=True)
 
     def rng(k):

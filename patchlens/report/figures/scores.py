@@ -75,6 +75,12 @@ def fig_lowshot_cls(tables):
                          "Low-shot classification")
 
 
+@_figure("depth", ("scores",))
+def fig_depth(tables):
+    """Depth delta < 1.25, AbsRel and RMSE vs layer (raw features)."""
+    return _raw_score_figure(tables, "depth", metrics=("delta1", "absrel", "rmse"))
+
+
 def _bin_key(b: str):
     s = str(b).lower()
     if s in _BIN_WORDS:
