@@ -217,21 +217,22 @@ def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
     return pd.DataFrame(rows)
 
 
-def flop(p: dict, counts: dict, entry: dict, grid, C: int) -> float:
-    """FLOPs of one layer and one variant (:func:`patchlens.plan.task_flop`): the head's fit
-    (bins: two (n, C) x (C, K) products per L-BFGS iteration; log_regression: the Gram matrix)
-    and the query patches' predictions, per seed."""
+def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
+    """Costs of one layer, every variant (:func:`patchlens.plan.task_cost`): the head's fit
+    (bins: two (n, C) x (C, K) products per L-BFGS iteration, at the probe's rate
+    ``probe_flop``; log_regression: the Gram matrix) and the query patches' predictions, per
+    seed and variant."""
     P = grid[0] * grid[1]
     n = counts.get(p["train_split"], 0) * P
     if p["max_train_patches"] is not None:
         n = min(n, p["max_train_patches"])
     nq = counts.get(p["query_split"], 0) * P
+    times = len(variants) * len(p["seeds"])
     if p["head"] == "bins":
         K = p["n_bins"]
         fit, pred = 4.0 * n * C * K * p["iters"], 2.0 * nq * C * K
-    else:
-        fit, pred = 2.0 * n * C * C, 2.0 * nq * C
-    return len(p["seeds"]) * (fit + pred)
+        return {"flop": times * (fit + pred), "probe_flop": times * fit}
+    return {"flop": times * (2.0 * n * C * C + 2.0 * nq * C)}
 
 
 SPEC = register_task(TaskSpec(

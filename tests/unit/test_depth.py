@@ -155,9 +155,11 @@ def test_flop_counts_the_fit_and_the_queries():
     counts = {"train": 10, "val": 5}
     C, K = 384, 256
     f = task.flop(p, counts, {}, (4, 4), C)
-    assert f == 4.0 * 160 * C * K * 100 + 2.0 * 80 * C * K
+    fit = 4.0 * 160 * C * K * 100
+    assert f == {"flop": fit + 2.0 * 80 * C * K, "probe_flop": fit}
     r = task.check_params({"head": "log_regression", "seeds": [0, 1], "max_train_patches": 100})
-    assert task.flop(r, counts, {}, (4, 4), C) == 2 * (2.0 * 100 * C * C + 2.0 * 80 * C)
+    got = task.flop(r, counts, {}, (4, 4), C, variants=["raw", "zscore"])
+    assert got == {"flop": 2 * 2 * (2.0 * 100 * C * C + 2.0 * 80 * C)}
 
 
 # -- the scenes depth map ------------------------------------------------------------------------
