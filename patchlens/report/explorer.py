@@ -8,7 +8,10 @@ images of one data set, ``x`` (N, C), are projected on their first ``d`` princip
 |mean - V^T V mean|]`` (the part of the mean outside the components' span is one more
 coordinate, the same for every patch), so the page computes cosine similarities of
 reconstructed features from ``y`` alone. ``y`` is stored as int8 with one scale per coordinate
-(``code = round(y / scale)``, ``scale = max |y_j| / 127``). The first three coordinates minus
+(``code = round(y / scale)``, ``scale = max |y_j| / 127``) for the first 16 components and the
+mean coordinate, and as 4-bit codes (``scale = max |y_j| / 7``) for the others, which carry
+less of the variance: at the same bytes, twice the components of an all-int8 code halve the
+error on the demo's ViT-S/14 (``benchmarks/README.md``). The first three coordinates minus
 ``V mean`` are the principal-component scores the PCA view colours (:func:`pca_rgb`).
 
 The error stated on the page is the largest absolute difference, over every pair of shown
@@ -30,27 +33,49 @@ from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.report.patch_pca import pca_fit, shown_layers
 
 EPS = 1e-12  # norms below this count as zero (similarity 0), in numpy and on the page
+HIGH = 16    # leading principal components stored as int8; the others as 4-bit codes
+
+
+def _quantize(y: np.ndarray, top_code: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric uniform codes of the columns of ``y``: (codes in [-top_code, top_code] as
+    int8, float32 scale per column = max |column| / top_code; 1 for an all-zero column)."""
+    top = np.abs(y).max(axis=0) if len(y) else np.zeros(y.shape[1])
+    scale = np.where(top > 0, top / top_code, 1.0).astype(np.float32)
+    return np.clip(np.round(y / scale), -top_code, top_code).astype(np.int8), scale
 
 
 def compress(x: np.ndarray, dims: int) -> dict:
-    """int8 codes of the (d + 1)-vectors ``y`` of the rows of ``x`` (N, C), see the module
-    docstring: {codes int8 (N, d + 1), scale float32 (d + 1,), shift float32 (3,) (= V mean
-    on the first three coordinates: scores = y[:, :3] - shift), dims d}."""
+    """Codes of the (d + 1)-vectors ``y`` of the rows of ``x`` (N, C), see the module docstring:
+    the first min(d, :data:`HIGH`) coordinates and the mean coordinate as int8 (``codes`` (N,
+    h + 1), ``scale``), the other d - h coordinates as 4-bit codes in [-7, 7] (``codes4``: two
+    per byte, code + 8, the first in the low nibble; ``scale4``); ``shift`` (3,) = V mean on
+    the first three coordinates (scores = y[:, :3] - shift); ``dims`` d."""
     mean, comps, z = pca_fit(x, dims)
     vm = comps @ mean
     rest = float(np.linalg.norm(mean - comps.T @ vm))
-    y = np.concatenate([z + vm, np.full((len(z), 1), rest)], axis=1)
-    top = np.abs(y).max(axis=0)
-    scale = np.where(top > 0, top / 127.0, 1.0).astype(np.float32)
-    codes = np.clip(np.round(y / scale), -127, 127).astype(np.int8)
+    d = comps.shape[0]
+    h = min(d, HIGH)
+    y = z + vm
+    codes, scale = _quantize(np.concatenate([y[:, :h], np.full((len(y), 1), rest)], axis=1), 127)
+    low, scale4 = _quantize(y[:, h:], 7)
+    nib = (low.astype(np.int16) + 8).astype(np.uint8)
+    if nib.shape[1] % 2:
+        nib = np.concatenate([nib, np.full((len(nib), 1), 8, np.uint8)], axis=1)
+    packed = (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8)
     shift = np.zeros(3, np.float32)
-    shift[:min(3, len(vm))] = vm[:3]
-    return {"codes": codes, "scale": scale, "shift": shift, "dims": int(comps.shape[0])}
+    shift[:min(3, d)] = vm[:3]
+    return {"codes": codes, "scale": scale, "codes4": packed, "scale4": scale4,
+            "shift": shift, "dims": int(d)}
 
 
 def decode(comp: dict) -> np.ndarray:
-    """The float32 vectors the page decodes: codes * scale (N, d + 1)."""
-    return comp["codes"].astype(np.float32) * comp["scale"]
+    """The float32 vectors the page decodes, (N, d + 1): the int8 coordinates (codes * scale;
+    the first three are the PCA scores plus ``shift``, the last the mean coordinate), then
+    the 4-bit ones."""
+    packed = comp["codes4"]
+    nib = np.stack([packed & 15, packed >> 4], axis=2).reshape(len(packed), -1)
+    low = (nib[:, :len(comp["scale4"])].astype(np.float32) - 8) * comp["scale4"]
+    return np.concatenate([comp["codes"].astype(np.float32) * comp["scale"], low], axis=1)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -101,7 +126,7 @@ def layer_name(layer: int, norm_layer: int | None) -> str:
 def model_payload(feature_file, variance_file, images: list[str], variants: list[str],
                   layers, dims: int, label: str) -> tuple[dict, dict]:
     """One model on one data set: ({label, grid, input_size, layers, layer_names, variants:
-    {variant: [per layer {codes (base64 int8), scale, shift, dims}]}}, errors {variant:
+    {variant: [per layer {codes, codes4 (base64), scale, scale4, shift, dims}]}}, errors {variant:
     [max abs cosine error per layer]})."""
     with FeatureStore(feature_file) as store:
         stats = VarianceStats(variance_file) if variance_file else None
@@ -122,5 +147,7 @@ def model_payload(feature_file, variance_file, images: list[str], variants: list
                 out["variants"][v].append({
                     "codes": base64.b64encode(comp["codes"].tobytes()).decode("ascii"),
                     "scale": [float(s) for s in comp["scale"]],
+                    "codes4": base64.b64encode(comp["codes4"].tobytes()).decode("ascii"),
+                    "scale4": [float(s) for s in comp["scale4"]],
                     "shift": [float(s) for s in comp["shift"]], "dims": comp["dims"]})
     return out, errors

@@ -51,8 +51,9 @@ def notes_html(stats: dict) -> str:
         "on the shown images of this model, variant and layer). Variants: raw, zscore and "
         "drop<i>m</i> use the channel statistics of the support split (variance files).</p>"
         f'<p class="note" id="compression">Features are compressed to at most {stats["dims"]} '
-        "principal components per layer and variant (plus one coordinate for the mean), stored "
-        "as int8 with one scale per coordinate. Largest absolute error of a cosine similarity "
+        "principal components per layer and variant (plus one coordinate for the mean), the "
+        "first 16 stored as int8 and the others as 4-bit codes, one scale per coordinate. "
+        "Largest absolute error of a cosine similarity "
         "against the stored float16 features, over every pair of shown patches: "
         f'<b id="max-error">{stats["max_error"]:.4f}</b> (per model: {per_model}).</p>')
 

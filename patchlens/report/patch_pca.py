@@ -26,7 +26,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError
 from patchlens.features.store import FeatureStore
 
-EXPLORER_DEFAULTS = {"images": 12, "models": "all", "layers": "all", "dims": 32, "top_k": 5,
+EXPLORER_DEFAULTS = {"images": 12, "models": "all", "layers": "all", "dims": 64, "top_k": 5,
                      "figure_images": 2}
 TABLE_COLUMNS = ["kind", "model", "dataset", "image", "layer", "n_layers", "row", "col",
                  "r", "g", "b"]

@@ -95,14 +95,16 @@ def test_compression_error_is_the_max_cosine_difference(inputs):
     for dims in (4, 64):
         comp = compress(x, dims)
         y = decode(comp).astype(np.float64)
-        assert comp["codes"].dtype == np.int8 and comp["codes"].shape == (len(x),
-                                                                         comp["dims"] + 1)
+        h = min(comp["dims"], 16)
+        assert comp["codes"].dtype == np.int8 and comp["codes"].shape == (len(x), h + 1)
+        assert comp["codes4"].shape == (len(x), (comp["dims"] - h + 1) // 2)
+        assert y.shape == (len(x), comp["dims"] + 1)
         cos = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (  # noqa: E731
             a / np.linalg.norm(a, axis=1, keepdims=True)).T
         want = np.abs(cos(y) - cos(x)).max()
         assert cosine_error(x, comp) == pytest.approx(want, abs=1e-9)
-        if dims == 64:  # 48 channels: all components kept, only the int8 rounding is left
-            assert want < 0.02
+        if dims == 64:  # 48 channels: all components kept, only the rounding is left
+            assert want < 0.1
     # 4 components of 48 channels lose more than int8 rounding
     assert cosine_error(x, compress(x, 4)) > cosine_error(x, compress(x, 64))
 

@@ -25,15 +25,21 @@
     if (cache.has(key)) return cache.get(key);
     const m = DATA.datasets[dataset].models[model];
     const e = m.variants[variant][li];
-    const bin = atob(e.codes);
-    const D = e.scale.length, N = bin.length / D;
+    const bin = atob(e.codes), bin4 = atob(e.codes4);
+    const D8 = e.scale.length, D4 = e.scale4.length, B4 = Math.ceil(D4 / 2), D = D8 + D4;
+    const N = bin.length / D8;
     const unit = new Float64Array(N * D), pca = new Float64Array(N * 3);
     for (let n = 0; n < N; n++) {
       let s = 0;
-      for (let d = 0; d < D; d++) {
-        const v = ((bin.charCodeAt(n * D + d) << 24) >> 24) * e.scale[d];
+      for (let d = 0; d < D8; d++) {  // int8: leading components, then the mean coordinate
+        const v = ((bin.charCodeAt(n * D8 + d) << 24) >> 24) * e.scale[d];
         unit[n * D + d] = v; s += v * v;
-        if (d < 3 && d < D - 1) pca[n * 3 + d] = v - e.shift[d];
+        if (d < 3 && d < D8 - 1) pca[n * 3 + d] = v - e.shift[d];
+      }
+      for (let d = 0; d < D4; d++) {  // 4-bit: code + 8, two per byte, low nibble first
+        const byte = bin4.charCodeAt(n * B4 + (d >> 1));
+        const v = (((d & 1) ? byte >> 4 : byte & 15) - 8) * e.scale4[d];
+        unit[n * D + D8 + d] = v; s += v * v;
       }
       const norm = Math.sqrt(s);
       for (let d = 0; d < D; d++) unit[n * D + d] = norm > EPS ? unit[n * D + d] / norm : 0;
