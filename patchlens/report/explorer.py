@@ -16,7 +16,7 @@ error on the demo's ViT-S/14 (``benchmarks/README.md``). The first three coordin
 
 The error stated on the page is the largest absolute difference, over every pair of shown
 patches, between the cosine similarity of the decoded vectors and that of the stored float16
-features after the variant (:func:`cosine_error`). A patch of zero norm has similarity 0.
+features after the variant (:func:`cosine_errors`; their mean is stated too). A patch of zero norm has similarity 0.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.features.channel_stats import VarianceStats
 from patchlens.features.store import FeatureStore
 from patchlens.features.variants import apply_variant, needs_stats
+from patchlens.report.figures.core import layer_name
 from patchlens.report.patch_pca import pca_fit, shown_layers
 
 EPS = 1e-12  # norms below this count as zero (similarity 0), in numpy and on the page
@@ -91,13 +92,15 @@ def cosine_matrix(x: np.ndarray) -> np.ndarray:
     return u @ u.T
 
 
-def cosine_error(x: np.ndarray, comp: dict, block: int = 1024) -> float:
-    """Max |cos(decoded) - cos(x)| over every pair of rows (x: the uncompressed features)."""
+def cosine_errors(x: np.ndarray, comp: dict, block: int = 1024) -> tuple[float, float]:
+    """(max, mean) of |cos(decoded) - cos(x)| over every pair of rows (x: the uncompressed
+    features)."""
     a, b = unit_rows(x), unit_rows(decode(comp))
-    worst = 0.0
+    worst, total = 0.0, 0.0
     for i in range(0, len(a), block):
-        worst = max(worst, float(np.abs(a[i:i + block] @ a.T - b[i:i + block] @ b.T).max()))
-    return worst
+        e = np.abs(a[i:i + block] @ a.T - b[i:i + block] @ b.T)
+        worst, total = max(worst, float(e.max())), total + float(e.sum())
+    return worst, total / max(1, len(a) ** 2)
 
 
 def variant_features(store: FeatureStore, layer: int, images: list[str], variant: str,
@@ -119,21 +122,18 @@ def image_uri(dataset: Dataset, image: str, size: tuple[int, int]) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def layer_name(layer: int, norm_layer: int | None) -> str:
-    return "out" if norm_layer is not None and layer == norm_layer else str(layer)
-
-
 def model_payload(feature_file, variance_file, images: list[str], variants: list[str],
                   layers, dims: int, label: str) -> tuple[dict, dict]:
     """One model on one data set: ({label, grid, input_size, layers, layer_names, variants:
     {variant: [per layer {codes, codes4 (base64), scale, scale4, shift, dims}]}}, errors {variant:
-    [max abs cosine error per layer]})."""
+    [(max, mean) abs cosine error per layer]})."""
     with FeatureStore(feature_file) as store:
         stats = VarianceStats(variance_file) if variance_file else None
-        chosen = shown_layers(store.layers, layers)
+        chosen = shown_layers(store.layers, layers, store.norm_layer)
         out = {"label": label, "grid": list(store.grid),
                "input_size": [int(v) for v in store.attrs.get("input_size", [0, 0])],
-               "layers": chosen, "layer_names": [layer_name(li, store.norm_layer)
+               "layers": chosen, "layer_names": [layer_name(li, -1 if store.norm_layer is None
+                                                            else store.norm_layer)
                                                  for li in chosen], "variants": {}}
         errors = {}
         for v in variants:
@@ -143,7 +143,7 @@ def model_payload(feature_file, variance_file, images: list[str], variants: list
             for li in chosen:
                 x = variant_features(store, li, images, v, stats)
                 comp = compress(x, dims)
-                errors[v].append(cosine_error(x, comp))
+                errors[v].append(cosine_errors(x, comp))
                 out["variants"][v].append({
                     "codes": base64.b64encode(comp["codes"].tobytes()).decode("ascii"),
                     "scale": [float(s) for s in comp["scale"]],

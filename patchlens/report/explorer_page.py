@@ -24,8 +24,9 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;c
 .panel{flex:1 1 560px;background:#fff;border:1px solid #ddd;padding:.5rem}
 .panel header{display:flex;gap:.8rem;align-items:center;flex-wrap:wrap;font-size:.9rem}
 .cards{display:flex;flex-wrap:wrap;gap:.35rem;margin-top:.4rem}
-figure.card{margin:0}figure.card canvas{display:block;cursor:crosshair;width:168px}
-figcaption{font-size:.7rem;color:#666;max-width:168px;overflow:hidden;white-space:nowrap}
+figure.card{margin:0}figure.card canvas{display:block;cursor:crosshair;width:140px}
+figcaption{font-size:.7rem;color:#666;max-width:140px;overflow:hidden;white-space:nowrap}
+select.model{max-width:17em}
 p.info{font-size:.8rem;color:#444;min-height:1.1rem;margin:.3rem 0}
 p.note{font-size:.82rem;color:#555;max-width:1100px}
 """
@@ -55,7 +56,9 @@ def notes_html(stats: dict) -> str:
         "first 16 stored as int8 and the others as 4-bit codes, one scale per coordinate. "
         "Largest absolute error of a cosine similarity "
         "against the stored float16 features, over every pair of shown patches: "
-        f'<b id="max-error">{stats["max_error"]:.4f}</b> (per model: {per_model}).</p>')
+        f'<b id="max-error">{stats["max_error"]:.4f}</b> (per model: {per_model}); the mean '
+        "absolute error over those pairs, averaged over models, variants and layers: "
+        f'<span id="mean-error">{stats["mean_error"]:.4f}</span>.</p>')
 
 
 def build_page(payload: dict, stats: dict, title: str = "patchlens patch explorer") -> str:
@@ -88,6 +91,7 @@ def explorer_data(entries: dict, settings: dict, labels: dict) -> tuple[dict, di
     payload = {"top_k": settings["top_k"], "dims": settings["dims"],
                "variants": settings["variants"], "datasets": {}}
     errors: dict[str, float] = {}
+    means: list[float] = []
     for name, entry in entries.items():
         ds = Dataset.from_manifest(entry["manifest"])
         images = shown_images(ds.images, settings["images"])
@@ -96,19 +100,20 @@ def explorer_data(entries: dict, settings: dict, labels: dict) -> tuple[dict, di
             models[m], err = model_payload(feat, var, images, settings["variants"],
                                            settings["layers"], settings["dims"], labels.get(m, m))
             size = size or models[m]["input_size"]
-            worst = max((e for es in err.values() for e in es), default=0.0)
+            worst = max((e[0] for es in err.values() for e in es), default=0.0)
             errors[m] = max(errors.get(m, 0.0), worst)
+            means += [e[1] for es in err.values() for e in es]
         payload["datasets"][name] = {
             "images": [{"id": i, "src": image_uri(ds, i, tuple(size))} for i in images],
             "models": models}
     stats = {"dims": settings["dims"], "max_error": max(errors.values(), default=0.0),
-             "error_by_model": errors}
+             "mean_error": float(sum(means) / max(1, len(means))), "error_by_model": errors}
     return payload, stats
 
 
 def write_explorer(entries: dict, settings: dict, labels: dict, out_html, out_stats=None
                    ) -> dict:
-    """Write the page (and, when given, its statistics as JSON: dims, max_error,
+    """Write the page (and, when given, its statistics as JSON: dims, max_error, mean_error,
     error_by_model, bytes); returns the statistics."""
     payload, stats = explorer_data(entries, settings, labels)
     page = build_page(payload, stats)

@@ -81,14 +81,14 @@ def shown_images(all_images: list[str], images, where: str = "report.explorer.im
     return [all_images[i] for i in idx]
 
 
-def shown_layers(store_layers: list[int], layers) -> list[int]:
+def shown_layers(store_layers: list[int], layers, norm_layer: int | None = None) -> list[int]:
     """``layers: all`` -> every stored layer (with the final-norm entry); else the listed block
-    indices, checked against the feature file ('out' = the final-norm entry)."""
+    indices, checked against the feature file ('out' = the final-norm entry ``norm_layer``)."""
     if layers == "all":
         return list(store_layers)
     out = []
     for x in layers:
-        li = store_layers[-1] if x == "out" else int(x)
+        li = (-1 if norm_layer is None else norm_layer) if x == "out" else int(x)
         if li not in store_layers:
             raise ConfigError(f"report.explorer.layers: layer {x!r} not extracted "
                               f"(have {store_layers})")

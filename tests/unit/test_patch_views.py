@@ -19,7 +19,7 @@ from patchlens.data.dataset import Dataset  # noqa: E402
 from patchlens.errors import ConfigError  # noqa: E402
 from patchlens.features.variants import apply_variant  # noqa: E402
 from patchlens.report import tables as T  # noqa: E402
-from patchlens.report.explorer import compress, cosine_error, decode  # noqa: E402
+from patchlens.report.explorer import compress, cosine_errors, decode  # noqa: E402
 from patchlens.report.figures import FIGURES  # noqa: E402
 from patchlens.report.patch_pca import (best_layers, explorer_settings, figure_layers,  # noqa: E402
                                         patch_pca_table, shown_images)
@@ -101,12 +101,13 @@ def test_compression_error_is_the_max_cosine_difference(inputs):
         assert y.shape == (len(x), comp["dims"] + 1)
         cos = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (  # noqa: E731
             a / np.linalg.norm(a, axis=1, keepdims=True)).T
-        want = np.abs(cos(y) - cos(x)).max()
-        assert cosine_error(x, comp) == pytest.approx(want, abs=1e-9)
+        diff = np.abs(cos(y) - cos(x))
+        want = diff.max()
+        assert cosine_errors(x, comp) == pytest.approx((want, diff.mean()), abs=1e-9)
         if dims == 64:  # 48 channels: all components kept, only the rounding is left
             assert want < 0.1
     # 4 components of 48 channels lose more than int8 rounding
-    assert cosine_error(x, compress(x, 4)) > cosine_error(x, compress(x, 64))
+    assert cosine_errors(x, compress(x, 4))[0] > cosine_errors(x, compress(x, 64))[0]
 
 
 def test_variant_is_applied_before_compression(inputs):
@@ -158,3 +159,13 @@ def test_shown_images_spread_and_checked():
     assert shown_images(ids, ["i5", "i2"]) == ["i5", "i2"]
     with pytest.raises(ConfigError, match="report.explorer.images"):
         shown_images(ids, ["x"])
+
+
+def test_shown_layers_all_or_listed_with_out():
+    from patchlens.report.patch_pca import shown_layers
+    assert shown_layers([0, 1, 2, 3], "all", 3) == [0, 1, 2, 3]
+    assert shown_layers([0, 1, 2, 3], ["out", 1], 3) == [1, 3]
+    with pytest.raises(ConfigError, match="report.explorer.layers"):
+        shown_layers([0, 1, 2], ["out"], None)  # no final-norm entry stored
+    with pytest.raises(ConfigError, match="report.explorer.layers"):
+        shown_layers([0, 1, 2], [7], None)

@@ -73,7 +73,7 @@
       const card = document.createElement("figure");
       card.className = "card";
       const cv = document.createElement("canvas");
-      cv.width = 168; cv.height = Math.round(168 * m.grid[0] / m.grid[1]);
+      cv.width = 140; cv.height = Math.round(140 * m.grid[0] / m.grid[1]);
       cv.dataset.image = String(i); cv.dataset.panel = String(p.index);
       cv.title = img.id;
       const cap = document.createElement("figcaption");
