@@ -27,23 +27,26 @@ def fig_patch_pca(tables):
     models = ctx.order(pca["model"])
     rows = [(m, im) for m in models for im in images]
     ncols = 1 + max(pca[pca["model"] == m]["layer"].nunique() for m in models)
-    fig, axes = _new(ncols, len(rows), row_h=6.9 / ncols * 0.8, extra_h=0.25)
+    fig, axes = _new(ncols, len(rows), row_h=min(1.3, 6.9 / ncols * 0.8), extra_h=0.25)
     for r, (m, im) in enumerate(rows):
         dm = pca[(pca["model"] == m) & (pca["image"] == im)]
         di = pix[pix["image"] == im]
         if len(di):
-            axes[r, 0].imshow(_grid(di, (int(di["row"].max()) + 1, int(di["col"].max()) + 1)))
+            axes[r, 0].imshow(_grid(di, (int(di["row"].max()) + 1, int(di["col"].max()) + 1)),
+                              aspect="auto")  # as the model saw it: resized to its input
         axes[r, 0].set_ylabel(ctx.label(m) if len(images) == 1 or im == images[0] else "",
                               color=ctx.color(m), fontsize=6)
         for c, li in enumerate(sorted(dm["layer"].unique()), start=1):
             dl = dm[dm["layer"] == li]
             shape = (int(dl["row"].max()) + 1, int(dl["col"].max()) + 1)
-            axes[r, c].imshow(_grid(dl, shape), interpolation="nearest")
+            axes[r, c].imshow(_grid(dl, shape), interpolation="nearest", aspect="auto")
             axes[r, c].set_title(f"layer {layer_name(li, int(dl['n_layers'].iloc[0]))}",
                                  fontsize=6, pad=2)
         for ax in axes[r]:
             ax.set_xticks([])
             ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
             if not ax.images:
                 ax.set_visible(False)
     axes[0, 0].set_title("image", fontsize=6, pad=2)
