@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ def main() -> None:
     if rb.CHROMIUM is None:
         raise SystemExit("headless Chromium not found (apt-get install chromium)")
     page = Path(args.page)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         b = rb.Chromium(rb.CHROMIUM, Path(tmp) / "profile", Path(tmp) / "chromium.log")
         try:
@@ -53,9 +55,11 @@ def main() -> None:
             patches = b.evaluate("patchExplorer.result(0).sims.length")
         finally:
             b.close()
+    p95 = sorted(times)[max(0, round(0.95 * len(times)) - 1)]
     print(f"{page}: {page.stat().st_size / 1e6:.2f} MB, {n} images, {patches} patches per "
-          f"panel; {len(times)} clicks: median {statistics.median(times):.1f} ms, "
-          f"max {max(times):.1f} ms")
+          f"panel; {len(times)} clicks: median {statistics.median(times):.1f} ms, 95th "
+          f"percentile {p95:.1f} ms, max {max(times):.1f} ms, "
+          f"{sum(t >= 100 for t in times)} at or over 100 ms (load average {load:.1f})")
 
 
 if __name__ == "__main__":

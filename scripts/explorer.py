@@ -1,5 +1,7 @@
 """Rule explorer: the self-contained patch-similarity explorer page (results/report/explorer.html)
 from the stored features of the shown images, and its statistics (size, compression error)."""
+import logging
+
 from patchlens.report.explorer_page import explorer_entries, write_explorer
 from patchlens.workflow import run
 
@@ -9,8 +11,9 @@ def main(snakemake):
                                snakemake.input.variances, snakemake.input.manifests)
     stats = write_explorer(entries, snakemake.params.settings, snakemake.params.labels,
                            snakemake.output.page, snakemake.output.stats)
-    print(f"explorer: {stats['bytes'] / 1e6:.2f} MB, max abs cosine error "
-          f"{stats['max_error']:.4f}")
+    logging.getLogger("patchlens").info(
+        "explorer: %.2f MB, cosine error max %.4f mean %.4f", stats["bytes"] / 1e6,
+        stats["max_error"], stats["mean_error"])
 
 
 run(snakemake, main)  # noqa: F821
