@@ -12,8 +12,8 @@ def main(snakemake):
     s = snakemake.params.settings
     dataset = Dataset.from_manifest(snakemake.input.manifest)
     models = dict(zip(snakemake.params.models, snakemake.input.features))
-    best = best_layers(pd.read_csv(snakemake.input.best_layer) if snakemake.input.best_layer
-                       else None, list(models))
+    best_files = list(snakemake.input.best_layer)  # none when the config has no task
+    best = best_layers(pd.read_csv(best_files[0]) if best_files else None, list(models))
     shown = shown_images(dataset.images, s["images"])[: s["figure_images"]]
     table = patch_pca_table(models, dataset, snakemake.params.dataset, shown, best)
     write_parquet(table, snakemake.output[0])
