@@ -214,7 +214,8 @@ def test_changed_task_parameter_reruns_only_that_task(workdir):
             "params", {}).update(k=7)):
         jobs = planned_jobs(snakemake(workdir, "--dry-run"))
     assert jobs.get("fewshot_seg", 0) > 0, jobs
-    allowed = {"fewshot_seg", "collect_scores", "best_layer", "paired", "figures", "report", "all"}
+    allowed = {"fewshot_seg", "collect_scores", "best_layer", "paired", "figures", "report", "all",
+               "patch_pca"}  # the PCA figure shows the best layer
     assert set(jobs) <= allowed, jobs
     assert "extract_features" not in jobs and "channel_variance" not in jobs
 
