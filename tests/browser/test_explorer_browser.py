@@ -84,6 +84,26 @@ def expected_sims(page, model, variant, layer, image, row, col):
     return cos(decode(compress(x, SETTINGS["dims"])).astype(np.float64)), cos(x)
 
 
+def pca_reference(page, model, variant, layer):
+    """numpy: first three principal components (eigenvectors of the covariance) of the stored
+    features of the shown images after ``variant``, each min-max scaled: (N, 3)."""
+    from patchlens.data.dataset import Dataset
+    from patchlens.features.channel_stats import VarianceStats
+    from patchlens.features.store import FeatureStore
+    from patchlens.report.explorer import variant_features
+    from patchlens.report.patch_pca import shown_images
+
+    feat, var = page["entries"]["photos"]["models"][model]
+    images = shown_images(Dataset.from_manifest(page["inputs"]["manifests"][0]).images,
+                          SETTINGS["images"])
+    with FeatureStore(feat) as store:
+        x = variant_features(store, layer, images, variant, VarianceStats(var)).astype(np.float64)
+    xc = x - x.mean(axis=0)
+    w, v = np.linalg.eigh(xc.T @ xc)
+    s = xc @ v[:, np.argsort(w)[::-1][:3]]
+    return (s - s.min(axis=0)) / (s.max(axis=0) - s.min(axis=0))
+
+
 def click(browser, panel, image, u, v):
     """A real left click at the relative position (u, v) of an image of a panel."""
     r = browser.evaluate(f"(() => {{ const c = document.querySelectorAll('#panel{panel} canvas')"
@@ -155,7 +175,15 @@ def test_layer_and_variant_switch_the_map(page, browser):
     assert np.abs(np.array(r["sims"]) - comp_v).max() < 1e-5
     assert np.abs(np.array(r["sims"]) - got).max() > 1e-3
     set_control(browser, "#view", "pca", "change")
-    assert result(browser, 0)["view"] == "pca"
+    r = result(browser, 0)
+    assert (r["view"], r["variant"], r["layer"]) == ("pca", "drop1", 3)
+    # the PCA view is numpy's PCA of the same stored features after the variant (up to sign
+    # and the int8 rounding of the first three scores)
+    ref = pca_reference(page, "tiny", "drop1", 3)
+    got = np.array(r["rgb"]).reshape(-1, 3)
+    for k in range(3):
+        err = min(np.abs(got[:, k] - ref[:, k]).max(), np.abs(got[:, k] - 1 + ref[:, k]).max())
+        assert err < 0.02, (k, err)
     shot = browser.screenshot(browser.shots / "explorer_pca.png", height=900)
     assert not_blank(shot)
     set_control(browser, "#view", "sim", "change")

@@ -153,16 +153,18 @@
       for (let n = 0; n < dec.N; n++) for (let k = 0; k < 3; k++) {
         lo[k] = Math.min(lo[k], dec.pca[n * 3 + k]); hi[k] = Math.max(hi[k], dec.pca[n * 3 + k]);
       }
-      const col = new Uint8ClampedArray(dec.N * 4);
+      const col = new Uint8ClampedArray(dec.N * 4), rgb = new Float64Array(dec.N * 3);
       for (let n = 0; n < dec.N; n++) {
         for (let k = 0; k < 3; k++) {
           const span = hi[k] - lo[k];
-          col[n * 4 + k] = Math.round(255 * (span > 0 ? (dec.pca[n * 3 + k] - lo[k]) / span : 0.5));
+          rgb[n * 3 + k] = span > 0 ? (dec.pca[n * 3 + k] - lo[k]) / span : 0.5;
+          col[n * 4 + k] = Math.round(255 * rgb[n * 3 + k]);
         }
         col[n * 4 + 3] = 255;
       }
       info.textContent = "first three principal components as RGB (fitted on these images)";
-      paint(p, col, []); p.result = {view: "pca", model: p.model, layer: m.layers[p.layer]};
+      paint(p, col, []);
+      p.result = {view: "pca", model: p.model, variant: state.variant, layer: m.layers[p.layer], rgb};
       return;
     }
     if (!state.query) {
@@ -243,10 +245,11 @@
   window.patchExplorer = {
     data: DATA, state, panels, lastMs: null,
     ready: () => panels[0].cards.length > 0,
-    result: (i) => {
+    result: (i) => {  // plain arrays, so that tests can read them back
       const r = panels[i].result;
-      if (!r || !r.sims) return r;
-      return Object.assign({}, r, {sims: Array.from(r.sims)});
+      if (!r) return r;
+      return Object.assign({}, r, r.sims ? {sims: Array.from(r.sims)} : {},
+                           r.rgb ? {rgb: Array.from(r.rgb)} : {});
     },
   };
   init();
