@@ -4,7 +4,8 @@ import pandas as pd
 
 from patchlens.data.dataset import Dataset
 from patchlens.io import write_parquet
-from patchlens.report.patch_pca import best_layers, patch_pca_table, shown_images
+from patchlens.report.patch_pca import (best_layers, image_sets, patch_pca_table,
+                                        shown_images)
 from patchlens.workflow import run
 
 
@@ -14,7 +15,8 @@ def main(snakemake):
     models = dict(zip(snakemake.params.models, snakemake.input.features))
     best_files = list(snakemake.input.best_layer)  # none when the config has no task
     best = best_layers(pd.read_csv(best_files[0]) if best_files else None, list(models))
-    shown = shown_images(dataset.images, s["images"])[: s["figure_images"]]
+    first = next(iter(image_sets(s["images"]).values()))  # the first image set
+    shown = shown_images(dataset.images, first)[: s["figure_images"]]
     table = patch_pca_table(models, dataset, snakemake.params.dataset, shown, best)
     write_parquet(table, snakemake.output[0])
 

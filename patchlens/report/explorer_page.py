@@ -12,7 +12,7 @@ from pathlib import Path
 from patchlens.data.dataset import Dataset
 from patchlens.io import atomic_path, write_json
 from patchlens.report.explorer import image_uri, model_payload
-from patchlens.report.patch_pca import shown_images
+from patchlens.report.patch_pca import image_sets, shown_images
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -65,7 +65,8 @@ def build_page(payload: dict, stats: dict, title: str = "patchlens patch explore
     data = json.dumps(payload, separators=(",", ":")).replace("<", "\\u003c")
     script = (TEMPLATES / "explorer.js").read_text(encoding="utf-8")
     controls = (
-        '<div class="controls"><label>Data set <select id="dataset"></select></label>'
+        '<div class="controls"><label>Data set / image set <select id="dataset"></select>'
+        "</label>"
         '<label>Variant <select id="variant"></select></label>'
         '<label>View <select id="view"><option value="sim">similarity</option>'
         '<option value="pca">PCA</option></select></label>'
@@ -94,18 +95,21 @@ def explorer_data(entries: dict, settings: dict, labels: dict) -> tuple[dict, di
     means: list[float] = []
     for name, entry in entries.items():
         ds = Dataset.from_manifest(entry["manifest"])
-        images = shown_images(ds.images, settings["images"])
-        models, size = {}, None
-        for m, (feat, var) in entry["models"].items():
-            models[m], err = model_payload(feat, var, images, settings["variants"],
-                                           settings["layers"], settings["dims"], labels.get(m, m))
-            size = size or models[m]["input_size"]
-            worst = max((e[0] for es in err.values() for e in es), default=0.0)
-            errors[m] = max(errors.get(m, 0.0), worst)
-            means += [e[1] for es in err.values() for e in es]
-        payload["datasets"][name] = {
-            "images": [{"id": i, "src": image_uri(ds, i, tuple(size))} for i in images],
-            "models": models}
+        for set_name, chosen in image_sets(settings["images"]).items():
+            images = shown_images(ds.images, chosen)
+            models, size = {}, None
+            for m, (feat, var) in entry["models"].items():
+                models[m], err = model_payload(feat, var, images, settings["variants"],
+                                               settings["layers"], settings["dims"],
+                                               labels.get(m, m))
+                size = size or models[m]["input_size"]
+                worst = max((e[0] for es in err.values() for e in es), default=0.0)
+                errors[m] = max(errors.get(m, 0.0), worst)
+                means += [e[1] for es in err.values() for e in es]
+            key = f"{name}: {set_name}" if set_name else name
+            payload["datasets"][key] = {
+                "images": [{"id": i, "src": image_uri(ds, i, tuple(size))} for i in images],
+                "models": models}
     stats = {"dims": settings["dims"], "max_error": max(errors.values(), default=0.0),
              "mean_error": float(sum(means) / max(1, len(means))), "error_by_model": errors}
     return payload, stats

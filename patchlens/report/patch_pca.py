@@ -59,12 +59,21 @@ def explorer_settings(config: dict) -> dict | None:
         if not ms:
             raise ConfigError(f"report.explorer.datasets: no model of report.explorer.models "
                               f"extracts data set {d!r}; add one or drop the data set")
-    if isinstance(s["images"], list) and len(datasets) > 1:
+    sets = s["images"].values() if isinstance(s["images"], dict) else [s["images"]]
+    if any(isinstance(v, list) for v in sets) and len(datasets) > 1:
         raise ConfigError("report.explorer.images: a list of image ids needs exactly one data "
                           "set in report.explorer.datasets (or give a number)")
+    if isinstance(s["images"], dict) and not s["images"]:
+        raise ConfigError("report.explorer.images: name at least one image set")
     return {"datasets": datasets, "models": models, "images": s["images"],
             "layers": s["layers"], "dims": int(s["dims"]), "top_k": int(s["top_k"]),
             "figure_images": int(s["figure_images"]), "variants": list(config["variants"])}
+
+
+def image_sets(images) -> dict:
+    """``report.explorer.images`` as {set name: count or ids}: a count or a list is one set
+    named "" (the page then names the data set alone)."""
+    return dict(images) if isinstance(images, dict) else {"": images}
 
 
 def shown_images(all_images: list[str], images, where: str = "report.explorer.images"

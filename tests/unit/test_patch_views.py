@@ -147,9 +147,14 @@ def test_schema_checks_the_explorer_block():
     bad = {**config, "report": {"explorer": {"datasets": ["photos"], "dims": 500}}}
     with pytest.raises(ConfigError, match="dims"):
         validate(bad, values=False)
-    with pytest.raises(ConfigError, match="images"):
-        validate(load_config(ROOT / "config" / "demo.yaml") | {
-            "report": {"explorer": {"datasets": ["photos"], "images": 0}}}, values=False)
+    for images in (0, {"a": 0}, {}):
+        with pytest.raises(ConfigError, match="images"):
+            validate(load_config(ROOT / "config" / "demo.yaml") | {
+                "report": {"explorer": {"datasets": ["photos"], "images": images}}},
+                values=False)
+    validate(load_config(ROOT / "config" / "demo.yaml") | {"report": {"explorer": {
+        "datasets": ["photos"], "images": {"a": 3, "b": ["train-animal-chelsea"]}}}},
+        values=False)
 
 
 def test_shown_images_spread_and_checked():
@@ -169,3 +174,25 @@ def test_shown_layers_all_or_listed_with_out():
         shown_layers([0, 1, 2], ["out"], None)  # no final-norm entry stored
     with pytest.raises(ConfigError, match="report.explorer.layers"):
         shown_layers([0, 1, 2], [7], None)
+
+
+def test_named_image_sets_are_page_entries(inputs):
+    """``images: {name: ids or count}`` gives one entry per set (data set: set), each with its
+    own images and its own compression."""
+    from patchlens.report.explorer_page import explorer_data, explorer_entries
+
+    entries = explorer_entries(inputs["pairs"][:1], inputs["features"][:1],
+                               inputs["variances"][:1], inputs["manifests"])
+    ids = Dataset.from_manifest(inputs["manifests"][0]).images
+    settings = {"images": {"pair": [ids[3], ids[0]], "spread": 3}, "layers": [0], "dims": 8,
+                "top_k": 2, "variants": ["raw"]}
+    payload, stats = explorer_data(entries, settings, {})
+    assert list(payload["datasets"]) == ["photos: pair", "photos: spread"]
+    assert [i["id"] for i in payload["datasets"]["photos: pair"]["images"]] == [ids[3], ids[0]]
+    assert [i["id"] for i in payload["datasets"]["photos: spread"]["images"]] == \
+        shown_images(ids, 3)
+    assert stats["max_error"] > 0
+    config = load_config(ROOT / "config" / "demo.yaml")
+    config["report"] = {"explorer": {"datasets": ["photos", "scenes"], "images": {"a": ["x"]}}}
+    with pytest.raises(ConfigError, match=r"report\.explorer\.images"):
+        explorer_settings(config)
