@@ -143,7 +143,7 @@ if EXPLORER:
         params:
             dataset=EXPLORER["datasets"][0],
             models=EXPLORER["models"][EXPLORER["datasets"][0]],
-            settings={k: EXPLORER[k] for k in ("images", "figure_images")},
+            settings=canonical({k: EXPLORER[k] for k in ("images", "figure_images")}),
         script:
             "../scripts/patch_pca.py"
 
