@@ -196,3 +196,24 @@ def test_named_image_sets_are_page_entries(inputs):
     config["report"] = {"explorer": {"datasets": ["photos", "scenes"], "images": {"a": ["x"]}}}
     with pytest.raises(ConfigError, match=r"report\.explorer\.images"):
         explorer_settings(config)
+
+
+def test_workflow_stops_on_a_bad_explorer_entry_in_one_line(tmp_path):
+    """A data set the explorer cannot show stops the workflow before any job, in one line."""
+    import os
+    import subprocess
+
+    import yaml
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config["report"]["explorer"]["datasets"] = ["nope"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
+         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
+         "--cores", "1", "--dry-run"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 1
+    assert out == ["patchlens: report.explorer.datasets: unknown data set 'nope' "
+                   "(have scenes, photos)"]
+    assert not (tmp_path / "results").exists()
