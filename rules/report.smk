@@ -1,6 +1,27 @@
 # Summary tables -> figures -> report. Figures are drawn from tables only, so
 # `snakemake --cores 1 --forcerun figures report` redraws them without rerunning any evaluator.
 from patchlens.report.provenance import provenance_datasets, provenance_pairs
+from patchlens.report.patch_pca import explorer_settings
+
+try:  # report.explorer: the patch views (explorer page, PCA figure); None when not configured
+    EXPLORER = explorer_settings(config)
+except PatchlensError as exc:  # the config alone shows it: one line, before any job
+    sys.exit(f"patchlens: {exc}")
+
+
+def explorer_pairs():
+    """[[data set, model], ...] of the explorer page, data sets in config order."""
+    if not EXPLORER:
+        return []
+    return [[d, m] for d in EXPLORER["datasets"] for m in EXPLORER["models"][d]]
+
+
+def explorer_pages():
+    return [f"{RESULTS}/report/explorer.html"] if EXPLORER else []
+
+
+def patch_pca_tables():
+    return [f"{RESULTS}/tables/patch_pca.parquet"] if EXPLORER else []
 
 
 rule collect_scores:
@@ -46,7 +67,7 @@ rule variance_table:
 
 rule figures:
     input:
-        table_files(),
+        table_files() + patch_pca_tables(),
     output:
         report(
             directory(f"{RESULTS}/figures"),
@@ -76,6 +97,7 @@ rule report:
         tables=table_files(),
         features=[features(m, d) for m, d in provenance_pairs(config)],
         manifests=[manifest(d) for d in provenance_datasets(config)],
+        explorer=explorer_pages(),
     output:
         f"{RESULTS}/report/index.html",
     log:
@@ -92,3 +114,75 @@ rule report:
         config=canonical(config),
     script:
         "../scripts/report.py"
+
+
+if EXPLORER:
+
+    rule patch_pca:
+        input:
+            features=[
+                features(m, EXPLORER["datasets"][0])
+                for m in EXPLORER["models"][EXPLORER["datasets"][0]]
+            ],
+            manifest=manifest(EXPLORER["datasets"][0]),
+            best_layer=(
+                [f"{RESULTS}/tables/best_layer.csv"] if evaluation_jobs(config) else []
+            ),
+        output:
+            f"{RESULTS}/tables/patch_pca.parquet",
+        log:
+            f"{RESULTS}/logs/patch_pca.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/patch_pca.tsv"
+        conda:
+            "../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=10,
+        params:
+            dataset=EXPLORER["datasets"][0],
+            models=EXPLORER["models"][EXPLORER["datasets"][0]],
+            settings=canonical({k: EXPLORER[k] for k in ("images", "figure_images")}),
+        script:
+            "../scripts/patch_pca.py"
+
+    rule explorer:
+        input:
+            features=[features(m, d) for d, m in explorer_pairs()],
+            variances=(
+                [variance(m, d) for d, m in explorer_pairs()]
+                if any(needs_stats(v) for v in EXPLORER["variants"])
+                else []
+            ),
+            manifests=[manifest(d) for d in EXPLORER["datasets"]],
+        output:
+            page=f"{RESULTS}/report/explorer.html",
+            stats=f"{RESULTS}/report/explorer.json",
+        log:
+            f"{RESULTS}/logs/explorer.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/explorer.tsv"
+        conda:
+            "../envs/report.yaml"
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=20,
+        params:
+            pairs=explorer_pairs(),
+            settings=canonical(
+                {
+                    k: v
+                    for k, v in EXPLORER.items()
+                    if k not in ("figure_images", "models")
+                }
+            ),
+            labels=canonical(
+                {
+                    m: model_label(m, config["models"][m])[0]
+                    for _, m in explorer_pairs()
+                }
+            ),
+        script:
+            "../scripts/explorer.py"

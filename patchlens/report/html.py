@@ -35,6 +35,7 @@ SCREEN_SCALE = 0.7
 # registered task (its title and report figures, patchlens.tasks.registry), in task order
 SECTIONS = [
     ("overview", "Overview: best layer", ["best_layer"], None),
+    ("patches", "See the patches", ["patch_pca"], None),
     *[(s.name, s.title, list(s.figures), s.name) for s in all_tasks()],
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
     ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
@@ -293,6 +294,10 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
                                         labels))
         if anchor == "paired":
             body.append(paired_html(tables.get("paired")))
+        if anchor == "patches" and ((config or {}).get("report") or {}).get("explorer"):
+            body.append('<p class="note"><a href="explorer.html">Open the patch explorer</a>: '
+                        "click a patch to see its cosine similarity to every patch of the shown "
+                        "images, per model, variant and layer (rule explorer).</p>")
         if anchor == "attention":
             body.append(offset_heads_html(tables.get("offset_heads",
                                                      T.empty_table("offset_heads"))))

@@ -54,6 +54,7 @@ TABLE_FILES = {
     "offset_maps": "offset_maps.parquet",
     "cka": "cka.parquet",
     "best_layer": "best_layer.csv",
+    "patch_pca": "patch_pca.parquet",
 }
 TABLE_COLUMNS = {
     "scores": SCORE_COLUMNS + list(EXTRA_DEFAULTS) + MODEL_COLUMNS,
@@ -65,6 +66,8 @@ TABLE_COLUMNS = {
     "cka": ["model_a", "model_b", "layer_a", "layer_b", "level", "value"],
     "best_layer": ["model", "dataset", "task", "variant", "metric", "best_layer", "best_value",
                    "last_layer", "last_value", "gap", "n_layers", "depth_frac", "n_seeds"],
+    "patch_pca": ["kind", "model", "dataset", "image", "layer", "n_layers", "row", "col", "r", "g",
+                  "b"],  # patchlens.report.patch_pca.patch_pca_table
 }
 
 

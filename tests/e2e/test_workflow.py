@@ -168,12 +168,13 @@ def test_model_labels_and_families_reach_tables_and_report(workdir):
 
 
 PRESENTATION_ONLY = {"collect_scores", "best_layer", "paired", "attention_tables", "variance_table",
-                     "cka_table", "figures", "report", "all"}
+                     "cka_table", "figures", "report", "all", "patch_pca", "explorer"}
 
 
 @pytest.mark.parametrize("what, edit, must", [
     ("relabel", lambda c: c["models"]["tiny_vit"].update(label="Renamed ViT"),
-     {"collect_scores", "figures", "report"}),
+     {"collect_scores", "figures", "report", "explorer"}),
+    ("explorer top_k", lambda c: c["report"]["explorer"].update(top_k=3), {"explorer", "report"}),
     ("recolour", lambda c: c["models"]["tiny_vit"].update(family="mim"),
      {"collect_scores", "figures", "report"}),
     ("baseline family", lambda c: c["models"]["pixels"].update(family="supervised"),
@@ -192,6 +193,21 @@ def test_presentation_edits_plan_only_tables_figures_report(workdir, what, edit,
     assert must <= set(jobs) <= PRESENTATION_ONLY, (what, jobs)
 
 
+def test_explorer_page_and_patch_pca_figure(workdir):
+    """The explorer rule's page (self-contained, its error stated) and the PCA figure, linked
+    from the report (their values: tests/unit/test_patch_views.py, tests/browser)."""
+    import json
+    res = workdir / "results"
+    stats = json.loads((res / "report" / "explorer.json").read_text())
+    page = (res / "report" / "explorer.html").read_text()
+    assert stats["bytes"] == len(page.encode()) and 0 <= stats["max_error"] < 1
+    assert f'<b id="max-error">{stats["max_error"]:.4f}</b>' in page and TINY_LABEL in page
+    assert 'href="explorer.html"' in (res / "report" / "index.html").read_text()
+    table = pd.read_parquet(res / "tables" / "patch_pca.parquet")
+    assert set(table.loc[table["kind"] == "pca", "model"]) == {"tiny_vit", "pixels", "oracle"}
+    assert (res / "figures" / "patch_pca.png").exists()
+
+
 def test_second_run_has_nothing_to_do(workdir):
     proc = snakemake(workdir, "--dry-run")
     assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout[-3000:]
@@ -202,7 +218,8 @@ def test_changed_task_parameter_reruns_only_that_task(workdir):
             "params", {}).update(k=7)):
         jobs = planned_jobs(snakemake(workdir, "--dry-run"))
     assert jobs.get("fewshot_seg", 0) > 0, jobs
-    allowed = {"fewshot_seg", "collect_scores", "best_layer", "paired", "figures", "report", "all"}
+    allowed = {"fewshot_seg", "collect_scores", "best_layer", "paired", "figures", "report", "all",
+               "patch_pca"}  # the PCA figure shows the best layer
     assert set(jobs) <= allowed, jobs
     assert "extract_features" not in jobs and "channel_variance" not in jobs
 

@@ -177,7 +177,25 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
     # as the best_layer rule writes it
     write_csv(best_layer_table(df), tables_dir / "best_layer.csv")
     synthetic_token_norms(models).to_parquet(tables_dir / "token_norms.parquet")
+    synthetic_patch_pca(models).to_parquet(tables_dir / "patch_pca.parquet")
     return tables_dir
+
+
+def synthetic_patch_pca(models=MODELS) -> pd.DataFrame:
+    """tables/patch_pca.parquet: random patch colours at three layers of each deep model and
+    one 8 x 12 image (the real rows: tests/unit/test_patch_views.py)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, e in models.items():
+        n = e["n_layers"]
+        for layer in sorted({0, n // 2, n}) if n > 1 else [0]:
+            for r in range(2):
+                for c in range(3):
+                    rows.append(("pca", m, "scenes", "im0", layer, n, r, c, *rng.uniform(size=3)))
+    for r in range(8):
+        for c in range(12):
+            rows.append(("image", "", "scenes", "im0", -1, 0, r, c, *rng.uniform(size=3)))
+    return pd.DataFrame(rows, columns=T.TABLE_COLUMNS["patch_pca"])
 
 
 def synthetic_token_norms(models=MODELS) -> pd.DataFrame:

@@ -30,12 +30,13 @@ from pathlib import Path
 
 from patchlens.errors import ConfigError
 from patchlens.report import tables as T
-from patchlens.report.figures import attention, cka, overview, scores  # noqa: F401 (registers)
+from patchlens.report.figures import attention, cka, overview, patch_pca, scores  # noqa: F401
 from patchlens.report.figures.attention import (fig_attention_distance, fig_attention_offset,
                                                 fig_attention_stats, fig_offset_heads)
 from patchlens.report.figures.cka import fig_cka_image, fig_cka_patch, fig_cka_tokens_ln
 from patchlens.report.figures.core import (FIGURES, MAX_OFFSET_PANELS, FigureSpec, layer_name,
                                            metric_title, panel_key, read_caption)
+from patchlens.report.figures.patch_pca import fig_patch_pca
 from patchlens.report.figures.overview import (fig_best_layer, fig_token_norms,
                                                fig_variance_spectra)
 from patchlens.report.figures.scores import (fig_drop_sweep, fig_fewshot_seg, fig_instance_id,
@@ -49,7 +50,7 @@ __all__ = ["FIGURES", "FigureSpec", "MAX_OFFSET_PANELS", "layer_name", "make_fig
            "fig_offset_heads", "fig_cka_image", "fig_cka_patch", "fig_cka_tokens_ln",
            "fig_best_layer", "fig_token_norms", "fig_variance_spectra", "fig_drop_sweep",
            "fig_fewshot_seg", "fig_instance_id", "fig_keypoints", "fig_lowshot_cls",
-           "fig_retrieval_scale", "fig_tracking"]
+           "fig_retrieval_scale", "fig_tracking", "fig_patch_pca"]
 
 
 # ------------------------------------------------------------------------------------ drivers
