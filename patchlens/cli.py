@@ -10,7 +10,7 @@ from patchlens.errors import PatchlensError
 
 
 def _plan(args) -> int:
-    from patchlens.config import load_config
+    from patchlens.startup import load_config
     from patchlens.plan import CORE_RATES, DEFAULT_RATES, add_hours, format_plan, plan, probe
 
     config = load_config(args.config)

@@ -21,11 +21,11 @@ SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 TASKS = task_names()  # every registered task (patchlens/tasks/*.py)
 
 
-def validate(config: dict, values: bool = True) -> dict:
+def validate(config: dict) -> dict:
     """Validate against the schema and fill defaults in place (Snakemake's validator), then the
-    cross-references and, with ``values``, every configured value
-    (:func:`patchlens.checks.check_values`: imports torch and timm, ~4 s the first time; the
-    Snakefile skips it in the per-job invocations, whose driver already ran it)."""
+    cross-references. The values (every task's and analysis's parameters, the model facts) are
+    checked a layer above, by :func:`patchlens.startup.validate`, which the Snakefile's driver and
+    the CLI call."""
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
@@ -37,10 +37,6 @@ def validate(config: dict, values: bool = True) -> dict:
         raise ConfigError("config does not match schemas/config.schema.yaml: "
                           + (lines[0] if lines else type(exc).__name__)[:300]) from None
     check_references(config)
-    if values:
-        from patchlens.checks import check_values
-
-        check_values(config)
     return config
 
 

@@ -51,7 +51,7 @@ import xarray as xr
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import atomic_path
-from patchlens.params import merge_params
+from patchlens.params import expect_int, merge_params
 
 STAT_VARS = ("distance", "entropy", "cls_share")
 DEFAULT_PARAMS = {"radius": None, "layers": None}  # parameters of :func:`attention_statistics`
@@ -311,9 +311,7 @@ def stratified_sample(images, strata, n: int | None, seed: int) -> list[str]:
 def check_params(params: dict | None) -> dict:
     """``radius`` (null or an integer >= 1) and ``layers`` (null or a non-empty list of block
     indices >= 0) of :func:`attention_statistics`; ConfigError naming the key otherwise. The
-    range of ``layers`` against each model's depth is checked by :mod:`patchlens.checks`."""
-    from patchlens.checks import expect_int
-
+    range of ``layers`` against each model's depth is checked by :mod:`patchlens.startup`."""
     p = merge_params(params, DEFAULT_PARAMS, WHERE)
     if p["radius"] is not None:
         expect_int(p["radius"], f"{WHERE}.radius", 1)

@@ -34,6 +34,7 @@ from PIL import Image
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
+from patchlens.models.layers import select_layers
 from patchlens.models.resolve import input_geometry
 
 
@@ -55,19 +56,6 @@ def pixel_tokens(x: np.ndarray, patch: int) -> np.ndarray:
     h, w = H // patch, W // patch
     t = x.reshape(b, c, h, patch, w, patch).transpose(0, 2, 4, 3, 5, 1)
     return t.reshape(b, 1, h * w, patch * patch * c)
-
-
-def select_layers(layers, n_blocks: int, where: str = "layers") -> list[int]:
-    """``all`` or a list of block indices (negative counts from the end) -> sorted indices.
-
-    Indices outside ``-n_blocks .. n_blocks-1`` are a ConfigError naming ``where`` (the config
-    key), never wrapped around (:func:`patchlens.checks.check_layers`, run by the dry run too)."""
-    if layers in (None, "all"):
-        return list(range(n_blocks))
-    from patchlens.checks import check_layers
-
-    check_layers(layers, n_blocks, where)
-    return sorted({int(i) % n_blocks for i in layers})
 
 
 def has_final_norm(model) -> bool:

@@ -36,8 +36,7 @@ import pandas as pd
 from patchlens.data.dataset import VOID, Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
-from patchlens.checks import expect_int, expect_number, expect_split
-from patchlens.params import merge_params
+from patchlens.params import expect_int, expect_number, expect_split, merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
 from patchlens.evaluation.metrics import confusion_matrix, mean_iou
@@ -111,7 +110,7 @@ def load_labels(dataset: Dataset, image: str, lut: np.ndarray) -> np.ndarray:
 # -- protocol ------------------------------------------------------------------------------------
 def check_params(params: dict) -> dict:
     """``tasks.fewshot_seg.params`` with defaults filled; ConfigError naming the key otherwise
-    (run by the jobs and, through :mod:`patchlens.checks`, when the workflow starts)."""
+    (run by the jobs and, through :mod:`patchlens.startup`, when the workflow starts)."""
     where = f"tasks.{TASK}.params"
     p = merge_params(params, DEFAULT_PARAMS, where)
     check_vote_params(p, TASK)

@@ -19,7 +19,7 @@ The contract of ``run`` and ``check_params``:
 
 - ``check_params(params) -> dict``: ``tasks.<name>.params`` with ``defaults`` filled;
   :class:`~patchlens.errors.ConfigError` naming the key otherwise. Run when the workflow starts
-  (:func:`patchlens.checks.check_values`) and by the jobs.
+  (:func:`patchlens.startup.check_values`) and by the jobs.
 - ``run(store, dataset, transform, params, layers=None, units=None) -> DataFrame``: one row per
   (layer, seed, metric, ...) with columns ``layer, seed, metric, value, n_eval, n_skipped``
   (:func:`patchlens.evaluate.finish_table`); ``units`` (a list) receives the per-unit records of

@@ -246,7 +246,7 @@ def test_unknown_cka_mode_fails_at_config_validation():
 
     import yaml
 
-    from patchlens.config import validate
+    from patchlens.startup import validate
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
     validate(dict(cfg, analyses={**cfg["analyses"],

@@ -1,0 +1,122 @@
+"""The start-up check of a whole config: what ``snakemake -n`` and ``patchlens plan`` run before
+any data set is prepared or any feature is extracted. It sits above :mod:`patchlens.config` (which
+never imports it): the Snakefile's driver and the CLI call :func:`validate` / :func:`load_config`.
+
+:func:`patchlens.config.validate` checks types (the schema) and names (cross-references); this
+module adds the validators the jobs themselves run -- every task's and analysis's
+``check_params`` -- and the facts a model's architecture fixes, read from a build on torch's
+``meta`` device (no memory, no weights, one build per architecture,
+:func:`patchlens.models.resolve.resolve_model`):
+
+* ``models.<m>.timm`` / ``kwargs``: timm can build the architecture with those arguments;
+* ``models.<m>.layers``: block indices in ``-n_blocks .. n_blocks-1``
+  (:func:`patchlens.models.layers.check_layers`);
+* ``variants`` / ``tasks.<t>.variants``: ``drop<k>`` keeps at least one channel of every model
+  the task runs on (the oracle's channel count depends on the data set and is checked by its job);
+* ``datasets.<d>.img_size``: a patch grid of at least 2x2 for every model on the data set;
+* ``analyses.attention.params.layers``: blocks of every analysed model.
+
+Every failure is a :class:`~patchlens.errors.ConfigError` whose one line names the full key, the
+value and what is allowed.
+"""
+from __future__ import annotations
+
+from patchlens import config as C
+from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
+                              task_spec)
+from patchlens.errors import ConfigError
+from patchlens.features.variants import parse_variant
+from patchlens.models.layers import check_layers
+from patchlens.models.resolve import input_geometry, resolve_model
+from patchlens.params import expect_int, expect_splits
+
+
+def validate(config: dict) -> dict:
+    """:func:`patchlens.config.validate` (schema, defaults, cross-references), then
+    :func:`check_values` (imports torch and timm, ~4 s the first time); ``config`` filled in place
+    and returned."""
+    C.validate(config)
+    check_values(config)
+    return config
+
+
+def load_config(path) -> dict:
+    """The config file at ``path``, validated as :func:`validate` does."""
+    config = C.load_config(path)
+    check_values(config)
+    return config
+
+
+def check_values(config: dict) -> None:
+    """Every value check of the module docstring; ConfigError (one line) on the first failure."""
+    for task, entry in config["tasks"].items():
+        task_spec(task).check_params(entry.get("params"))
+    analyses = config.get("analyses") or {}
+    settings = {name: analysis_params(config, name) for name in analyses}
+    if "attention" in settings:
+        from patchlens.analysis import attention_stats, offset_heads
+
+        p = settings["attention"]
+        attention_stats.check_params({k: p[k] for k in attention_stats.DEFAULT_PARAMS})
+        offset_heads.check_params(p["offset_heads"])
+        expect_splits(p["split"], "analyses.attention.params.split")
+        expect_int(p["max_images"], "analyses.attention.params.max_images", 1)
+    if "cka" in settings:
+        from patchlens.analysis import cka
+
+        p = settings["cka"]
+        cka.check_params({k: p[k] for k in cka.DEFAULT_PARAMS})
+        expect_splits(p["split"], "analyses.cka.params.split")
+    if "token_norms" in settings:
+        from patchlens.analysis import token_norms
+
+        p = settings["token_norms"]
+        token_norms.check_params({k: v for k, v in p.items() if k != "split"})
+        expect_splits(p["split"], "analyses.token_norms.params.split")
+
+    specs = {key: model_spec(key, entry) for key, entry in config["models"].items()}
+    for key, spec in specs.items():
+        check_layers(config["models"][key].get("layers", "all"), spec["n_blocks"],
+                     f"models.{key}.layers")
+    check_grids(config, specs)
+    check_variants(config, specs)
+    if "attention" in settings and settings["attention"].get("layers") is not None:
+        for m in analysis_models(config, "attention"):
+            check_layers(settings["attention"]["layers"], specs[m]["n_blocks"],
+                         "analyses.attention.params.layers", negative=False, model=m)
+
+
+def model_spec(key: str, entry: dict) -> dict:
+    """:func:`~patchlens.models.resolve.resolve_model`, plus ``channels`` (None for the oracle:
+    its width depends on the data set)."""
+    spec = resolve_model(key, entry)
+    if spec["kind"] == "pixels":
+        spec["channels"] = spec["patch_size"] ** 2 * 3
+    elif spec["kind"] == "oracle":
+        spec["channels"] = None
+    return spec
+
+
+def check_grids(config: dict, specs: dict) -> None:
+    """Every (data set, model) input gives a patch grid of at least 2x2."""
+    for key, spec in specs.items():
+        for ds in model_datasets(config, key):
+            img_size = config["datasets"][ds].get("img_size", 224)
+            _, grid = input_geometry(img_size, spec["patch_size"])
+            if min(grid) < 2:
+                raise ConfigError(
+                    f"datasets.{ds}.img_size = {img_size!r}: model {key!r} (patch size "
+                    f"{spec['patch_size']}) gets a {grid[0]}x{grid[1]} patch grid; expected at "
+                    f"least 2x2, i.e. img_size >= {2 * spec['patch_size']}")
+
+
+def check_variants(config: dict, specs: dict) -> None:
+    """``drop<k>`` keeps at least one channel of every model the task is evaluated on."""
+    for task, model, _, variant in evaluation_jobs(config):
+        kind, k = parse_variant(variant)
+        channels = specs[model]["channels"]
+        if kind == "drop" and channels is not None and k >= channels:
+            where = (f"tasks.{task}.variants" if config["tasks"][task].get("variants")
+                     else "variants")
+            raise ConfigError(f"{where}: {variant} on model {model!r} with {channels} channels; "
+                              f"expected drop<k> with k <= {channels - 1}")
