@@ -18,6 +18,7 @@ import pandas as pd
 
 from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
+from patchlens.device import gpu_scope
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.features.channel_stats import VarianceStats
@@ -113,12 +114,13 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms: dict, 
 
 def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict, variance=None,
                  labels: dict | None = None, out_units: dict | None = None,
-                 bootstrap: dict | None = None) -> dict:
+                 bootstrap: dict | None = None, gpu: bool = False) -> dict:
     """Evaluate every variant of ``out_csvs`` ({variant: path}) on every layer from one read of
     the feature file; every score row gets ``ci_low``/``ci_high`` from the task's per-unit records
     (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
     (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
-    ``{"tables", "bytes_read", "file_bytes"}``."""
+    ``{"tables", "bytes_read", "file_bytes"}``. ``gpu`` (config ``gpu``): the task's torch paths run
+    on CUDA when one is present (:func:`patchlens.device.gpu_scope`)."""
     spec = task_spec(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in spec.requires if not dataset.has(k)]
@@ -127,7 +129,7 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
     transforms = {v: make_transform(v, variance) for v in out_csvs}
-    with FeatureStore(features) as store:
+    with FeatureStore(features) as store, gpu_scope(gpu):
         tables, units, read = score_layers(spec, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size

@@ -111,7 +111,7 @@ def build_model(spec: dict, weights_dir, size: tuple[int, int], dev):
 
 
 def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 16,
-            layers="all", device: str = "auto", weights_dir="weights", progress: bool = True,
+            layers="all", device: str = "cpu", weights_dir="weights", progress: bool = True,
             attrs: dict | None = None) -> None:
     """Write ``out_path`` with the tokens of every selected layer for every manifest image."""
     from tqdm import tqdm
@@ -151,8 +151,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
 
     import torch
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(device)  # the caller's choice (patchlens.device.device(gpu))
     model = build_model(spec, weights_dir, size, dev)
     idx = select_layers(layers, spec["n_blocks"], f"models.{spec['key']}.layers")
     final = has_final_norm(model)
