@@ -3,7 +3,8 @@
 The JSON schema (``schemas/config.schema.yaml``) checks types and fills defaults; this module adds
 the cross-references a schema cannot express (a task naming an unknown data set, a model limited to
 data sets that do not exist, unknown task parameters) and expands the config into the job lists the
-Snakefile asks for. The tasks are those of the registry (:mod:`patchlens.tasks.registry`).
+Snakefile asks for. The tasks and analyses are those of their registries
+(:mod:`patchlens.tasks.registry`, :mod:`patchlens.analysis.registry`).
 Nothing here imports torch.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from patchlens.analysis.registry import AnalysisSpec, analysis_names, find_analysis
 from patchlens.errors import ConfigError
 from patchlens.params import merge_params
 from patchlens.tasks.registry import TaskSpec, get_task, task_names
@@ -153,24 +155,23 @@ def task_params(config: dict, task: str) -> dict:
                         f"tasks.{task}.params")
 
 
-# Workflow-level parameters of the analyses (which images), beside the protocol parameters that
-# the analysis modules define and validate themselves.
-ANALYSIS_SAMPLING = {"attention": {"split": None, "max_images": 64, "seed": 0,
-                                   "offset_heads": {}},
-                     "cka": {"split": None}, "token_norms": {"split": None}}
+def analysis_spec(name: str) -> AnalysisSpec:
+    """The registered :class:`~patchlens.analysis.registry.AnalysisSpec` of ``name``; ConfigError
+    naming ``analyses.<name>`` when no module registers it."""
+    spec = find_analysis(name)
+    if spec is None:
+        raise ConfigError(f"analyses.{name}: unknown analysis (known: "
+                          f"{', '.join(analysis_names())}); remove it from the config or add its "
+                          "module to patchlens/analysis")
+    return spec
 
 
 def analysis_params(config: dict, name: str) -> dict:
-    """``analyses.<name>.params`` with every default filled (unknown names fail here)."""
-    if name == "attention":
-        from patchlens.analysis.attention_stats import DEFAULT_PARAMS
-    elif name == "token_norms":
-        from patchlens.analysis.token_norms import DEFAULT_PARAMS
-    else:
-        from patchlens.analysis.cka import DEFAULT_PARAMS
+    """``analyses.<name>.params`` with every default filled, the analysis's own and its sampling
+    (unknown names fail here)."""
+    spec = analysis_spec(name)
     given = config["analyses"][name].get("params")
-    return merge_params(given, {**ANALYSIS_SAMPLING[name], **DEFAULT_PARAMS},
-                        f"analyses.{name}.params")
+    return merge_params(given, {**spec.sampling, **spec.defaults}, f"analyses.{name}.params")
 
 
 def model_datasets(config: dict, model: str) -> list[str]:
@@ -193,8 +194,33 @@ def evaluation_jobs(config: dict) -> list[tuple[str, str, str, str]]:
     return jobs
 
 
-def analysis_models(config: dict, analysis: str, timm_only: bool = True) -> list[str]:
+def analysis_models(config: dict, analysis: str, timm_only: bool | None = None) -> list[str]:
+    """The models an analysis runs on: ``analyses.<name>.models``, else every model (every timm
+    model when ``timm_only``; default: the analysis's own ``timm_only``)."""
     entry = config["analyses"][analysis]
+    if timm_only is None:
+        timm_only = analysis_spec(analysis).timm_only
     models = entry.get("models") or [m for m, e in config["models"].items()
                                      if "timm" in e or not timm_only]
     return models
+
+
+def analysis_pairs(config: dict, analysis: str) -> list[tuple[str, str]]:
+    """Every (model, data set) the configured analysis covers, data set then model order."""
+    entry = (config.get("analyses") or {}).get(analysis)
+    if not entry:
+        return []
+    return [(m, d) for d in entry["datasets"] for m in analysis_models(config, analysis)
+            if d in model_datasets(config, m)]
+
+
+def analysis_outputs(config: dict, analysis: str, results: str = "results") -> list[str]:
+    """The job outputs of a configured analysis (its ``outputs`` under ``results``): one per
+    (model, data set) when the path has ``{model}``, else one per data set; [] when the config
+    does not ask for the analysis."""
+    spec = analysis_spec(analysis)
+    if "{model}" in spec.outputs:
+        return [f"{results}/{spec.outputs.format(model=m, dataset=d)}"
+                for m, d in analysis_pairs(config, analysis)]
+    entry = (config.get("analyses") or {}).get(analysis)
+    return [f"{results}/{spec.outputs.format(dataset=d)}" for d in (entry or {}).get("datasets", [])]

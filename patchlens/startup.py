@@ -14,7 +14,8 @@ module adds the validators the jobs themselves run -- every task's and analysis'
 * ``variants`` / ``tasks.<t>.variants``: ``drop<k>`` keeps at least one channel of every model
   the task runs on (the oracle's channel count depends on the data set and is checked by its job);
 * ``datasets.<d>.img_size``: a patch grid of at least 2x2 for every model on the data set;
-* ``analyses.attention.params.layers``: blocks of every analysed model.
+* an analysis's settings against every model it runs on (its ``check_model``, e.g. the
+  attention layers are blocks of every analysed model).
 
 Every failure is a :class:`~patchlens.errors.ConfigError` whose one line names the full key, the
 value and what is allowed.
@@ -22,13 +23,12 @@ value and what is allowed.
 from __future__ import annotations
 
 from patchlens import config as C
-from patchlens.config import (analysis_models, analysis_params, evaluation_jobs, model_datasets,
-                              task_spec)
+from patchlens.config import (analysis_models, analysis_params, analysis_spec, evaluation_jobs,
+                              model_datasets, task_spec)
 from patchlens.errors import ConfigError
 from patchlens.features.variants import parse_variant
 from patchlens.models.layers import check_layers
 from patchlens.models.resolve import input_geometry, resolve_model
-from patchlens.params import expect_int, expect_splits
 
 
 def validate(config: dict) -> dict:
@@ -51,39 +51,19 @@ def check_values(config: dict) -> None:
     """Every value check of the module docstring; ConfigError (one line) on the first failure."""
     for task, entry in config["tasks"].items():
         task_spec(task).check_params(entry.get("params"))
-    analyses = config.get("analyses") or {}
-    settings = {name: analysis_params(config, name) for name in analyses}
-    if "attention" in settings:
-        from patchlens.analysis import attention_stats, offset_heads
-
-        p = settings["attention"]
-        attention_stats.check_params({k: p[k] for k in attention_stats.DEFAULT_PARAMS})
-        offset_heads.check_params(p["offset_heads"])
-        expect_splits(p["split"], "analyses.attention.params.split")
-        expect_int(p["max_images"], "analyses.attention.params.max_images", 1)
-    if "cka" in settings:
-        from patchlens.analysis import cka
-
-        p = settings["cka"]
-        cka.check_params({k: p[k] for k in cka.DEFAULT_PARAMS})
-        expect_splits(p["split"], "analyses.cka.params.split")
-    if "token_norms" in settings:
-        from patchlens.analysis import token_norms
-
-        p = settings["token_norms"]
-        token_norms.check_params({k: v for k, v in p.items() if k != "split"})
-        expect_splits(p["split"], "analyses.token_norms.params.split")
-
+    analyses = {name: analysis_params(config, name) for name in config.get("analyses") or {}}
+    for name, settings in analyses.items():
+        analysis_spec(name).check_params(settings)
     specs = {key: model_spec(key, entry) for key, entry in config["models"].items()}
     for key, spec in specs.items():
         check_layers(config["models"][key].get("layers", "all"), spec["n_blocks"],
                      f"models.{key}.layers")
     check_grids(config, specs)
     check_variants(config, specs)
-    if "attention" in settings and settings["attention"].get("layers") is not None:
-        for m in analysis_models(config, "attention"):
-            check_layers(settings["attention"]["layers"], specs[m]["n_blocks"],
-                         "analyses.attention.params.layers", negative=False, model=m)
+    for name, settings in analyses.items():
+        check_model = analysis_spec(name).check_model
+        for m in analysis_models(config, name) if check_model else ():
+            check_model(settings, m, specs[m])
 
 
 def model_spec(key: str, entry: dict) -> dict:

@@ -4,11 +4,12 @@ import json
 import sys
 from pathlib import Path
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.config import (
-    analysis_models,
+    analysis_outputs,
+    analysis_pairs,
     analysis_params,
     evaluation_jobs,
-    model_datasets,
     task_params,
     task_variants,
 )
@@ -96,40 +97,25 @@ def model_entry(wildcards):
     return canonical(feature_entry(config["models"][wildcards.model]))
 
 
-def attention_forward_settings():
-    """Attention settings that reach the forward pass: not the offset-head thresholds, which
-    only attention_tables applies."""
-    return {
-        k: v
-        for k, v in settings("analyses", "attention").items()
-        if k != "offset_heads"
-    }
-
-
-def attention_files():
-    if "attention" not in config["analyses"]:
+def analysis_files(name):
+    """The job outputs of analysis `name` (patchlens.analysis registry); [] when not configured."""
+    if name not in config["analyses"]:
         return []
-    return [
-        f"{RESULTS}/attention/{m}/{d}.h5"
-        for d in config["analyses"]["attention"]["datasets"]
-        for m in analysis_models(config, "attention")
-        if d in model_datasets(config, m)
-    ]
+    return analysis_outputs(config, name, RESULTS)
 
 
-def cka_feature_files(wildcards):
-    models = [
-        m
-        for m in analysis_models(config, "cka", timm_only=False)
-        if wildcards.dataset in model_datasets(config, m)
-    ]
-    return {m: features(m, wildcards.dataset) for m in models}
+def get_analysis_features(name):
+    """Input function of an analysis rule with one job per data set: the feature file of every
+    model the analysis covers on that data set, keyed by model."""
 
+    def inputs(wildcards):
+        return {
+            m: features(m, d)
+            for m, d in analysis_pairs(config, name)
+            if d == wildcards.dataset
+        }
 
-def cka_files():
-    if "cka" not in config["analyses"]:
-        return []
-    return [f"{RESULTS}/cka/{d}.parquet" for d in config["analyses"]["cka"]["datasets"]]
+    return inputs
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,20 +190,13 @@ def table_files():
         f"{RESULTS}/tables/best_layer.csv",
         f"{RESULTS}/tables/variance.parquet",
     ]
-    if attention_files():
-        tables += [
-            f"{RESULTS}/tables/attention.parquet",
-            f"{RESULTS}/tables/offset_heads.csv",
-            f"{RESULTS}/tables/offset_maps.parquet",
-        ]
-    if cka_files():
-        tables.append(f"{RESULTS}/tables/cka.parquet")
+    for spec in all_analyses():
+        if analysis_files(spec.name):
+            tables += [f"{RESULTS}/tables/{t}" for t in spec.tables]
     if evaluation_jobs(
         config
     ):  # paired comparisons over the units (rules/statistics.smk)
         tables.append(f"{RESULTS}/tables/paired.csv")
-    if token_norm_files():
-        tables.append(f"{RESULTS}/tables/token_norms.parquet")
     return tables
 
 
@@ -245,15 +224,4 @@ def units_files():
     return [
         f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
         for t, m, d, v in evaluation_jobs(config)
-    ]
-
-
-def token_norm_files():
-    if "token_norms" not in config["analyses"]:
-        return []
-    return [
-        f"{RESULTS}/token_norms/{m}/{d}.parquet"
-        for d in config["analyses"]["token_norms"]["datasets"]
-        for m in analysis_models(config, "token_norms", timm_only=False)
-        if d in model_datasets(config, m)
     ]
