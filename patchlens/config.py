@@ -9,6 +9,7 @@ Nothing here imports torch.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import yaml
@@ -31,6 +32,7 @@ def validate(config: dict) -> dict:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate as sm_validate
 
+    normalise_booleans(config)
     check_schema(config)
     try:
         sm_validate(config, str(SCHEMA), set_default=True)
@@ -49,13 +51,55 @@ def check_schema(config: dict) -> None:
 
     if not isinstance(config, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {type(config).__name__}")
-    schema = yaml.safe_load(SCHEMA.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    schema = _schema()
+    validator = _strict_validator()(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
         return
     raise ConfigError(f"config does not match schemas/config.schema.yaml: "
                       f"{schema_error_line(error)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def normalise_booleans(config, schema: dict | None = None) -> None:
+    """The usual spellings of a boolean, in place, for every key the schema types as boolean:
+    ``snakemake --config gpu=true`` passes the string ``'true'`` (only ``True`` becomes a bool),
+    so ``true/false``, ``yes/no``, ``on/off``, ``1/0`` (any case) are read as booleans there.
+    Anything else is left for the schema to refuse."""
+    schema = _schema() if schema is None else schema
+    if not isinstance(config, dict):
+        return
+    props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+    for key, value in config.items():
+        sub = props.get(key, extra)
+        if not isinstance(sub, dict):
+            continue
+        if sub.get("type") == "boolean":
+            word = str(value).strip().lower()
+            if isinstance(value, (str, int)) and not isinstance(value, bool) and \
+                    word in TRUE + FALSE:
+                config[key] = word in TRUE
+        else:
+            normalise_booleans(value, sub)
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_validator():
+    """Draft 2020-12 whose ``integer`` is an int, never a float with an integral value (JSON
+    Schema accepts ``8.0`` as an integer; a batch size of 8.0 then fails every job)."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool))
+    return jsonschema.validators.extend(base, type_checker=checker)
 
 
 def schema_error_line(error) -> str:
@@ -66,7 +110,10 @@ def schema_error_line(error) -> str:
     shown = repr(value)
     if len(shown) > 60 or isinstance(value, dict):
         shown = None
-    if error.validator == "oneOf" and all(set(o) == {"required"} for o in error.schema["oneOf"]):
+    if "propertyNames" in error.schema_path:
+        shown, why = None, (f"key {value!r} is not allowed; expected letters, digits, '_', '-' "
+                            "and '.', not starting with '.' and without '..'")
+    elif error.validator == "oneOf" and all(set(o) == {"required"} for o in error.schema["oneOf"]):
         keys = [k for o in error.schema["oneOf"] for k in o["required"]]
         shown, why = None, f"expected exactly one of {', '.join(keys)}"
     elif error.validator in ("oneOf", "anyOf") and error.context:
@@ -101,6 +148,8 @@ def _expected(error) -> str:
         lo, hi = s.get("minItems"), s.get("maxItems")
         n = f"{lo}" if lo == hi else f"{lo or 0}..{hi if hi is not None else 'any'}"
         return f"expected a list of {n} items"
+    if v == "uniqueItems":
+        return "expected a list without repeated items"
     if v == "required":
         return " ".join(error.message.split())[:120]
     if v == "minProperties":
@@ -115,7 +164,10 @@ def load_config(path) -> dict:
     try:
         config = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{where}: not valid YAML ({why})") from None
     return validate(config)
 
 

@@ -14,6 +14,7 @@ module adds the validators the jobs themselves run -- every task's and analysis'
 * ``variants`` / ``tasks.<t>.variants``: ``drop<k>`` keeps at least one channel of every model
   the task runs on (the oracle's channel count depends on the data set and is checked by its job);
 * ``datasets.<d>.img_size``: a patch grid of at least 2x2 for every model on the data set;
+* ``datasets.<d>.params`` of the ``scenes`` generator, and ``variance.split`` against its splits;
 * an analysis's settings against every model it runs on (its ``check_model``, e.g. the
   attention layers are blocks of every analysed model).
 
@@ -22,9 +23,13 @@ value and what is allowed.
 """
 from __future__ import annotations
 
+import re
+
 from patchlens import config as C
 from patchlens.config import (analysis_models, analysis_params, analysis_spec, evaluation_jobs,
                               model_datasets, task_spec)
+from patchlens.data.scenes.params import SPLITS as SCENE_SPLITS
+from patchlens.data.scenes.params import resolve_params as resolve_scenes
 from patchlens.errors import ConfigError
 from patchlens.features.variants import parse_variant
 from patchlens.models.layers import check_layers
@@ -60,6 +65,7 @@ def check_values(config: dict) -> None:
                      f"models.{key}.layers")
     check_grids(config, specs)
     check_variants(config, specs)
+    check_scenes(config)
     for name, settings in analyses.items():
         check_model = analysis_spec(name).check_model
         for m in analysis_models(config, name) if check_model else ():
@@ -100,3 +106,24 @@ def check_variants(config: dict, specs: dict) -> None:
                      else "variants")
             raise ConfigError(f"{where}: {variant} on model {model!r} with {channels} channels; "
                               f"expected drop<k> with k <= {channels - 1}")
+
+
+def check_scenes(config: dict) -> None:
+    """The generator parameters of every ``scenes`` data set (``datasets.<d>.params``: negative,
+    zero, fractional or misspelt values), and ``variance.split`` against the splits it makes."""
+    jobs = {d for _, _, d, _ in evaluation_jobs(config)}
+    for name, entry in config["datasets"].items():
+        if entry["source"] != "scenes":
+            continue
+        where = f"datasets.{name}.params"
+        try:
+            resolve_scenes(entry.get("params"))
+        except ConfigError as exc:
+            msg = str(exc).replace("scenes parameters (datasets.<name>.params)", where)
+            named = re.match(r"^scenes parameter '([^']+)': (.*)$", msg)
+            raise ConfigError(f"{where}.{named[1]}: {named[2]}" if named else msg) from None
+        split = config["variance"]["split"]
+        unknown = [s for s in split if s not in SCENE_SPLITS]
+        if name in jobs and unknown:
+            raise ConfigError(f"variance.split = {split!r}: data set {name!r} (scenes) has no "
+                              f"split {', '.join(unknown)}; its splits: {', '.join(SCENE_SPLITS)}")

@@ -1,6 +1,7 @@
 # Target lists and input functions shared by the rule files.
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from patchlens.plan import (
 RESULTS = "results"
 EXTRACT_ENV = "../envs/extract.yaml"
 EVAL_ENV = "../envs/evaluate-gpu.yaml" if config["gpu"] else "../envs/evaluate.yaml"
-DATASET_KEYS = "|".join(config["datasets"])
-MODEL_KEYS = "|".join(config["models"])
+# keys as the schema allows them (letters, digits, _ - .), matched literally
+DATASET_KEYS = "|".join(map(re.escape, config["datasets"]))
+MODEL_KEYS = "|".join(map(re.escape, config["models"]))
 
 
 wildcard_constraints:

@@ -6,7 +6,7 @@ import pandas as pd
 from patchlens.analysis.cka import cka_layers
 from patchlens.device import gpu_scope
 from patchlens.data.dataset import Dataset
-from patchlens.features.store import FeatureStore
+from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.io import write_parquet
 from patchlens.workflow import run
 
@@ -18,6 +18,8 @@ def main(snakemake):
     images = dataset.split(*split) if split else dataset.images
     paths = {k: v for k, v in snakemake.input.items() if k != "manifest"}
     stores = {m: FeatureStore(p) for m, p in paths.items()}
+    for m, store in stores.items():
+        expect_identity(store, m, snakemake.wildcards.dataset)
     with gpu_scope(bool(snakemake.config["gpu"])):  # CUDA when asked and present
         tables = [cka_layers(stores[a], stores[b], images, settings).assign(model_a=a, model_b=b)
                   for a, b in combinations_with_replacement(sorted(stores), 2)]

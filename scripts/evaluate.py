@@ -3,10 +3,13 @@
 variant."""
 from patchlens.data.dataset import Dataset
 from patchlens.evaluate import evaluate_all
+from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.workflow import run
 
 
 def main(snakemake):
+    with FeatureStore(snakemake.input.features) as store:  # the features this job expects
+        expect_identity(store, snakemake.wildcards.model, snakemake.wildcards.dataset)
     variants = list(snakemake.params.variants)
     scores = list(snakemake.output.scores)
     evaluate_all(task=snakemake.params.task, params=dict(snakemake.params.settings),
