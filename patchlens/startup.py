@@ -59,7 +59,7 @@ def check_values(config: dict) -> None:
     analyses = {name: analysis_params(config, name) for name in config.get("analyses") or {}}
     for name, settings in analyses.items():
         analysis_spec(name).check_params(settings)
-    specs = {key: model_spec(key, entry) for key, entry in config["models"].items()}
+    specs = {key: resolve_model(key, entry) for key, entry in config["models"].items()}
     for key, spec in specs.items():
         check_layers(config["models"][key].get("layers", "all"), spec["n_blocks"],
                      f"models.{key}.layers")
@@ -70,17 +70,6 @@ def check_values(config: dict) -> None:
         check_model = analysis_spec(name).check_model
         for m in analysis_models(config, name) if check_model else ():
             check_model(settings, m, specs[m])
-
-
-def model_spec(key: str, entry: dict) -> dict:
-    """:func:`~patchlens.models.resolve.resolve_model`, plus ``channels`` (None for the oracle:
-    its width depends on the data set)."""
-    spec = resolve_model(key, entry)
-    if spec["kind"] == "pixels":
-        spec["channels"] = spec["patch_size"] ** 2 * 3
-    elif spec["kind"] == "oracle":
-        spec["channels"] = None
-    return spec
 
 
 def check_grids(config: dict, specs: dict) -> None:

@@ -140,8 +140,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
         return
 
     if spec["kind"] == "pixels":
-        channels = spec["patch_size"] ** 2 * 3
-        with FeatureWriter(out_path, images, [0], grid, channels, False, meta) as w:
+        with FeatureWriter(out_path, images, [0], grid, spec["channels"], False, meta) as w:
             for chunk in _batches(images, batch_size):
                 x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
                 w.write(pixel_tokens(x, spec["patch_size"]))
