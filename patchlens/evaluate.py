@@ -25,11 +25,11 @@ from patchlens.features.channel_stats import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.io import write_csv, write_parquet
 from patchlens.stats.units import finish
+from patchlens.tasks.registry import RUN_COLUMNS, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
-              "n_eval", "n_skipped", "params"]
+ID_COLUMNS = SCORE_COLUMNS  # identifying columns first, then the task's own
 
 
 def make_transform(variant: str, variance_path=None):
@@ -156,8 +156,7 @@ def finish_table(table, task, variant, params, n_layers, features, labels):
         raise DataError(f"task {task} on {features}: non-finite score (see the log)")
     table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
                          n_layers=n_layers, **(labels or {}))
-    missing = [c for c in ("layer", "seed", "metric", "value", "n_eval", "n_skipped")
-               if c not in table]
+    missing = [c for c in RUN_COLUMNS if c not in table]
     if missing:
         raise RuntimeError(f"task {task} returned no {', '.join(missing)} column(s)")
     extra = [c for c in table.columns if c not in ID_COLUMNS]

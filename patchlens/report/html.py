@@ -25,7 +25,7 @@ from patchlens.report import tables as T
 from patchlens.report.figures import FIGURES, panel_key, metric_title
 from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
-from patchlens.stats.report import load_tables as stats_tables
+from patchlens.report.statistics import load_tables as stats_tables
 from patchlens.tasks.registry import all_tasks
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide

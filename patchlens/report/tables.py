@@ -27,10 +27,8 @@ from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-leve
 from patchlens.errors import ConfigError, DataError
 from patchlens.io import write_csv, write_parquet
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
-from patchlens.tasks.registry import all_tasks
+from patchlens.tasks.registry import SCORE_COLUMNS, all_tasks
 
-SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
-                 "n_eval", "n_skipped", "params"]
 _INT_COLUMNS = ["layer", "seed", "n_eval", "n_skipped"]
 _STR_COLUMNS = ["task", "model", "dataset", "variant", "metric", "params"]
 # optional columns some tasks add; absent ones are filled so parquet has one dtype per column

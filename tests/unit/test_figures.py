@@ -21,7 +21,7 @@ from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
 from patchlens.report.variance_table import write_variance
-from patchlens.stats.report import FILES as STATS_FILES, load_tables as stats_tables
+from patchlens.report.statistics import FILES as STATS_FILES, load_tables as stats_tables
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"dino": {"family": "contrastive", "n_layers": 6, "timm": "vit_small_patch16_224.dino"},

@@ -22,7 +22,7 @@ from patchlens.errors import ConfigError
 from patchlens.io import atomic_path
 from patchlens.report import style
 from patchlens.report import tables as T
-from patchlens.stats.report import with_intervals
+from patchlens.report.statistics import with_intervals
 
 
 class FigureSpec(NamedTuple):
