@@ -17,7 +17,7 @@ rule attention_stats:
     resources:
         **extraction_resources("attention_stats"),
     params:
-        model=model_entry,
+        model=get_model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
         # the offset-head thresholds reach attention_tables only
         settings={

@@ -1,4 +1,5 @@
-# Target lists and input functions shared by the rule files.
+# Shared by the rule files, in sections: paths, input functions and params, plan and resources,
+# targets, labels.
 import functools
 import json
 import re
@@ -39,6 +40,7 @@ wildcard_constraints:
     variant=r"raw|zscore|drop\d+",
 
 
+# -- paths: where every file of a run lives, and the params helpers
 def canonical(obj):
     """Dicts with sorted keys: Snakemake compares params by their text, and the order of keys in
     a YAML file must not decide whether a job reruns."""
@@ -65,14 +67,13 @@ def variance(model, dataset):
     return f"{RESULTS}/variance/{model}/{dataset}.h5"
 
 
-def score_files():
-    return [
-        f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
-        for t, m, d, v in evaluation_jobs(config)
-    ]
+def feature_output(path):
+    """A feature file, temp() when `keep_features: false` (deleted once its consumers are done)."""
+    return path if config.get("keep_features", True) else temp(path)
 
 
-def evaluator_inputs(task):
+# -- input functions and params: what a rule's jobs read (get_...)
+def get_evaluator_inputs(task):
     """Input function of a task's rule: features + data set, and the channel statistics when
     one of the task's variants needs them (one job scores every variant)."""
     stats = any(needs_stats(v) for v in task_variants(config, task))
@@ -89,21 +90,14 @@ def evaluator_inputs(task):
     return inputs
 
 
-def dataset_entry(wildcards):
+def get_dataset_entry(wildcards):
     entry = config["datasets"][wildcards.dataset]
     return canonical({"source": entry["source"], "params": entry.get("params", {})})
 
 
-def model_entry(wildcards):
+def get_model_entry(wildcards):
     """The fields of the model entry that change features (no label, family, datasets)."""
     return canonical(feature_entry(config["models"][wildcards.model]))
-
-
-def analysis_files(name):
-    """The job outputs of analysis `name` (patchlens.analysis registry); [] when not configured."""
-    if name not in config["analyses"]:
-        return []
-    return analysis_outputs(config, name, RESULTS)
 
 
 def get_analysis_features(name):
@@ -120,6 +114,7 @@ def get_analysis_features(name):
     return inputs
 
 
+# -- plan and resources: the cost model (patchlens.plan) behind threads, mem_mb, runtime
 @functools.lru_cache(maxsize=None)
 def study_plan():
     """The cost model of this config (patchlens.plan), computed once per workflow run."""
@@ -158,9 +153,8 @@ def extraction_resources(rule_name="extract_features"):
     return res
 
 
-def feature_output(path):
-    """A feature file, temp() when `keep_features: false` (deleted once its consumers are done)."""
-    return path if config.get("keep_features", True) else temp(path)
+def evaluator_resources(task):
+    return planned_resources(task, config["gpu"])
 
 
 def disk_check():
@@ -175,13 +169,31 @@ def disk_check():
             raise SystemExit(1)
 
 
-def evaluator_resources(task):
-    return planned_resources(task, config["gpu"])
+# -- targets: the files the config asks for
+def score_files():
+    return [
+        f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
+
+
+def units_files():
+    return [
+        f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
 
 
 def variance_files():
     pairs = sorted({(m, d) for _, m, d, _ in evaluation_jobs(config)})
     return [variance(m, d) for m, d in pairs]
+
+
+def analysis_files(name):
+    """The job outputs of analysis `name` (patchlens.analysis registry); [] when not configured."""
+    if name not in config["analyses"]:
+        return []
+    return analysis_outputs(config, name, RESULTS)
 
 
 def table_files():
@@ -202,6 +214,7 @@ def table_files():
     return tables
 
 
+# -- labels: what the report shows beside the numbers
 def model_labels():
     return canonical(
         {
@@ -220,10 +233,3 @@ def figure_captions():
     """Figure name -> caption (report/captions/{name}.rst), shown by `snakemake --report`."""
     captions = Path(workflow.basedir) / "report" / "captions"
     return {p.stem: p.read_text().strip() for p in sorted(captions.glob("*.rst"))}
-
-
-def units_files():
-    return [
-        f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
-        for t, m, d, v in evaluation_jobs(config)
-    ]
