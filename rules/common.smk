@@ -16,7 +16,7 @@ from patchlens.config import (
     task_variants,
 )
 from patchlens.errors import ConfigError
-from patchlens.features.variants import needs_stats
+from patchlens.features.variants import VARIANT_PATTERN, needs_stats
 from patchlens.models.resolve import feature_entry, model_label
 from patchlens.plan import (
     GPU_TFLOPS,
@@ -37,7 +37,7 @@ MODEL_KEYS = "|".join(map(re.escape, config["models"]))
 wildcard_constraints:
     dataset=DATASET_KEYS,
     model=MODEL_KEYS,
-    variant=r"raw|zscore|drop\d+",
+    variant=VARIANT_PATTERN,
 
 
 # -- paths: where every file of a run lives, and the params helpers

@@ -25,6 +25,7 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-level rows: one home
 from patchlens.errors import ConfigError, DataError
+from patchlens.features.variants import parse_variant
 from patchlens.io import write_csv, write_parquet
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
 from patchlens.tasks.registry import SCORE_COLUMNS, all_tasks
@@ -351,10 +352,11 @@ def overall(scores: pd.DataFrame) -> pd.DataFrame:
 
 def drop_m(variant: str) -> int | None:
     """'raw' -> 0, 'drop4' -> 4, anything else (zscore) -> None."""
-    if variant == "raw":
-        return 0
-    m = re.fullmatch(r"drop(\d+)", str(variant))
-    return int(m.group(1)) if m else None
+    try:
+        kind, m = parse_variant(str(variant))
+    except ConfigError:
+        return None
+    return m if kind in ("raw", "drop") else None
 
 
 def best_drop_variant(ov: pd.DataFrame) -> pd.DataFrame:

@@ -14,7 +14,7 @@ import yaml
 from patchlens import config as C
 from patchlens.cli import main
 from patchlens.config import ROOT
-from patchlens.errors import DataError
+from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore, expect_identity, write_features
 
 TINY = yaml.safe_load((ROOT / "tests" / "configs" / "tiny.yaml").read_text())
@@ -115,3 +115,18 @@ def test_a_feature_file_of_another_model_or_data_set_is_refused(tmp_path):
                                                 r"of model 'm1' on data set 'ds', not of model "
                                                 rf"'{model}' on '{dataset}'; delete it and rerun"):
                 expect_identity(store, model, dataset)
+
+
+def test_the_variant_grammar_has_one_definition():
+    """The schema's pattern is the grammar of features/variants.py, and both refuse and accept
+    the same spellings."""
+    from patchlens.features.variants import VARIANT_PATTERN, parse_variant
+
+    schema = yaml.safe_load(C.SCHEMA.read_text())
+    assert schema["$defs"]["variant"]["pattern"] == f"^({VARIANT_PATTERN})$"
+    for ok, parsed in (("raw", ("raw", 0)), ("zscore", ("zscore", 0)), ("drop12", ("drop", 12))):
+        assert parse_variant(ok) == parsed
+    for bad in ("drop", "Raw", "drop-1", "zscore1", "raw|drop1"):
+        with pytest.raises(ConfigError):
+            parse_variant(bad)
+        assert not re.fullmatch(schema["$defs"]["variant"]["pattern"], bad)
