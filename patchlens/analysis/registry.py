@@ -5,9 +5,9 @@ registry (:mod:`patchlens.tasks.registry`) does for the evaluation tasks.
 An analysis is declared with one call (the built-in ones: :mod:`patchlens.analysis.specs`)::
 
     register_analysis(AnalysisSpec(
-        name="cka", title="Representation similarity (CKA)", defaults=cka.DEFAULT_PARAMS,
-        sampling={"split": None}, check_params=check_cka, outputs="cka/{dataset}.parquet",
-        tables=("cka.parquet",), reads="features"))
+        name="norms", title="Token norms", defaults=DEFAULT_PARAMS, sampling={"split": None},
+        check_params=check_settings, outputs="norms/{model}/{dataset}.parquet",
+        tables=("norms.parquet",), reads="features", figures=("norms",)))
 
 Importing :mod:`patchlens.analysis` imports every module of the package, so every module that
 registers an analysis is in the registry before anyone asks for it; this module imports none of
@@ -44,6 +44,8 @@ class AnalysisSpec:
     network), else every model.
     ``check_model(settings, key, facts)``: optional check of the settings against one analysed
     model's facts (:func:`patchlens.models.resolve.resolve_model`, e.g. ``n_blocks``).
+    ``figures``: names of the report figures (:data:`patchlens.report.figures.FIGURES`) shown in
+    the analysis's report section, in order (names without a figure are ignored).
     ``flop``: optional cost model for the resource plan (the plan's cost of one job).
     ``order``: its rank wherever analyses are listed (ascending)."""
     name: str
@@ -56,6 +58,7 @@ class AnalysisSpec:
     reads: str = "features"
     timm_only: bool = False
     check_model: Callable | None = None
+    figures: tuple[str, ...] = ()
     flop: Callable | None = None
     order: int = 100
 
@@ -80,8 +83,9 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
                          f"{sorted(set(spec.defaults) & set(spec.sampling))}")
     if not (isinstance(spec.outputs, str) and "{dataset}" in spec.outputs):
         raise ValueError(f"{where}: outputs must be a path with {{dataset}}")
-    if not isinstance(spec.tables, tuple) or spec.reads not in READS:
-        raise ValueError(f"{where}: tables must be a tuple and reads one of {READS}")
+    if not (isinstance(spec.tables, tuple) and isinstance(spec.figures, tuple)) or \
+            spec.reads not in READS:
+        raise ValueError(f"{where}: tables and figures must be tuples, reads one of {READS}")
     if not callable(spec.check_params) or any(
             f is not None and not callable(f) for f in (spec.check_model, spec.flop)):
         raise ValueError(f"{where}: check_params (and check_model, flop if given) must be "

@@ -50,15 +50,17 @@ ATTENTION = register_analysis(AnalysisSpec(
     sampling={"split": None, "max_images": 64, "seed": 0}, check_params=check_attention,
     outputs="attention/{model}/{dataset}.h5",
     tables=("attention.parquet", "offset_heads.csv", "offset_maps.parquet"), reads="images",
-    timm_only=True, check_model=attention_layers, order=10))
+    timm_only=True, check_model=attention_layers, order=10,
+    figures=("attention_distance", "attention_offset", "attention_stats", "offset_heads")))
 
 CKA = register_analysis(AnalysisSpec(
     name="cka", title="Representation similarity (CKA)", defaults=cka.DEFAULT_PARAMS,
     sampling={"split": None}, check_params=check_cka, outputs="cka/{dataset}.parquet",
-    tables=("cka.parquet",), reads="features", order=20))
+    tables=("cka.parquet",), reads="features", order=20,
+    figures=("cka_patch", "cka_image", "cka_tokens_ln")))
 
 TOKEN_NORMS = register_analysis(AnalysisSpec(
     name="token_norms", title="High-norm tokens", defaults=token_norms.DEFAULT_PARAMS,
     sampling={"split": None}, check_params=check_token_norms,
     outputs="token_norms/{model}/{dataset}.parquet", tables=("token_norms.parquet",),
-    reads="features", order=30))
+    reads="features", order=30, figures=("token_norms",)))

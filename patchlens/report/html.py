@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from patchlens import __version__
+from patchlens.analysis.registry import all_analyses
 from patchlens.io import atomic_path
 from patchlens.report import tables as T
 from patchlens.report.figures import FIGURES, panel_key, metric_title
@@ -32,15 +33,13 @@ from patchlens.tasks.registry import all_tasks
 SCREEN_SCALE = 0.7
 
 # (anchor, title, figures, task whose summary table goes under the figures); one section per
-# registered task (its title and report figures, patchlens.tasks.registry), in task order
+# registered task and per registered analysis (title and report figures:
+# patchlens.tasks.registry, patchlens.analysis.registry), in registry order
 SECTIONS = [
     ("overview", "Overview: best layer", ["best_layer"], None),
     *[(s.name, s.title, list(s.figures), s.name) for s in all_tasks()],
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
-    ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
-                            "offset_heads"], None),
-    ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image", "cka_tokens_ln"], None),
-    ("token_norms", "High-norm tokens", ["token_norms"], None),
+    *[(s.name, s.title, list(s.figures), None) for s in all_analyses()],
     ("paired", "Paired model comparisons", [], None),
 ]
 
@@ -293,7 +292,7 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
                                         labels))
         if anchor == "paired":
             body.append(paired_html(tables.get("paired")))
-        if anchor == "attention":
+        if "offset_heads" in figs:  # the flagged heads' table under their figure
             body.append(offset_heads_html(tables.get("offset_heads",
                                                      T.empty_table("offset_heads"))))
         body = [b for b in body if b]

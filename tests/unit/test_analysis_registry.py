@@ -46,6 +46,16 @@ def test_the_start_up_check_runs_each_analysis_check_params(tiny, name, key, val
         validate(cfg)
 
 
+def test_the_report_sections_of_the_analyses_come_from_the_registry():
+    from patchlens.report import figures, html
+
+    specs = all_analyses()
+    sections = [s for s in html.SECTIONS if s[0] in {a.name for a in specs}]
+    assert sections == [(a.name, a.title, list(a.figures), None) for a in specs]
+    for a in specs:  # a misspelt figure name would silently leave the section without figures
+        assert a.figures and all(f in figures.FIGURES for f in a.figures), a.name
+
+
 def test_unknown_analysis_fails_naming_it(tiny):
     cfg = copy.deepcopy(tiny)
     cfg["analyses"]["ckaa"] = cfg["analyses"].pop("cka")
@@ -93,7 +103,7 @@ SPEC = register_analysis(AnalysisSpec(
     name="toy_norms", title="Toy norms", defaults=DEFAULT_PARAMS,
     sampling={"split": None, "max_images": 8}, check_params=check_params,
     outputs="toy_norms/{model}/{dataset}.parquet", tables=("toy_norms.parquet",),
-    reads="features", order=40))
+    reads="features", order=40, figures=("toy_norms",)))
 '''
 
 # patchlens.analysis imported with one more directory on its __path__: the package as it would be
@@ -109,6 +119,7 @@ spec.loader.exec_module(mod)
 
 from patchlens import config as C
 from patchlens.errors import ConfigError
+from patchlens.report.html import SECTIONS
 from patchlens.report.provenance import provenance_pairs
 from patchlens.startup import validate
 
@@ -126,7 +137,8 @@ for params in ({"scale": 0}, {"max_images": 2.5}, {"scael": 1}):
 validate(cfg)
 print(json.dumps({"params": C.analysis_params(cfg, "toy_norms"),
                   "outputs": C.analysis_outputs(cfg, "toy_norms", "R"),
-                  "pairs": provenance_pairs(cfg), "errors": errors}))
+                  "pairs": provenance_pairs(cfg), "errors": errors,
+                  "section": [list(s) for s in SECTIONS if s[0] == "toy_norms"]}))
 '''
 
 
@@ -145,6 +157,7 @@ def test_a_fourth_analysis_is_one_new_module(tmp_path):
     assert got["outputs"] == [f"R/toy_norms/{m}/scenes.parquet"
                               for m in ("tiny_vit", "pixels", "oracle")]
     assert got["pairs"] == [["tiny_vit", "scenes"], ["pixels", "scenes"], ["oracle", "scenes"]]
+    assert got["section"] == [["toy_norms", "Toy norms", ["toy_norms"], None]]
     assert [e.split(" ")[0] for e in got["errors"]] == [
         "analyses.toy_norms.params.scale", "analyses.toy_norms.params.max_images",
         "analyses.toy_norms.params:"]
