@@ -1,8 +1,8 @@
 """Rule attention_stats: per layer x head attention statistics, streamed over the data set."""
 import torch
 
-from patchlens.analysis.attention_stats import (attention_statistics, stratified_sample,
-                                                write_attention)
+from patchlens.analysis.attention_sample import stratified_sample
+from patchlens.analysis.attention_stats import attention_statistics, write_attention
 from patchlens.data.dataset import Dataset
 from patchlens.device import device
 from patchlens.features.extract import build_model, image_batches

@@ -3,7 +3,7 @@ from itertools import combinations_with_replacement
 
 import pandas as pd
 
-from patchlens.analysis.cka import cka_layers
+from patchlens.analysis.cka_stores import cka_layers
 from patchlens.device import gpu_scope
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureStore, expect_identity

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from patchlens.analysis.cka import (
-    batch_splits, cka_layers, hsic_unbiased, linear_cka, minibatch_cka, minibatch_cka_matrix)
+    batch_splits, hsic_unbiased, linear_cka, minibatch_cka, minibatch_cka_matrix)
+from patchlens.analysis.cka_stores import cka_layers
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore, write_features
 
