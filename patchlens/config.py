@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+# the task and analysis registries sit below config (they import nothing above errors/params):
+# config checks the names and parameters a study gives against them
 from patchlens.analysis.registry import AnalysisSpec, analysis_names, find_analysis
 from patchlens.errors import ConfigError
 from patchlens.params import merge_params
