@@ -3,9 +3,6 @@ analysis declared with ``register_analysis`` (:mod:`.registry`; the built-in one
 is known to the config, the start-up check, the workflow and the report: a new analysis is one
 new module here (plus its rule and script).
 """
-import importlib as _importlib
-import pkgutil as _pkgutil
+from patchlens.modules import import_all as _import_all
 
-for _m in _pkgutil.iter_modules(__path__):
-    if not _m.name.startswith("_") and _m.name != "registry":
-        _importlib.import_module(f"{__name__}.{_m.name}")
+_import_all(__name__, __path__)
