@@ -10,10 +10,13 @@ from patchlens.errors import PatchlensError
 
 
 def _plan(args) -> int:
-    from patchlens.startup import load_config
+    from patchlens.config import load_config
     from patchlens.plan import CORE_RATES, DEFAULT_RATES, add_hours, format_plan, plan, probe
 
     config = load_config(args.config)
+    from patchlens.startup import check_values  # the values too, as the Snakefile's driver does
+
+    check_values(config)
     result = plan(config, args.results)
     if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, the others' defaults
         rates = {**DEFAULT_RATES, "cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}

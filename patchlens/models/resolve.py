@@ -53,11 +53,13 @@ def resolve_model(key: str, entry: dict) -> dict:
         kind = entry["baseline"]
         if kind not in ("pixels", "oracle"):
             raise ConfigError(f"models.{key}.baseline: {kind!r} is not pixels or oracle")
-        patch = int(entry.get("patch_size", 16))
-        return {"key": key, "kind": kind, "patch_size": patch,
+        return {"key": key, "kind": kind, "patch_size": int(entry.get("patch_size", 16)),
                 "mean": list(entry.get("mean", IMAGENET_MEAN)),
                 "std": list(entry.get("std", IMAGENET_STD)), "n_blocks": 1,
-                "family": model_label(key, entry)[1], **baseline_facts(kind, patch)}
+                "family": model_label(key, entry)[1],
+                # pixels: the patch's RGB values; oracle: set by the data set (oracle_channels)
+                "channels": 3 * int(entry.get("patch_size", 16)) ** 2 if kind == "pixels"
+                else None}
     if "timm" not in entry:
         raise ConfigError(f"models.{key}: needs either 'timm: <architecture>' or 'baseline: "
                           "pixels|oracle'")
@@ -84,19 +86,11 @@ def resolve_model(key: str, entry: dict) -> dict:
     return spec
 
 
-def baseline_facts(kind: str, patch_size: int) -> dict:
-    """The architecture facts of a weight-free baseline, in the keys of a timm model's: one
-    feature entry, no forward pass. ``pixels``: each patch's RGB values, ``3 * patch_size**2``
-    channels; ``oracle``: ``channels`` None (its width is the data set's class count)."""
-    return {"channels": 3 * patch_size ** 2 if kind == "pixels" else None, "has_cls": False,
-            "num_prefix_tokens": 0, "final_norm": False, "mlp_hidden": 0, "forward": False}
-
-
 def _timm_facts(key: str, spec: dict) -> dict:
-    """Patch size, depth (``n_blocks``), width (``channels``), MLP width (``mlp_hidden``),
-    prefix tokens, class token, final norm and normalisation from timm's architecture config,
-    without weights (the one home of these facts: the start-up check, extraction and the plan
-    read them here). Builds the model on the ``meta`` device (no memory, no download), once per
+    """Patch size, depth, width (``channels``), prefix tokens, MLP width (``mlp_hidden``),
+    whether a final norm follows the last block (``final_norm``) and the normalisation from
+    timm's architecture config,
+    without weights. Builds the model on the ``meta`` device (no memory, no download), once per
     (architecture, kwargs) in a process; an architecture timm does not know, or kwargs it cannot
     build, is a ConfigError naming ``models.<key>.timm`` / ``models.<key>.kwargs``."""
     import json
@@ -154,10 +148,10 @@ def _timm_facts_cached(name: str, kwargs_json: str) -> tuple:
     norm = getattr(m, "norm", None)
     facts = {"patch_size": int(m.patch_embed.patch_size[0]), "n_blocks": len(m.blocks),
              "dynamic_img_size": dynamic, "channels": int(m.embed_dim),
-             "mlp_hidden": int(hidden), "forward": True,
-             "final_norm": norm is not None and not isinstance(norm, torch.nn.Identity),
              "has_cls": getattr(m, "cls_token", None) is not None,
              "num_prefix_tokens": int(getattr(m, "num_prefix_tokens", 1)),
+             "mlp_hidden": int(hidden),  # width of the MLP's input projection(s)
+             "final_norm": norm is not None and not isinstance(norm, torch.nn.Identity),
              "mean": list(cfg.get("mean", IMAGENET_MEAN)),
              "std": list(cfg.get("std", IMAGENET_STD))}
     return tuple(facts.items())
