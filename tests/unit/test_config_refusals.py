@@ -130,3 +130,38 @@ def test_the_variant_grammar_has_one_definition():
         with pytest.raises(ConfigError):
             parse_variant(bad)
         assert not re.fullmatch(schema["$defs"]["variant"]["pattern"], bad)
+
+
+@pytest.mark.parametrize("split, recorded, line", [
+    (["trian"], "m", "variance.split = ['trian']: data set 'ds' has no split trian (its splits: "
+                     "train, val); fix variance.split"),
+    (["train"], "other", "holds the features of model 'other' on data set 'ds', not of model 'm' "
+                         "on 'ds'; delete it and rerun"),
+    (["train"], "m", None)])
+def test_channel_variance_job_refuses_an_unknown_split_or_another_models_features(
+        tmp_path, image_dataset, split, recorded, line):
+    """At the job: a split the data set lacks (a config that does not show its splits) and a
+    feature file recorded for another model end in one line naming the key or the file."""
+    import runpy
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    feats = tmp_path / "f.h5"
+    write_features(feats, np.ones((4, 1, 12, 3), np.float16), [f"im{i}" for i in range(4)],
+                   (3, 4), {"model": recorded, "dataset": "ds"})
+    log = tmp_path / "job.log"
+    snakemake = SimpleNamespace(
+        wildcards=SimpleNamespace(model="m", dataset="ds"), params=SimpleNamespace(split=split),
+        input=SimpleNamespace(manifest=str(image_dataset / "manifest.csv"), features=str(feats)),
+        output=[str(tmp_path / "v.h5")], log=[str(log)])
+    script = str(ROOT / "scripts" / "channel_variance.py")
+    if line is None:
+        runpy.run_path(script, {"snakemake": snakemake})
+        assert (tmp_path / "v.h5").exists()
+        return
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(script, {"snakemake": snakemake})
+    assert exit_.value.code == 1 and not (tmp_path / "v.h5").exists()
+    text = log.read_text()
+    assert line in text and text.count("\n") == 1, text
