@@ -23,6 +23,7 @@ from patchlens import __version__
 from patchlens.analysis.registry import all_analyses
 from patchlens.io import atomic_path
 from patchlens.report import tables as T
+from patchlens.report import models as RM
 from patchlens.report.figures import FIGURES, panel_key, metric_title
 from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
@@ -278,8 +279,8 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
                title: str = "patchlens report") -> str:
     """The page as a string (see :func:`write_report`)."""
     figures_dir = Path(figures_dir)
-    families = T.model_families(tables)
-    labels = T.model_labels(tables)
+    families = RM.model_families(tables)
+    labels = RM.model_labels(tables)
     summary = T.summary_table(tables.get("scores"))
     sections, nav = [], []
     for anchor, heading, figs, task in SECTIONS:

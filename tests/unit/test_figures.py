@@ -20,6 +20,7 @@ from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
+from patchlens.report import models as RM
 from patchlens.report.variance_table import write_variance
 from patchlens.report.statistics import FILES as STATS_FILES, load_tables as stats_tables
 
@@ -106,7 +107,7 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
         d.dropna(axis=1, how="all").to_csv(p, index=False)
         paths.append(p)
     df = T.write_scores(paths, models, tables_dir / "scores.parquet")
-    T.write_models(models, tables_dir / "models.csv")
+    RM.write_models(models, tables_dir / "models.csv")
 
     rng = np.random.default_rng(0)
     vfiles = {}
