@@ -114,13 +114,13 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms: dict, 
 
 def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict, variance=None,
                  labels: dict | None = None, out_units: dict | None = None,
-                 bootstrap: dict | None = None, gpu: bool = False) -> dict:
+                 bootstrap: dict | None = None, device: str = "cpu") -> dict:
     """Evaluate every variant of ``out_csvs`` ({variant: path}) on every layer from one read of
     the feature file; every score row gets ``ci_low``/``ci_high`` from the task's per-unit records
     (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
     (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
-    ``{"tables", "bytes_read", "file_bytes"}``. ``gpu`` (config ``gpu``): the task's torch paths run
-    on CUDA when one is present (:func:`patchlens.device.gpu_scope`)."""
+    ``{"tables", "bytes_read", "file_bytes"}``. ``device``: where a task's torch paths run
+    (``"cuda"``: :func:`patchlens.device.device` of the config's ``gpu``; a :func:`gpu_scope`)."""
     spec = task_spec(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in spec.requires if not dataset.has(k)]
@@ -129,7 +129,7 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
     transforms = {v: make_transform(v, variance) for v in out_csvs}
-    with FeatureStore(features) as store, gpu_scope(gpu):
+    with FeatureStore(features) as store, gpu_scope(device != "cpu"):
         tables, units, read = score_layers(spec, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size

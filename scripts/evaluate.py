@@ -2,6 +2,7 @@
 (model, data set) for every layer and every variant (each layer read once) -> one tidy CSV per
 variant."""
 from patchlens.data.dataset import Dataset
+from patchlens.device import device
 from patchlens.evaluate import evaluate_all
 from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.workflow import run
@@ -22,7 +23,7 @@ def main(snakemake):
                  out_units=(dict(zip(variants, snakemake.output.units, strict=True))
                             if "units" in snakemake.output.keys() else None),
                  bootstrap=snakemake.params.get("bootstrap"),
-                 gpu=bool(snakemake.config["gpu"]))  # CUDA when asked and present
+                 device=device(bool(snakemake.config["gpu"])))  # CUDA when asked and present
 
 
 run(snakemake, main)  # noqa: F821

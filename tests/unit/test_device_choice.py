@@ -82,3 +82,23 @@ def test_gpu_scope_governs_the_numerical_helpers_and_ends_with_its_block(monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with dev.gpu_scope(True):
         assert dev.device() == "cpu"  # asked, but no GPU present
+
+
+@pytest.mark.parametrize("device, seen", [("cpu", "cpu"), ("cuda", "cuda")])
+def test_evaluators_run_where_the_script_says(monkeypatch, tmp_path, image_dataset, device, seen):
+    """evaluate_all(device=...) is the scope of the task's torch paths (device(), matmul):
+    the CPU for ``gpu: false`` even when CUDA is present."""
+    import numpy as np
+
+    from patchlens import evaluate
+    from patchlens.features.store import write_features
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    inside = []
+    monkeypatch.setattr(evaluate, "score_layers",
+                        lambda *a, **k: (inside.append(dev.device()) or ({}, {}, 0)))
+    feats = tmp_path / "f.h5"
+    write_features(feats, np.zeros((4, 1, 12, 3), np.float16), [f"im{i}" for i in range(4)],
+                   (3, 4), {"model": "m", "dataset": "ds"})
+    evaluate.evaluate_all("fewshot_seg", {}, feats, image_dataset, {}, device=device)
+    assert inside == [seen] and dev.device() == "cpu"  # and nothing left behind
