@@ -1,5 +1,5 @@
-# Shared by the rule files, in sections: paths, input functions and params, plan and resources,
-# targets, labels.
+# Shared by every file of rules/, in sections: paths; input functions and params; plan and
+# resources; targets; labels.
 import functools
 import json
 import re
@@ -101,7 +101,7 @@ def get_model_entry(wildcards):
 
 
 def get_analysis_features(name):
-    """Input function of an analysis rule with one job per data set: the feature file of every
+    """Input function of an analysis with one job per data set; the feature file of every
     model the analysis covers on that data set, keyed by model."""
 
     def inputs(wildcards):
