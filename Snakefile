@@ -19,12 +19,15 @@ if (
 import sys
 
 from patchlens.config import validate
+from patchlens.startup import check_values
 from patchlens.errors import PatchlensError
 
 # schemas/config.schema.yaml: types, defaults, cross-references; parameter values and model facts
 # once, in the driver (the jobs it spawns re-read this file with the config already checked)
 try:
-    validate(config, values=not (workflow.subprocess_exec or workflow.remote_exec))
+    validate(config)
+    if not (workflow.subprocess_exec or workflow.remote_exec):
+        check_values(config)
 except (
     PatchlensError
 ) as exc:  # the config alone shows it: one line, no traceback, exit code 1

@@ -111,7 +111,7 @@ def run_core(a):
 
 
 def run_stores(a):
-    from patchlens.analysis.cka import cka_layers
+    from patchlens.analysis.cka_stores import cka_layers
     from patchlens.features.store import FeatureStore, FeatureWriter
 
     g = 4

@@ -34,7 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from patchlens.config import evaluation_jobs, load_config, validate  # noqa: E402
+from patchlens.config import evaluation_jobs  # noqa: E402
+from patchlens.startup import load_config, validate  # noqa: E402
 from patchlens.plan import CORE_RATES, PROBED, add_hours, job_resources, plan, probe  # noqa: E402
 
 REAL = {"train": 1464, "val": 1449, "frames": 1999, "videos": 30}

@@ -15,6 +15,9 @@ def _plan(args) -> int:
                                 plan, probe, split_summary)
 
     config = load_config(args.config)
+    from patchlens.startup import check_values  # the values too, as the Snakefile's driver does
+
+    check_values(config)
     result = plan(config, args.results)
     if args.cpu_gflops and args.read_mbps:  # no probe: the stated rates, the others' defaults
         rates = {**DEFAULT_RATES, "cpu_gflops": args.cpu_gflops, "read_mbps": args.read_mbps}

@@ -1,29 +1,42 @@
-"""Where the torch paths of the evaluators run: the one home of the device choice.
+"""Where the torch paths run: the one home of the device choice.
 
-A job runs on CUDA when the config says ``gpu: true`` (the workflow's scripts call
-:func:`use_gpu`) and a GPU is present, on the CPU otherwise; results are the same up to float32
-rounding and ties (tests compare the torch path on the CPU with faiss / numpy). Importing this
-module does not import torch.
+A job runs on CUDA when the config says ``gpu: true`` and a GPU is present, on the CPU otherwise;
+results are the same up to float32 rounding and ties (tests compare the torch path on the CPU
+with faiss / numpy). The choice is explicit: the workflow's scripts pass the config's ``gpu`` to
+every torch path -- as ``device(gpu)`` where a model is placed (extraction, attention), and as a
+:func:`gpu_scope` around the evaluators and CKA, whose numerical helpers (:func:`matmul`,
+:func:`device` without argument) read it. Nothing travels through the environment: a process or
+thread that did not enter a scope computes on the CPU. Importing this module does not import
+torch.
 """
 from __future__ import annotations
 
-import os
+from contextlib import contextmanager
+from contextvars import ContextVar
 
-_ENV = "PATCHLENS_GPU"  # "1": use a GPU when present (set by use_gpu, inherited by children)
+_GPU: ContextVar[bool] = ContextVar("patchlens_gpu", default=False)
 
 
-def use_gpu(flag: bool) -> None:
-    """Ask the torch paths of this process (and its children) to use a GPU when present."""
-    os.environ[_ENV] = "1" if flag else "0"
+@contextmanager
+def gpu_scope(gpu: bool):
+    """Within the block, the torch paths of this thread use a GPU when ``gpu`` and one is
+    present (:func:`device`); outside it (and in threads started without copying the context)
+    they use the CPU."""
+    token = _GPU.set(bool(gpu))
+    try:
+        yield
+    finally:
+        _GPU.reset(token)
 
 
 def gpu_requested() -> bool:
-    return os.environ.get(_ENV, "0") == "1"
+    """True inside a :func:`gpu_scope` whose ``gpu`` is true."""
+    return _GPU.get()
 
 
 def device(gpu: bool | None = None) -> str:
-    """``"cuda"`` when a GPU is requested (argument, else :func:`use_gpu`) and present, else
-    ``"cpu"``."""
+    """``"cuda"`` when a GPU is asked for (``gpu``; without it, the enclosing :func:`gpu_scope`)
+    and present, else ``"cpu"``."""
     want = gpu_requested() if gpu is None else gpu
     if not want:
         return "cpu"

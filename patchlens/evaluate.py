@@ -18,17 +18,18 @@ import pandas as pd
 
 from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
+from patchlens.device import gpu_scope
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.features.channel_stats import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats
 from patchlens.io import write_csv, write_parquet
 from patchlens.stats.units import finish
+from patchlens.tasks.registry import RUN_COLUMNS, SCORE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-ID_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
-              "n_eval", "n_skipped", "params"]
+ID_COLUMNS = SCORE_COLUMNS  # identifying columns first, then the task's own
 
 
 def make_transform(variant: str, variance_path=None):
@@ -113,12 +114,13 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms: dict, 
 
 def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict, variance=None,
                  labels: dict | None = None, out_units: dict | None = None,
-                 bootstrap: dict | None = None) -> dict:
+                 bootstrap: dict | None = None, device: str = "cpu") -> dict:
     """Evaluate every variant of ``out_csvs`` ({variant: path}) on every layer from one read of
     the feature file; every score row gets ``ci_low``/``ci_high`` from the task's per-unit records
     (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
     (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
-    ``{"tables", "bytes_read", "file_bytes"}``."""
+    ``{"tables", "bytes_read", "file_bytes"}``. ``device``: where a task's torch paths run
+    (``"cuda"``: :func:`patchlens.device.device` of the config's ``gpu``; a :func:`gpu_scope`)."""
     spec = task_spec(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in spec.requires if not dataset.has(k)]
@@ -127,7 +129,7 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
     transforms = {v: make_transform(v, variance) for v in out_csvs}
-    with FeatureStore(features) as store:
+    with FeatureStore(features) as store, gpu_scope(device != "cpu"):
         tables, units, read = score_layers(spec, store, dataset, transforms, params)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size
@@ -154,8 +156,7 @@ def finish_table(table, task, variant, params, n_layers, features, labels):
         raise DataError(f"task {task} on {features}: non-finite score (see the log)")
     table = table.assign(task=task, variant=variant, params=json.dumps(params, sort_keys=True),
                          n_layers=n_layers, **(labels or {}))
-    missing = [c for c in ("layer", "seed", "metric", "value", "n_eval", "n_skipped")
-               if c not in table]
+    missing = [c for c in RUN_COLUMNS if c not in table]
     if missing:
         raise RuntimeError(f"task {task} returned no {', '.join(missing)} column(s)")
     extra = [c for c in table.columns if c not in ID_COLUMNS]

@@ -17,9 +17,14 @@ rule attention_stats:
     resources:
         **extraction_resources("attention_stats"),
     params:
-        model=model_entry,
+        model=get_model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
-        settings=attention_forward_settings(),
+        # the offset-head thresholds reach attention_tables only
+        settings={
+            k: v
+            for k, v in settings("analyses", "attention").items()
+            if k != "offset_heads"
+        },
         # weights_dir and extraction.batch_size are read from the config by the script: where
         # weights are cached and how many images go per batch do not change the statistics
     script:
@@ -28,7 +33,7 @@ rule attention_stats:
 
 rule attention_tables:
     input:
-        attention_files(),
+        analysis_files("attention"),
     output:
         attention=f"{RESULTS}/tables/attention.parquet",
         offset_heads=f"{RESULTS}/tables/offset_heads.csv",
@@ -51,7 +56,7 @@ rule attention_tables:
 
 rule cka:
     input:
-        unpack(cka_feature_files),
+        unpack(get_analysis_features("cka")),
         manifest=lambda wc: manifest(wc.dataset),
     output:
         f"{RESULTS}/cka/{{dataset}}.parquet",
@@ -74,7 +79,7 @@ rule cka:
 
 rule cka_table:
     input:
-        cka_files(),
+        analysis_files("cka"),
     output:
         f"{RESULTS}/tables/cka.parquet",
     log:

@@ -1,19 +1,22 @@
-# Target lists and input functions shared by the rule files.
+# Shared by every file of rules/, in sections: paths; input functions and params; plan and
+# resources; targets; labels.
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.config import (
-    analysis_models,
+    analysis_outputs,
+    analysis_pairs,
     analysis_params,
     evaluation_jobs,
-    model_datasets,
     task_params,
     task_variants,
 )
 from patchlens.errors import ConfigError
-from patchlens.features.variants import needs_stats
+from patchlens.features.variants import VARIANT_PATTERN, needs_stats
 from patchlens.models.resolve import feature_entry, model_label
 from patchlens.plan import (
     GPU_TFLOPS,
@@ -26,16 +29,18 @@ from patchlens.plan import (
 RESULTS = "results"
 EXTRACT_ENV = "../envs/extract.yaml"
 EVAL_ENV = "../envs/evaluate-gpu.yaml" if config["gpu"] else "../envs/evaluate.yaml"
-DATASET_KEYS = "|".join(config["datasets"])
-MODEL_KEYS = "|".join(config["models"])
+# keys as the schema allows them (letters, digits, _ - .), matched literally
+DATASET_KEYS = "|".join(map(re.escape, config["datasets"]))
+MODEL_KEYS = "|".join(map(re.escape, config["models"]))
 
 
 wildcard_constraints:
     dataset=DATASET_KEYS,
     model=MODEL_KEYS,
-    variant=r"raw|zscore|drop\d+",
+    variant=VARIANT_PATTERN,
 
 
+# -- paths: where every file of a run lives, and the params helpers
 def canonical(obj):
     """Dicts with sorted keys: Snakemake compares params by their text, and the order of keys in
     a YAML file must not decide whether a job reruns."""
@@ -62,14 +67,13 @@ def variance(model, dataset):
     return f"{RESULTS}/variance/{model}/{dataset}.h5"
 
 
-def score_files():
-    return [
-        f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
-        for t, m, d, v in evaluation_jobs(config)
-    ]
+def feature_output(path):
+    """A feature file, temp() when `keep_features: false` (deleted once its consumers are done)."""
+    return path if config.get("keep_features", True) else temp(path)
 
 
-def evaluator_inputs(task):
+# -- input functions and params: what a rule's jobs read (get_...)
+def get_evaluator_inputs(task):
     """Input function of a task's rule: features + data set, and the channel statistics when
     one of the task's variants needs them (one job scores every variant)."""
     stats = any(needs_stats(v) for v in task_variants(config, task))
@@ -86,52 +90,31 @@ def evaluator_inputs(task):
     return inputs
 
 
-def dataset_entry(wildcards):
+def get_dataset_entry(wildcards):
     entry = config["datasets"][wildcards.dataset]
     return canonical({"source": entry["source"], "params": entry.get("params", {})})
 
 
-def model_entry(wildcards):
+def get_model_entry(wildcards):
     """The fields of the model entry that change features (no label, family, datasets)."""
     return canonical(feature_entry(config["models"][wildcards.model]))
 
 
-def attention_forward_settings():
-    """Attention settings that reach the forward pass: not the offset-head thresholds, which
-    only attention_tables applies."""
-    return {
-        k: v
-        for k, v in settings("analyses", "attention").items()
-        if k != "offset_heads"
-    }
+def get_analysis_features(name):
+    """Input function of an analysis with one job per data set; the feature file of every
+    model the analysis covers on that data set, keyed by model."""
+
+    def inputs(wildcards):
+        return {
+            m: features(m, d)
+            for m, d in analysis_pairs(config, name)
+            if d == wildcards.dataset
+        }
+
+    return inputs
 
 
-def attention_files():
-    if "attention" not in config["analyses"]:
-        return []
-    return [
-        f"{RESULTS}/attention/{m}/{d}.h5"
-        for d in config["analyses"]["attention"]["datasets"]
-        for m in analysis_models(config, "attention")
-        if d in model_datasets(config, m)
-    ]
-
-
-def cka_feature_files(wildcards):
-    models = [
-        m
-        for m in analysis_models(config, "cka", timm_only=False)
-        if wildcards.dataset in model_datasets(config, m)
-    ]
-    return {m: features(m, wildcards.dataset) for m in models}
-
-
-def cka_files():
-    if "cka" not in config["analyses"]:
-        return []
-    return [f"{RESULTS}/cka/{d}.parquet" for d in config["analyses"]["cka"]["datasets"]]
-
-
+# -- plan and resources: the cost model (patchlens.plan) behind threads, mem_mb, runtime
 @functools.lru_cache(maxsize=None)
 def study_plan():
     """The cost model of this config (patchlens.plan), computed once per workflow run."""
@@ -170,9 +153,8 @@ def extraction_resources(rule_name="extract_features"):
     return res
 
 
-def feature_output(path):
-    """A feature file, temp() when `keep_features: false` (deleted once its consumers are done)."""
-    return path if config.get("keep_features", True) else temp(path)
+def evaluator_resources(task):
+    return planned_resources(task, config["gpu"])
 
 
 def disk_check():
@@ -187,13 +169,31 @@ def disk_check():
             raise SystemExit(1)
 
 
-def evaluator_resources(task):
-    return planned_resources(task, config["gpu"])
+# -- targets: the files the config asks for
+def score_files():
+    return [
+        f"{RESULTS}/scores/{t}/{m}/{d}/{v}.csv"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
+
+
+def units_files():
+    return [
+        f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
+        for t, m, d, v in evaluation_jobs(config)
+    ]
 
 
 def variance_files():
     pairs = sorted({(m, d) for _, m, d, _ in evaluation_jobs(config)})
     return [variance(m, d) for m, d in pairs]
+
+
+def analysis_files(name):
+    """The job outputs of analysis `name` (patchlens.analysis registry); [] when not configured."""
+    if name not in config["analyses"]:
+        return []
+    return analysis_outputs(config, name, RESULTS)
 
 
 def table_files():
@@ -204,23 +204,17 @@ def table_files():
         f"{RESULTS}/tables/best_layer.csv",
         f"{RESULTS}/tables/variance.parquet",
     ]
-    if attention_files():
-        tables += [
-            f"{RESULTS}/tables/attention.parquet",
-            f"{RESULTS}/tables/offset_heads.csv",
-            f"{RESULTS}/tables/offset_maps.parquet",
-        ]
-    if cka_files():
-        tables.append(f"{RESULTS}/tables/cka.parquet")
+    for spec in all_analyses():
+        if analysis_files(spec.name):
+            tables += [f"{RESULTS}/tables/{t}" for t in spec.tables]
     if evaluation_jobs(
         config
     ):  # paired comparisons over the units (rules/statistics.smk)
         tables.append(f"{RESULTS}/tables/paired.csv")
-    if token_norm_files():
-        tables.append(f"{RESULTS}/tables/token_norms.parquet")
     return tables
 
 
+# -- labels: what the report shows beside the numbers
 def model_labels():
     return canonical(
         {
@@ -239,21 +233,3 @@ def figure_captions():
     """Figure name -> caption (report/captions/{name}.rst), shown by `snakemake --report`."""
     captions = Path(workflow.basedir) / "report" / "captions"
     return {p.stem: p.read_text().strip() for p in sorted(captions.glob("*.rst"))}
-
-
-def units_files():
-    return [
-        f"{RESULTS}/units/{t}/{m}/{d}/{v}.parquet"
-        for t, m, d, v in evaluation_jobs(config)
-    ]
-
-
-def token_norm_files():
-    if "token_norms" not in config["analyses"]:
-        return []
-    return [
-        f"{RESULTS}/token_norms/{m}/{d}.parquet"
-        for d in config["analyses"]["token_norms"]["datasets"]
-        for m in analysis_models(config, "token_norms", timm_only=False)
-        if d in model_datasets(config, m)
-    ]

@@ -15,7 +15,7 @@ rule prepare_dataset:
         mem_mb=4000,
         runtime=240,
     params:
-        entry=dataset_entry,
+        entry=get_dataset_entry,
         # data_dir (the download cache) is read from the config by the script: it does not
         # change the prepared data set
     script:

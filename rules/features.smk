@@ -16,7 +16,7 @@ rule extract_features:
     resources:
         **extraction_resources(),
     params:
-        model=model_entry,
+        model=get_model_entry,
         img_size=lambda wc: config["datasets"][wc.dataset]["img_size"],
         # weights_dir and extraction.batch_size are read from the config by the script: where
         # weights are cached and how many images go per batch do not change the features

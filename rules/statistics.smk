@@ -49,7 +49,7 @@ rule token_norms:
 
 rule token_norms_table:
     input:
-        token_norm_files(),
+        analysis_files("token_norms"),
     output:
         f"{RESULTS}/tables/token_norms.parquet",
     log:

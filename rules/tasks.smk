@@ -19,7 +19,7 @@ for _task in config["tasks"]:
         name:
             _task
         input:
-            unpack(evaluator_inputs(_task)),
+            unpack(get_evaluator_inputs(_task)),
         output:
             scores=variant_paths(_task, "scores", "csv"),
             units=variant_paths(_task, "units", "parquet"),

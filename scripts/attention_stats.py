@@ -1,10 +1,10 @@
 """Rule attention_stats: per layer x head attention statistics, streamed over the data set."""
 import torch
 
-from patchlens.analysis.attention_stats import (attention_statistics, stratified_sample,
-                                                write_attention)
+from patchlens.analysis.attention_sample import stratified_sample
+from patchlens.analysis.attention_stats import attention_statistics, write_attention
 from patchlens.data.dataset import Dataset
-from patchlens.device import device, use_gpu
+from patchlens.device import device
 from patchlens.features.extract import build_model, image_batches
 from patchlens.models.resolve import input_geometry, resolve_model
 from patchlens.workflow import run
@@ -26,8 +26,8 @@ def main(snakemake):
     bs = snakemake.config["extraction"]["batch_size"]
     batches = map(torch.from_numpy, image_batches(dataset, images, size, spec["mean"],
                                                   spec["std"], bs))
-    use_gpu(bool(snakemake.config.get("gpu", False)))
-    model = build_model(spec, snakemake.config["weights_dir"], size, device())  # CUDA if asked
+    model = build_model(spec, snakemake.config["weights_dir"], size,
+                        device(bool(snakemake.config["gpu"])))  # CUDA when asked and present
     ds = attention_statistics(model, batches, spec["patch_size"], grid,
                               spec["num_prefix_tokens"], settings)
     ds = ds.assign_coords(image=("image", list(images)))  # the images the statistics are over

@@ -1,14 +1,22 @@
 """Rule channel_variance: per layer x channel mean/variance of patch tokens on the support split."""
 from patchlens.data.dataset import Dataset
-from patchlens.features.store import FeatureStore
+from patchlens.errors import DataError
+from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.features.channel_stats import channel_stats, write_stats
 from patchlens.workflow import run
 
 
 def main(snakemake):
     dataset = Dataset.from_manifest(snakemake.input.manifest)
-    images = dataset.split(*snakemake.params.split)
+    split = list(snakemake.params.split)
+    missing = sorted(set(split) - set(dataset.manifest["split"]))
+    if missing:
+        raise DataError(f"variance.split = {split!r}: data set {snakemake.wildcards.dataset!r} has "
+                        f"no split {', '.join(missing)} (its splits: "
+                        f"{', '.join(sorted(set(dataset.manifest['split'])))}); fix variance.split")
+    images = dataset.split(*split)
     with FeatureStore(snakemake.input.features) as store:
+        expect_identity(store, snakemake.wildcards.model, snakemake.wildcards.dataset)
         mean, var, n = channel_stats(store, images)
         write_stats(snakemake.output[0], store.layers, mean, var,
                     {"split": ",".join(snakemake.params.split), "n_images": len(images),

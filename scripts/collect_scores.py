@@ -1,5 +1,6 @@
 """Rule collect_scores: every score CSV -> tables/scores.parquet (+ tables/models.csv)."""
-from patchlens.report.tables import write_models, write_scores
+from patchlens.report.models import write_models
+from patchlens.report.tables import write_scores
 from patchlens.workflow import run
 
 

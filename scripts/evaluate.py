@@ -2,13 +2,15 @@
 (model, data set) for every layer and every variant (each layer read once) -> one tidy CSV per
 variant."""
 from patchlens.data.dataset import Dataset
-from patchlens.device import use_gpu
+from patchlens.device import device
 from patchlens.evaluate import evaluate_all
+from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.workflow import run
 
 
 def main(snakemake):
-    use_gpu(bool(snakemake.config.get("gpu", False)))  # CUDA when asked and present
+    with FeatureStore(snakemake.input.features) as store:  # the features this job expects
+        expect_identity(store, snakemake.wildcards.model, snakemake.wildcards.dataset)
     variants = list(snakemake.params.variants)
     scores = list(snakemake.output.scores)
     evaluate_all(task=snakemake.params.task, params=dict(snakemake.params.settings),
@@ -20,7 +22,8 @@ def main(snakemake):
                          "dataset": snakemake.wildcards.dataset},
                  out_units=(dict(zip(variants, snakemake.output.units, strict=True))
                             if "units" in snakemake.output.keys() else None),
-                 bootstrap=snakemake.params.get("bootstrap"))
+                 bootstrap=snakemake.params.get("bootstrap"),
+                 device=device(bool(snakemake.config["gpu"])))  # CUDA when asked and present
 
 
 run(snakemake, main)  # noqa: F821

@@ -2,6 +2,7 @@
 import torch
 
 from patchlens.data.dataset import Dataset
+from patchlens.device import device
 from patchlens.features.extract import extract
 from patchlens.models.resolve import resolve_model
 from patchlens.workflow import run
@@ -14,7 +15,8 @@ def main(snakemake):
     extract(spec, dataset, snakemake.output[0], snakemake.params.img_size,
             batch_size=snakemake.config["extraction"]["batch_size"],
             layers=snakemake.params.model.get("layers", "all"),
-            weights_dir=snakemake.config["weights_dir"])
+            weights_dir=snakemake.config["weights_dir"],
+            device=device(bool(snakemake.config["gpu"])))  # CUDA when asked and present
 
 
 run(snakemake, main)  # noqa: F821

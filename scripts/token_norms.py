@@ -1,7 +1,7 @@
 """Rule token_norms: high-norm token statistics of one model on one data set, every layer."""
 from patchlens.analysis.token_norms import analyse
 from patchlens.data.dataset import Dataset
-from patchlens.features.store import FeatureStore
+from patchlens.features.store import FeatureStore, expect_identity
 from patchlens.io import write_parquet
 from patchlens.workflow import run
 
@@ -11,6 +11,7 @@ def main(snakemake):
     split = settings.pop("split")
     dataset = Dataset.from_manifest(snakemake.input.manifest)
     with FeatureStore(snakemake.input.features) as store:
+        expect_identity(store, snakemake.wildcards.model, snakemake.wildcards.dataset)
         images = dataset.split(*split) if split else store.images
         images = [im for im in images if im in set(store.images)]
         table = analyse(store, dataset, settings, images)

@@ -47,7 +47,7 @@ import pandas as pd
 import xarray as xr
 
 from patchlens.errors import ConfigError
-from patchlens.params import merge_params
+from patchlens.params import expect_number, merge_params
 
 DEFAULT_PARAMS = {"min_share": 0.3, "min_ratio": 2.0, "diagonals": False}
 WHERE = "analyses.attention.params.offset_heads"  # where they live in the config (messages)
@@ -59,8 +59,6 @@ DIRECTIONS = {(0, 0): "self", (0, 1): "right", (0, -1): "left", (-1, 0): "up", (
 
 def check_params(params: dict | None) -> dict:
     """Validated thresholds (keys of :data:`DEFAULT_PARAMS`); ConfigError naming the key otherwise."""
-    from patchlens.checks import expect_number
-
     if params is not None and not isinstance(params, dict):
         raise ConfigError(f"{WHERE} = {params!r}: expected a mapping of "
                           f"{', '.join(DEFAULT_PARAMS)}")

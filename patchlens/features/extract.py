@@ -34,6 +34,7 @@ from PIL import Image
 
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
+from patchlens.models.layers import select_layers
 from patchlens.models.resolve import input_geometry
 
 
@@ -55,19 +56,6 @@ def pixel_tokens(x: np.ndarray, patch: int) -> np.ndarray:
     h, w = H // patch, W // patch
     t = x.reshape(b, c, h, patch, w, patch).transpose(0, 2, 4, 3, 5, 1)
     return t.reshape(b, 1, h * w, patch * patch * c)
-
-
-def select_layers(layers, n_blocks: int, where: str = "layers") -> list[int]:
-    """``all`` or a list of block indices (negative counts from the end) -> sorted indices.
-
-    Indices outside ``-n_blocks .. n_blocks-1`` are a ConfigError naming ``where`` (the config
-    key), never wrapped around (:func:`patchlens.checks.check_layers`, run by the dry run too)."""
-    if layers in (None, "all"):
-        return list(range(n_blocks))
-    from patchlens.checks import check_layers
-
-    check_layers(layers, n_blocks, where)
-    return sorted({int(i) % n_blocks for i in layers})
 
 
 def has_final_norm(model) -> bool:
@@ -123,7 +111,7 @@ def build_model(spec: dict, weights_dir, size: tuple[int, int], dev):
 
 
 def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 16,
-            layers="all", device: str = "auto", weights_dir="weights", progress: bool = True,
+            layers="all", device: str = "cpu", weights_dir="weights", progress: bool = True,
             attrs: dict | None = None) -> None:
     """Write ``out_path`` with the tokens of every selected layer for every manifest image."""
     from tqdm import tqdm
@@ -152,8 +140,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
         return
 
     if spec["kind"] == "pixels":
-        channels = spec["patch_size"] ** 2 * 3
-        with FeatureWriter(out_path, images, [0], grid, channels, False, meta) as w:
+        with FeatureWriter(out_path, images, [0], grid, spec["channels"], False, meta) as w:
             for chunk in _batches(images, batch_size):
                 x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
                 w.write(pixel_tokens(x, spec["patch_size"]))
@@ -163,8 +150,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
 
     import torch
 
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(device)  # the caller's choice (patchlens.device.device(gpu))
     model = build_model(spec, weights_dir, size, dev)
     idx = select_layers(layers, spec["n_blocks"], f"models.{spec['key']}.layers")
     final = has_final_norm(model)

@@ -268,3 +268,15 @@ class FeatureStore:
         if not self.has_cls:
             raise DataError(f"{self.path}: model {self.attrs.get('model')!r} has no class token")
         return self._read("cls", layer, images)
+
+
+def expect_identity(store, model: str, dataset: str) -> None:
+    """DataError unless the feature file ``store`` records that it holds the features of
+    ``model`` on ``dataset`` (its ``model`` / ``dataset`` attributes, written by the extraction):
+    a consumer never scores one model's features under another's name (two config keys that
+    named one file, a file copied by hand)."""
+    got = (str(store.attrs.get("model", "")), str(store.attrs.get("dataset", "")))
+    if got != (str(model), str(dataset)):
+        raise DataError(f"{store.path}: holds the features of model {got[0]!r} on data set "
+                        f"{got[1]!r}, not of model {model!r} on {dataset!r}; delete it and rerun "
+                        "its extract_features job")

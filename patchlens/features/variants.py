@@ -13,15 +13,18 @@ import numpy as np
 
 from patchlens.errors import ConfigError
 
-_VARIANT = re.compile(r"^(raw|zscore|drop(\d+))$")
+# The variant grammar, the one definition: the schema's pattern (``$defs/variant``), the rules'
+# wildcard constraint and parse_variant all read it (tests/unit/test_analysis_registry.py checks
+# the schema's copy).
+VARIANT_PATTERN = r"raw|zscore|drop[0-9]+"
+_VARIANT = re.compile(rf"^(?:{VARIANT_PATTERN})$")
 
 
 def parse_variant(variant: str) -> tuple[str, int]:
     """'raw' -> ('raw', 0); 'drop4' -> ('drop', 4); 'zscore' -> ('zscore', 0)."""
-    m = _VARIANT.match(variant)
-    if not m:
+    if not isinstance(variant, str) or not _VARIANT.match(variant):
         raise ConfigError(f"variant {variant!r}: expected raw, zscore or drop<m> (e.g. drop4)")
-    return ("drop", int(m.group(2))) if m.group(2) else (m.group(1), 0)
+    return ("drop", int(variant[4:])) if variant.startswith("drop") else (variant, 0)
 
 
 def needs_stats(variant: str) -> bool:

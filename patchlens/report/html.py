@@ -20,28 +20,28 @@ import pandas as pd
 import yaml
 
 from patchlens import __version__
+from patchlens.analysis.registry import all_analyses
 from patchlens.io import atomic_path
 from patchlens.report import tables as T
+from patchlens.report import models as RM
 from patchlens.report.figures import FIGURES, panel_key, metric_title
 from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
-from patchlens.stats.report import load_tables as stats_tables
+from patchlens.report.statistics import load_tables as stats_tables
 from patchlens.tasks.registry import all_tasks
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide
 SCREEN_SCALE = 0.7
 
 # (anchor, title, figures, task whose summary table goes under the figures); one section per
-# registered task (its title and report figures, patchlens.tasks.registry), in task order
+# registered task and per registered analysis (title and report figures:
+# patchlens.tasks.registry, patchlens.analysis.registry), in registry order
 SECTIONS = [
     ("overview", "Overview: best layer", ["best_layer"], None),
     ("patches", "See the patches", ["patch_pca"], None),
     *[(s.name, s.title, list(s.figures), s.name) for s in all_tasks()],
     ("variance", "High-variance dimensions", ["drop_sweep", "variance_spectra"], None),
-    ("attention", "Attention", ["attention_distance", "attention_offset", "attention_stats",
-                            "offset_heads"], None),
-    ("cka", "Representation similarity (CKA)", ["cka_patch", "cka_image", "cka_tokens_ln"], None),
-    ("token_norms", "High-norm tokens", ["token_norms"], None),
+    *[(s.name, s.title, list(s.figures), None) for s in all_analyses()],
     ("paired", "Paired model comparisons", [], None),
 ]
 
@@ -280,8 +280,8 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
                title: str = "patchlens report") -> str:
     """The page as a string (see :func:`write_report`)."""
     figures_dir = Path(figures_dir)
-    families = T.model_families(tables)
-    labels = T.model_labels(tables)
+    families = RM.model_families(tables)
+    labels = RM.model_labels(tables)
     summary = T.summary_table(tables.get("scores"))
     sections, nav = [], []
     for anchor, heading, figs, task in SECTIONS:
@@ -298,7 +298,7 @@ def build_html(tables: dict, figures_dir, config: dict, provenance: dict,
             body.append('<p class="note"><a href="explorer.html">Open the patch explorer</a>: '
                         "click a patch to see its cosine similarity to every patch of the shown "
                         "images, per model, variant and layer (rule explorer).</p>")
-        if anchor == "attention":
+        if "offset_heads" in figs:  # the flagged heads' table under their figure
             body.append(offset_heads_html(tables.get("offset_heads",
                                                      T.empty_table("offset_heads"))))
         body = [b for b in body if b]

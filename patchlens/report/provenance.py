@@ -14,30 +14,31 @@ import numpy
 import pandas
 
 from patchlens import __version__
-from patchlens.config import analysis_models, evaluation_jobs, model_datasets
+from patchlens.analysis.registry import all_analyses
+from patchlens.config import analysis_pairs, evaluation_jobs
 from patchlens.features.store import FeatureStore
 from patchlens.io import sha256sum
 
 
 def provenance_pairs(config: dict) -> list[tuple[str, str]]:
-    """Every (model, data set) whose features the config extracts (tasks, CKA, token norms), in
-    config model order: the feature files the report rule declares and the provenance reads."""
+    """Every (model, data set) whose features the config extracts (tasks, and the analyses that
+    read feature files), in config model order: the feature files the report rule declares and
+    the provenance reads."""
     pairs = {(m, d) for _, m, d, _ in evaluation_jobs(config)}
-    for analysis in ("cka", "token_norms"):
-        if analysis in config.get("analyses", {}):
-            pairs |= {(m, d) for d in config["analyses"][analysis]["datasets"]
-                      for m in analysis_models(config, analysis, timm_only=False)
-                      if d in model_datasets(config, m)}
+    for spec in all_analyses():
+        if spec.reads == "features":
+            pairs |= set(analysis_pairs(config, spec.name))
     order = list(config["models"])
     return sorted(pairs, key=lambda p: (order.index(p[0]), p[1]))
 
 
 def provenance_datasets(config: dict) -> list[str]:
-    """The data sets (config order) whose manifest a feature file or the attention analysis
+    """The data sets (config order) whose manifest a feature file or an analysis of the images
     reads: the manifests the report rule declares."""
     names = {d for _, d in provenance_pairs(config)}
-    if "attention" in config.get("analyses", {}):
-        names |= set(config["analyses"]["attention"]["datasets"])
+    for spec in all_analyses():
+        if spec.reads == "images" and spec.name in (config.get("analyses") or {}):
+            names |= set(config["analyses"][spec.name]["datasets"])
     return [d for d in config["datasets"] if d in names]
 
 

@@ -25,12 +25,11 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-level rows: one home
 from patchlens.errors import ConfigError, DataError
-from patchlens.io import write_csv, write_parquet
+from patchlens.features.variants import parse_variant
+from patchlens.io import write_parquet
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
-from patchlens.tasks.registry import all_tasks
+from patchlens.tasks.registry import SCORE_COLUMNS, all_tasks
 
-SCORE_COLUMNS = ["task", "model", "dataset", "variant", "layer", "seed", "metric", "value",
-                 "n_eval", "n_skipped", "params"]
 _INT_COLUMNS = ["layer", "seed", "n_eval", "n_skipped"]
 _STR_COLUMNS = ["task", "model", "dataset", "variant", "metric", "params"]
 # optional columns some tasks add; absent ones are filled so parquet has one dtype per column
@@ -200,26 +199,6 @@ def write_scores(csv_paths, models: dict, out_path) -> pd.DataFrame:
     return df
 
 
-def models_table(models: dict) -> pd.DataFrame:
-    """model, label, family, n_layers, source (timm name or weights location) per config entry;
-    label and family from :func:`patchlens.models.resolve.model_label` (the one source)."""
-    rows = []
-    for key, entry in models.items():
-        entry = entry or {}
-        n = entry.get("n_layers")
-        label, family = model_label(str(key), entry)
-        rows.append({"model": str(key), "label": label, "family": family,
-                     "n_layers": int(n) if n is not None else -1,
-                     "source": str(entry.get("weights") or entry.get("timm") or key)})
-    return pd.DataFrame(rows, columns=TABLE_COLUMNS["models"])
-
-
-def write_models(models: dict, out_path) -> pd.DataFrame:
-    df = models_table(models)
-    write_csv(df, out_path)
-    return df
-
-
 # --------------------------------------------------------------------------------------- loading
 def empty_table(name: str) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in TABLE_COLUMNS[name]})
@@ -255,51 +234,6 @@ def flag_mask(col: pd.Series) -> pd.Series:
     if col.dtype == bool:
         return col
     return col.astype(str).str.strip().str.lower().isin(["true", "1", "1.0", "yes"])
-
-
-def model_families(tables: dict) -> dict[str, str]:
-    """model -> family over every table: models.csv first, then scores; others
-    ``DEFAULT_FAMILY`` (as :func:`patchlens.models.resolve.model_label` defaults it)."""
-    fam: dict[str, str] = {}
-    for name in ("scores", "models"):
-        df = tables.get(name)
-        if df is not None and len(df):
-            fam.update(dict(zip(df["model"].astype(str), df["family"].astype(str))))
-    for name, cols in (("variance", ["model"]), ("attention", ["model"]),
-                       ("offset_heads", ["model"]), ("best_layer", ["model"]),
-                       ("cka", ["model_a", "model_b"])):
-        df = tables.get(name)
-        if df is not None and len(df):
-            for c in cols:
-                for m in df[c].astype(str).unique():
-                    fam.setdefault(m, DEFAULT_FAMILY)
-    return fam
-
-
-def model_labels(tables: dict) -> dict[str, str]:
-    """model -> the name shown in figures and the report: models.csv ``label`` (written from
-    the config by :func:`patchlens.models.resolve.model_label`), else the model key."""
-    df = tables.get("models")
-    if df is None or not len(df) or "label" not in df:
-        return {}
-    lab = df["label"].where(df["label"].notna() & (df["label"].astype(str) != ""), df["model"])
-    return dict(zip(df["model"].astype(str), lab.astype(str)))
-
-
-def model_depths(tables: dict) -> dict[str, int]:
-    """model -> number of blocks: models.csv, then scores, else 1 + the largest layer seen."""
-    depth: dict[str, int] = {}
-    for name in ("best_layer", "scores", "models"):
-        df = tables.get(name)
-        if df is not None and len(df):
-            d = df[df["n_layers"].astype(int) > 0]
-            depth.update(dict(zip(d["model"].astype(str), d["n_layers"].astype(int))))
-    for name in ("attention", "variance", "offset_heads"):
-        df = tables.get(name)
-        if df is not None and len(df):
-            for m, mx in df.groupby(df["model"].astype(str))["layer"].max().items():
-                depth.setdefault(m, int(mx) + 1)
-    return depth
 
 
 # ------------------------------------------------------------------------------------ reductions
@@ -356,10 +290,11 @@ def overall(scores: pd.DataFrame) -> pd.DataFrame:
 
 def drop_m(variant: str) -> int | None:
     """'raw' -> 0, 'drop4' -> 4, anything else (zscore) -> None."""
-    if variant == "raw":
-        return 0
-    m = re.fullmatch(r"drop(\d+)", str(variant))
-    return int(m.group(1)) if m else None
+    try:
+        kind, m = parse_variant(str(variant))
+    except ConfigError:
+        return None
+    return m if kind in ("raw", "drop") else None
 
 
 def best_drop_variant(ov: pd.DataFrame) -> pd.DataFrame:

@@ -2,9 +2,6 @@
 each task module registers itself (``register_task(TaskSpec(...))``, :mod:`.registry`): a new task
 is one new module here, nothing else.
 """
-import importlib as _importlib
-import pkgutil as _pkgutil
+from patchlens.modules import import_all as _import_all
 
-for _m in _pkgutil.iter_modules(__path__):
-    if not _m.name.startswith("_") and _m.name != "registry":
-        _importlib.import_module(f"{__name__}.{_m.name}")
+_import_all(__name__, __path__)

@@ -30,7 +30,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from patchlens.checks import expect_int, expect_number, expect_split
+from patchlens.params import expect_int, expect_number, expect_split
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.depth import (HEADS, METRICS, SPACINGS, depth_metrics, eval_crop,

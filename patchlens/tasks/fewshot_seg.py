@@ -36,8 +36,7 @@ import pandas as pd
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
-from patchlens.checks import expect_int, expect_number, expect_split
-from patchlens.params import merge_params
+from patchlens.params import expect_int, expect_number, expect_split, merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
 from patchlens.evaluation.labels import class_lut, load_labels
@@ -86,7 +85,7 @@ def patch_labels(labels: np.ndarray, grid: tuple[int, int], n_classes: int,
 # -- protocol ------------------------------------------------------------------------------------
 def check_params(params: dict) -> dict:
     """``tasks.fewshot_seg.params`` with defaults filled; ConfigError naming the key otherwise
-    (run by the jobs and, through :mod:`patchlens.checks`, when the workflow starts)."""
+    (run by the jobs and, through :mod:`patchlens.startup`, when the workflow starts)."""
     where = f"tasks.{TASK}.params"
     p = merge_params(params, DEFAULT_PARAMS, where)
     check_vote_params(p, TASK)

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from patchlens.checks import expect_int, expect_number, expect_split
+from patchlens.params import expect_int, expect_number, expect_split
 from patchlens.data.layout import subsample
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.ann import KINDS, ApproxCosineIndex, recall_at_k

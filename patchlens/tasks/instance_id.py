@@ -22,7 +22,7 @@ import pandas as pd
 from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
-from patchlens.params import merge_params
+from patchlens.params import expect_split, merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.metrics import average_precision, top1
@@ -46,8 +46,6 @@ def _empty() -> pd.DataFrame:
 
 def check_params(params: dict) -> dict:
     """``tasks.instance_id.params`` with defaults filled; ConfigError naming the key otherwise."""
-    from patchlens.checks import expect_split
-
     p = merge_params(params, DEFAULT_PARAMS, f"tasks.{TASK}.params")
     expect_split(p["split"], f"tasks.{TASK}.params.split")
     return p

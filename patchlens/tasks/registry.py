@@ -19,14 +19,16 @@ The contract of ``run`` and ``check_params``:
 
 - ``check_params(params) -> dict``: ``tasks.<name>.params`` with ``defaults`` filled;
   :class:`~patchlens.errors.ConfigError` naming the key otherwise. Run when the workflow starts
-  (:func:`patchlens.checks.check_values`) and by the jobs.
+  (:func:`patchlens.startup.check_values`) and by the jobs.
 - ``run(store, dataset, transform, params, layers=None, units=None) -> DataFrame``: one row per
   (layer, seed, metric, ...) with columns ``layer, seed, metric, value, n_eval, n_skipped``
   (:func:`patchlens.evaluate.finish_table`); ``units`` (a list) receives the per-unit records of
   the bootstrap intervals (:mod:`patchlens.stats.units`).
 
-Nothing here imports a task module. ``order`` (ascending, then the name) is the order of tasks
-in tables, figures and the report.
+Nothing here imports a task module or the package: importing this module (``patchlens.tasks`` is
+its parent package) runs the package's ``__init__`` first, which imports every task module, so
+every task is registered before anyone can ask for one. ``order`` (ascending, then the name) is
+the order of tasks in tables, figures and the report.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from patchlens.errors import ConfigError
+
+# the columns of a task's run() table, and of the score table the evaluator writes from it
+RUN_COLUMNS = ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
+SCORE_COLUMNS = ["task", "model", "dataset", "variant", *RUN_COLUMNS, "params"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _COLOR = re.compile(r"^#[0-9a-f]{6}$")
@@ -101,7 +107,6 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def all_tasks() -> tuple[TaskSpec, ...]:
     """Every registered :class:`TaskSpec`, by ``order`` then name."""
-    _load()
     return tuple(sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name)))
 
 
@@ -112,7 +117,6 @@ def task_names() -> tuple[str, ...]:
 
 def get_task(name: str) -> TaskSpec:
     """The :class:`TaskSpec` of ``name``; ConfigError naming ``tasks.<name>`` if there is none."""
-    _load()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -120,7 +124,3 @@ def get_task(name: str) -> TaskSpec:
                           "remove it from the config or add its module to patchlens/tasks"
                           ) from None
 
-
-def _load() -> None:
-    """Import :mod:`patchlens.tasks` (whose ``__init__`` imports every task module)."""
-    import patchlens.tasks  # noqa: F401

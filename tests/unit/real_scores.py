@@ -99,7 +99,7 @@ def real_tables_dir(tmp_path_factory) -> Path:
     if "tables" not in _CACHE:
         from patchlens.analysis.best_layer import best_layer_table
         from patchlens.io import write_csv, write_parquet
-        from patchlens.report.tables import write_models
+        from patchlens.report.models import write_models
 
         scores, models = real_scores(tmp_path_factory)
         out = tmp_path_factory.mktemp("real_tables")

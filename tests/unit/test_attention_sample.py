@@ -3,7 +3,7 @@ from collections import Counter
 
 import pytest
 
-from patchlens.analysis.attention_stats import stratified_sample
+from patchlens.analysis.attention_sample import stratified_sample
 from patchlens.errors import ConfigError
 
 IMAGES = [f"im{i:03d}" for i in range(40)]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from patchlens.analysis.cka import (
-    batch_splits, cka_layers, hsic_unbiased, linear_cka, minibatch_cka, minibatch_cka_matrix)
+    batch_splits, hsic_unbiased, linear_cka, minibatch_cka, minibatch_cka_matrix)
+from patchlens.analysis.cka_stores import cka_layers
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore, write_features
 
@@ -246,7 +247,7 @@ def test_unknown_cka_mode_fails_at_config_validation():
 
     import yaml
 
-    from patchlens.config import validate
+    from patchlens.startup import validate
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
     validate(dict(cfg, analyses={**cfg["analyses"],

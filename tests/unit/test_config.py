@@ -3,8 +3,8 @@ import copy
 import pytest
 import yaml
 
-from patchlens.config import (ROOT, analysis_params, evaluation_jobs, load_config, task_params,
-                              validate)
+from patchlens.config import ROOT, analysis_params, evaluation_jobs, task_params
+from patchlens.startup import load_config, validate
 from patchlens.errors import ConfigError
 
 

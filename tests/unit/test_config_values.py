@@ -9,10 +9,10 @@ import sys
 import pytest
 import yaml
 
-from patchlens.checks import check_layers
-from patchlens.config import ROOT, validate
+from patchlens.models.layers import check_layers, select_layers
+from patchlens.config import ROOT
+from patchlens.startup import validate
 from patchlens.errors import ConfigError
-from patchlens.features.extract import select_layers
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,9 @@ from patchlens.io import write_csv
 from patchlens.report import figures as F
 from patchlens.report import style
 from patchlens.report import tables as T
+from patchlens.report import models as RM
 from patchlens.report.variance_table import write_variance
-from patchlens.stats.report import FILES as STATS_FILES, load_tables as stats_tables
+from patchlens.report.statistics import FILES as STATS_FILES, load_tables as stats_tables
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS = {"dino": {"family": "contrastive", "n_layers": 6, "timm": "vit_small_patch16_224.dino"},
@@ -113,7 +114,7 @@ def synthetic_tables(tables_dir, models=MODELS) -> Path:
         d.dropna(axis=1, how="all").to_csv(p, index=False)
         paths.append(p)
     df = T.write_scores(paths, models, tables_dir / "scores.parquet")
-    T.write_models(models, tables_dir / "models.csv")
+    RM.write_models(models, tables_dir / "models.csv")
 
     rng = np.random.default_rng(0)
     vfiles = {}

@@ -241,7 +241,7 @@ def test_unknown_sampling_fails_at_config_validation():
 
     import yaml
 
-    from patchlens.config import validate
+    from patchlens.startup import validate
 
     cfg = yaml.safe_load((Path(__file__).parents[1] / "configs" / "tiny.yaml").read_text())
     cfg["tasks"]["keypoints"]["params"] = {"sampling": "random"}

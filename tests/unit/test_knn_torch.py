@@ -49,20 +49,16 @@ def test_vote_scores_agree_between_backends():
 
 
 def test_device_choice(monkeypatch):
-    dev.use_gpu(False)
     assert dev.device() == "cpu" and CosineIndex(np.eye(3)).backend == "faiss"
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    dev.use_gpu(True)
-    try:
+    with dev.gpu_scope(True):
         assert dev.device() == "cpu"  # asked, but no GPU: the CPU default
         assert CosineIndex(np.eye(3)).backend == "faiss"
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         assert dev.device() == "cuda"
         assert dev.device(gpu=False) == "cpu"
-    finally:
-        dev.use_gpu(False)
 
 
 def test_device_matmul_torch_path_equals_numpy(monkeypatch):
@@ -71,7 +67,6 @@ def test_device_matmul_torch_path_equals_numpy(monkeypatch):
     np.testing.assert_allclose(dev.matmul(a, b, dev="cpu"), a @ b, rtol=1e-5, atol=1e-5)
     a64 = a.astype(np.float64)
     assert dev.matmul(a64, b, dev="cpu").dtype == np.float64
-    dev.use_gpu(False)
     assert dev.matmul(a, b) is not None and np.array_equal(dev.matmul(a, b), a @ b)
 
 

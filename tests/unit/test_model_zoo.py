@@ -25,7 +25,7 @@ import pytest
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
 
-from patchlens.config import load_config  # noqa: E402
+from patchlens.startup import load_config  # noqa: E402
 from patchlens.models.resolve import resolve_model  # noqa: E402
 from patchlens.models.weights import remap_keys, unwrap  # noqa: E402
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from patchlens.errors import ConfigError, WeightsError
-from patchlens.models import onnx_import
+from patchlens.models import onnx_graph, onnx_import
 from patchlens.models.resolve import build_timm, resolve_model
 
 ENTRY = {"timm": "vit_small_patch14_dinov2", "family": "contrastive",
@@ -201,7 +201,7 @@ def test_vitmodel_names_load_strictly_into_timm_vit():
                              "output.dense": (D, F)}.items():
             hf[pre + name + ".weight"], hf[pre + name + ".bias"] = (o, n), (o,)
     hf = {k: rng.standard_normal(s).astype(np.float32) for k, s in hf.items()}
-    state = onnx_import._to_timm(hf, "vit")
+    state = onnx_graph._to_timm(hf, "vit")
     m.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
     qkv = state["blocks.1.attn.qkv.weight"]
     np.testing.assert_array_equal(qkv[D:2 * D], hf["encoder.layer.1.attention.attention.key.weight"])

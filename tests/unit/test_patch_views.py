@@ -146,15 +146,13 @@ def test_schema_checks_the_explorer_block():
     config = load_config(ROOT / "config" / "demo.yaml")
     bad = {**config, "report": {"explorer": {"datasets": ["photos"], "dims": 500}}}
     with pytest.raises(ConfigError, match="dims"):
-        validate(bad, values=False)
+        validate(bad)
     for images in (0, {"a": 0}, {}):
         with pytest.raises(ConfigError, match="images"):
             validate(load_config(ROOT / "config" / "demo.yaml") | {
-                "report": {"explorer": {"datasets": ["photos"], "images": images}}},
-                values=False)
+                "report": {"explorer": {"datasets": ["photos"], "images": images}}})
     validate(load_config(ROOT / "config" / "demo.yaml") | {"report": {"explorer": {
-        "datasets": ["photos"], "images": {"a": 3, "b": ["train-animal-chelsea"]}}}},
-        values=False)
+        "datasets": ["photos"], "images": {"a": 3, "b": ["train-animal-chelsea"]}}}})
 
 
 def test_shown_images_spread_and_checked():

@@ -120,7 +120,7 @@ def test_tracking_scores_masks_on_the_device_when_asked():
 
 
 def test_channel_statistics_are_accumulated_while_extracting():
-    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()), values=False)
+    cfg = validate(yaml.safe_load((ROOT / "config.yaml").read_text()))
     now, before = plan(cfg, "/nonexistent"), plan(cfg, "/nonexistent", stats_in_extraction=False)
     written = sum(s["bytes_written"] for s in now["stages"].values())
     read = sum(s["bytes_read"] for r, s in now["stages"].items() if r != "hummingbird")
@@ -253,7 +253,7 @@ def test_disk_check_names_need_free_and_the_largest_files(demo, tmp_path):
 def test_jobs_longer_than_the_cluster_limit_split_by_layers_then_seeds():
     from patchlens.plan import job_splits, max_runtime
 
-    cfg = validate(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()), values=False)
+    cfg = validate(yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()))
     assert max_runtime(cfg) == 24 * 60  # the schema's default
     # one evaluator job of 12 layers and 3 seeds, only matmul FLOPs and a file read: at 4
     # threads of 30 GFLOP/s its runtime is 2x (start-up + FLOPs / 120 GFLOP/s + bytes / 500 MB/s)

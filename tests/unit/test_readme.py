@@ -4,7 +4,8 @@ import re
 
 import yaml
 
-from patchlens.config import ROOT, validate
+from patchlens.config import ROOT
+from patchlens.startup import validate
 
 
 def _yaml_blocks():

@@ -8,6 +8,7 @@ import pytest
 
 from patchlens.errors import ConfigError, DataError
 from patchlens.report import tables as T
+from patchlens.report import models as RM
 from patchlens.report import variance_table as V
 
 MODELS = {"dino": {"family": "contrastive", "n_layers": 4},
@@ -215,12 +216,12 @@ def test_load_tables(tmp_path):
 def test_models_table_roundtrip(tmp_path):
     cfg = {"dino": {"family": "contrastive", "n_layers": 12, "timm": "vit_small_patch16_224.dino"},
            "pixels": {"family": "baseline", "n_layers": 1}}
-    T.write_models(cfg, tmp_path / "models.csv")
+    RM.write_models(cfg, tmp_path / "models.csv")
     df = T.load_tables(tmp_path)["models"]
     assert df.set_index("model").loc["dino", "source"] == "vit_small_patch16_224.dino"
-    assert T.model_families({"models": df}) == {"dino": "contrastive", "pixels": "baseline"}
-    assert T.model_labels({"models": df}) == {"dino": "dino", "pixels": "pixels"}
-    assert T.model_depths({"models": df}) == {"dino": 12, "pixels": 1}
+    assert RM.model_families({"models": df}) == {"dino": "contrastive", "pixels": "baseline"}
+    assert RM.model_labels({"models": df}) == {"dino": "dino", "pixels": "pixels"}
+    assert RM.model_depths({"models": df}) == {"dino": 12, "pixels": 1}
 
 
 def test_models_table_labels_and_family_defaults(tmp_path):
@@ -231,7 +232,7 @@ def test_models_table_labels_and_family_defaults(tmp_path):
                     "family": "contrastive", "n_layers": 12},
            "plain": {"timm": "vit_base_patch16_224", "n_layers": 12},
            "pixels": {"baseline": "pixels", "n_layers": 1}}
-    T.write_models(cfg, tmp_path / "models.csv")
+    RM.write_models(cfg, tmp_path / "models.csv")
     df = T.load_tables(tmp_path)["models"].set_index("model")
     assert df["label"].to_dict() == {"dino": "DINO ViT-S/16", "plain": "plain",
                                      "pixels": "pixels"}

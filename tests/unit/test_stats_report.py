@@ -6,7 +6,7 @@ import pandas as pd
 from patchlens.report import tables as T
 from patchlens.report.html import paired_html
 from patchlens.stats.paired import COLUMNS
-from patchlens.stats.report import with_intervals
+from patchlens.report.statistics import with_intervals
 
 
 def test_paired_html_claims_only_where_interval_excludes_zero():

@@ -72,7 +72,7 @@ def test_unknown_task_fails_at_config_check_naming_it():
     cfg["tasks"]["fewshot_segm"] = cfg["tasks"].pop("fewshot_seg")
     with pytest.raises(ConfigError, match=r"^tasks\.fewshot_segm: unknown task \(known: "
                                           r"fewshot_seg, instance_id"):
-        C.validate(cfg, values=False)
+        C.validate(cfg)
 
 
 def test_register_task_rejects_duplicates_and_malformed_specs():
@@ -93,8 +93,7 @@ TOY = '''
 import numpy as np
 import pandas as pd
 
-from patchlens.checks import expect_split
-from patchlens.params import merge_params
+from patchlens.params import expect_split, merge_params
 from patchlens.stats.units import records
 from patchlens.tasks.registry import TaskSpec, register_task
 
@@ -145,7 +144,7 @@ from patchlens.report import html, style, tables
 
 cfg = yaml.safe_load(open(sys.argv[2]))
 cfg["tasks"] = {"toy": {"datasets": ["scenes"], "params": {"split": "train"}}}
-C.validate(cfg, values=False)
+C.validate(cfg)
 res = evaluate_all("toy", C.task_params(cfg, "toy"), sys.argv[3], sys.argv[4],
                    {"raw": sys.argv[5]}, labels={"model": "m", "dataset": "ds"},
                    bootstrap={"n_boot": 50})

@@ -42,7 +42,7 @@ from patchlens.report.figures.overview import (fig_best_layer, fig_token_norms,
 from patchlens.report.figures.scores import (fig_drop_sweep, fig_fewshot_seg, fig_instance_id,
                                              fig_keypoints, fig_lowshot_cls,
                                              fig_retrieval_scale, fig_tracking)
-from patchlens.stats.report import load_tables as stats_tables
+from patchlens.report.statistics import load_tables as stats_tables
 
 __all__ = ["FIGURES", "FigureSpec", "MAX_OFFSET_PANELS", "layer_name", "make_figure",
            "make_figures", "metric_title", "panel_key", "read_caption",

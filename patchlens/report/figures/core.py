@@ -22,7 +22,8 @@ from patchlens.errors import ConfigError
 from patchlens.io import atomic_path
 from patchlens.report import style
 from patchlens.report import tables as T
-from patchlens.stats.report import with_intervals
+from patchlens.report import models as RM
+from patchlens.report.statistics import with_intervals
 
 
 class FigureSpec(NamedTuple):
@@ -73,10 +74,10 @@ class _Ctx:
     """Model colours, order and depths, from every table (so they agree across figures)."""
 
     def __init__(self, tables: dict):
-        self.families = T.model_families(tables)
-        self.labels = T.model_labels(tables)  # config label: the name in every legend / title
+        self.families = RM.model_families(tables)
+        self.labels = RM.model_labels(tables)  # config label: the name in every legend / title
         self.styles = style.model_styles(self.families)
-        self.depths = T.model_depths(tables)
+        self.depths = RM.model_depths(tables)
         self._order = {m: i for i, m in enumerate(style.model_order(self.families))}
 
     def order(self, models) -> list[str]:

@@ -13,7 +13,7 @@ from patchlens.report import tables as T
 from patchlens.report.figures.core import (BEST_DROP, _BIN_WORDS, _Ctx, _figure, _grid, _new,
                                            _raw_score_figure, _score_figure, _table, _task_overall,
                                            layer_name, metric_title)
-from patchlens.stats.report import with_intervals
+from patchlens.report.statistics import with_intervals
 
 
 @_figure("fewshot_seg", ("scores",))

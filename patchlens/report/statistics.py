@@ -1,5 +1,6 @@
-"""Tables of this subpackage for the figures and the report: paired comparisons, token norms,
-and the bootstrap intervals of the overall scores (read-only helpers, no drawing)."""
+"""The statistics tables for the figures and the report: paired comparisons
+(:mod:`patchlens.stats.paired`), token norms, and the bootstrap intervals of the overall scores
+(read-only helpers, no drawing)."""
 from __future__ import annotations
 
 from pathlib import Path
