@@ -285,7 +285,7 @@ def obtain_files(files: tuple[Archive, ...], data_dir: str | os.PathLike,
     data_dir = Path(data_dir)
     for f in files:
         path = data_dir / f.filename
-        with _locked(path):
+        with locked(path):
             downloaded = not path.exists()
             source = f"{url.rstrip('/')}/{Path(f.filename).name}" if url else None
             obtain(f, data_dir, url=source, progress=progress)
