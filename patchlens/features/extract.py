@@ -137,6 +137,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             "input_size": list(size), "n_blocks": spec["n_blocks"], "mean": list(spec["mean"]),
             "std": list(spec["std"]), "dataset": str(dataset.root.name), "final_norm": 0,
             "norm_layer": -1, **(attrs or {})}
+    splits = dataset.manifest.loc[images, "split"].astype(str).tolist()  # rows of stats_*
     bar = tqdm(total=len(images), desc=f"features {spec['key']}", disable=not progress,
                unit="img")
 
@@ -144,7 +145,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
         from patchlens.models.oracle import oracle_channels, oracle_tokens
 
         with FeatureWriter(out_path, images, [0], grid, oracle_channels(dataset), False,
-                           meta) as w:
+                           meta, groups=splits) as w:
             for chunk in _batches(images, batch_size):
                 w.write(oracle_tokens(dataset, chunk, grid))
                 bar.update(len(chunk))
@@ -153,7 +154,8 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
 
     if spec["kind"] == "pixels":
         channels = spec["patch_size"] ** 2 * 3
-        with FeatureWriter(out_path, images, [0], grid, channels, False, meta) as w:
+        with FeatureWriter(out_path, images, [0], grid, channels, False, meta,
+                           groups=splits) as w:
             for chunk in _batches(images, batch_size):
                 x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
                 w.write(pixel_tokens(x, spec["patch_size"]))
@@ -179,7 +181,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     extra = {"ln_weight": ln_w, "ln_bias": ln_b}
     load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
     with FeatureWriter(out_path, images, entries, grid, channels, spec["has_cls"], meta,
-                       extra) as w, \
+                       extra, groups=splits) as w, \
             torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader, \
             ThreadPoolExecutor(max_workers=1) as writer:
         chunks = list(_batches(images, batch_size))
