@@ -17,6 +17,7 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
 from patchlens.errors import DataError
+from patchlens.io import read_table
 from patchlens.stats.bootstrap import DEFAULT_PARAMS, paired_bootstrap, point
 from patchlens.stats.units import UNIT_COLUMNS, unit_data
 
@@ -94,7 +95,7 @@ def read_units(paths) -> dict:
     """{(task, model, dataset, variant): units} from units parquet files (label columns)."""
     out = {}
     for p in paths:
-        df = pd.read_parquet(p)
+        df = read_table(p)  # its recorded SHA-256 verified
         missing = [c for c in LABELS + UNIT_COLUMNS if c not in df]
         if missing:
             raise DataError(f"{p}: not a units file (missing {missing}); rerun its task rule")
