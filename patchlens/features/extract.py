@@ -35,6 +35,7 @@ from PIL import Image
 from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
 from patchlens.models.resolve import input_geometry
+from patchlens.progress import progress as progress_meter
 
 
 def load_batch(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std) -> np.ndarray:
@@ -126,8 +127,6 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             layers="all", device: str = "auto", weights_dir="weights", progress: bool = True,
             attrs: dict | None = None) -> None:
     """Write ``out_path`` with the tokens of every selected layer for every manifest image."""
-    from tqdm import tqdm
-
     images = dataset.images
     size, grid = input_geometry(img_size, spec["patch_size"])
     meta = {"model": spec["key"], "kind": spec["kind"], "source": spec.get("timm", spec["kind"]),
@@ -138,8 +137,9 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             "std": list(spec["std"]), "dataset": str(dataset.root.name), "final_norm": 0,
             "norm_layer": -1, **(attrs or {})}
     splits = dataset.manifest.loc[images, "split"].astype(str).tolist()  # rows of stats_*
-    bar = tqdm(total=len(images), desc=f"features {spec['key']}", disable=not progress,
-               unit="img")
+    # a log line at least every minute (done/total, rate, ETA), a bar on a terminal
+    bar = progress_meter(len(images), f"features {spec['key']}/{dataset.root.name}",
+                         bar=None if progress else False, unit="img")
 
     if spec["kind"] == "oracle":
         from patchlens.models.oracle import oracle_channels, oracle_tokens
