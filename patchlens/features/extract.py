@@ -190,11 +190,11 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             x = torch.from_numpy(pending.result())
             if i + 1 < len(chunks):  # decode the next batch while this one runs
                 pending = reader.submit(load, chunks[i + 1])
-            tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"],
-                                      norm=norm_layer >= 0)
+            tok, cls, sums = forward_batch(model, x.to(dev), idx, spec["has_cls"],
+                                           norm=norm_layer >= 0)
             if written is not None:  # one write in flight at a time, in batch order
                 written.result()
-            written = writer.submit(w.write, tok, cls)
+            written = writer.submit(w.write, tok, cls, sums)
             bar.update(len(chunk))
         if written is not None:
             written.result()
@@ -207,7 +207,20 @@ def forward_layers(model, x, layers: list[int], has_cls: bool, norm: bool = Fals
     ``norm``: append one more entry, the model's final norm applied to the output of the last
     entry of ``layers`` (the last block; prefix and patch tokens normalised together, as timm's
     ``forward_features`` does, then split)."""
+    tok, cls, _ = forward_batch(model, x, layers, has_cls, norm)
+    return tok, cls
+
+
+def forward_batch(model, x, layers: list[int], has_cls: bool, norm: bool = False,
+                  sums: bool | None = None):
+    """:func:`forward_layers` plus, when ``sums`` (default: ``x`` is on a GPU), the per-image
+    float64 sums of the stored float16 tokens' channels and of their squares, each (b, L, C)
+    (what :func:`patchlens.features.moments.row_sums` computes with numpy), computed on the
+    device so that the host only copies the tokens; else None (on the CPU numpy is 5x faster
+    than torch's float16 -> float64 conversion, and the writer thread computes them)."""
     import torch
+
+    sums = x.device.type != "cpu" if sums is None else sums
 
     out = model.forward_intermediates(x, indices=layers, return_prefix_tokens=True, norm=False,
                                       output_fmt="NLC", intermediates_only=True)
@@ -222,11 +235,17 @@ def forward_layers(model, x, layers: list[int], has_cls: bool, norm: bool = Fals
     b, P, C = out[0][0].shape
     tok = np.empty((b, len(out), P, C), np.float16)  # one float16 copy, no float32 stack
     cls = np.empty((b, len(out), C), np.float16) if has_cls else None
+    s, q = (np.empty((b, len(out), C)), np.empty((b, len(out), C))) if sums else (None, None)
     for li, (t, p) in enumerate(out):
-        tok[:, li] = t.half().cpu().numpy()
+        h = t.half()
+        tok[:, li] = h.cpu().numpy()
+        if sums:
+            d = h.double()
+            s[:, li] = d.sum(1).cpu().numpy()
+            q[:, li] = d.square().sum(1).cpu().numpy()
         if has_cls:
             cls[:, li] = p[:, 0].half().cpu().numpy()
-    return tok, cls
+    return tok, cls, ((s, q) if sums else None)
 
 
 def _param_digest(model) -> str:

@@ -41,23 +41,22 @@ def merge_moments(n_a, mean_a, m2_a, x: np.ndarray):
     return merge(n_a, mean_a, m2_a, *batch_moments(x))
 
 
-def fast_batch_moments(x: np.ndarray):
-    """(count, mean, M2) of the rows of a float16/float32 batch ``x`` (n, C) from float64 sums in
-    one pass (see the module docstring for when this is exact enough); used by the extractor,
-    where it runs on every token written."""
-    n, C = x.shape
-    if n == 0:
-        return 0, np.zeros(C), np.zeros(C)
-    x64 = x.astype(np.float64)
+def row_sums(tokens: np.ndarray):
+    """Per image and layer, the float64 sums of every patch token's channels and of their
+    squares: tokens (b, L, P, C) -> (s, q), each (b, L, C). The extractor computes the same on
+    the device (:func:`patchlens.features.extract.forward_batch`)."""
+    b, L, P, C = tokens.shape
+    s, q = np.empty((b, L, C)), np.empty((b, L, C))
     with np.errstate(invalid="ignore", over="ignore"):  # non-finite input: the caller refuses it
-        s = x64.sum(0)
-        q = np.einsum("ij,ij->j", x64, x64)
-        mean = s / n
-        return n, mean, np.maximum(q - s * mean, 0.0)
+        for li in range(L):  # one layer at a time: a small float64 copy
+            x = tokens[:, li].astype(np.float64)
+            s[:, li] = x.sum(1)
+            q[:, li] = np.einsum("bpc,bpc->bc", x, x)
+    return s, q
 
 
 class Moments:
-    """Running (count, mean, M2) per (group, layer) over channels: ``add(group, layer, x)``."""
+    """Running (count, mean, M2) per (group, layer) over channels, fed with per-image sums."""
 
     def __init__(self, groups: list[str], layers: int, channels: int):
         self.groups = list(groups)
@@ -65,10 +64,17 @@ class Moments:
         self.mean = np.zeros((len(groups), layers, channels))
         self.m2 = np.zeros((len(groups), layers, channels))
 
-    def add(self, g: int, li: int, x: np.ndarray) -> None:
-        n, mean, m2 = merge(int(self.count[g, li]), self.mean[g, li], self.m2[g, li],
-                            *fast_batch_moments(x))
-        self.count[g, li], self.mean[g, li], self.m2[g, li] = n, mean, m2
+    def add_sums(self, g: int, n: int, s: np.ndarray, q: np.ndarray) -> None:
+        """Fold ``n`` tokens per layer with channel sums ``s`` and sums of squares ``q``
+        (layer, C) into group ``g`` (every layer at once)."""
+        if n == 0:
+            return
+        with np.errstate(invalid="ignore", over="ignore"):
+            mean_b = s / n
+            m2_b = np.maximum(q - s * mean_b, 0.0)
+            n_a = int(self.count[g, 0])
+            _, self.mean[g], self.m2[g] = merge(n_a, self.mean[g], self.m2[g], n, mean_b, m2_b)
+        self.count[g] += n
 
 
 def pooled(count: np.ndarray, mean: np.ndarray, m2: np.ndarray, rows):

@@ -40,7 +40,7 @@ import numpy as np
 from patchlens import __version__
 from patchlens.errors import DataError
 from patchlens.features.h5safe import SinkOnFailure, checked_file, checksummed
-from patchlens.features.moments import Moments
+from patchlens.features.moments import Moments, row_sums
 from patchlens.io import atomic_path
 
 
@@ -114,8 +114,10 @@ class FeatureWriter:
         for k, v in attrs.items():
             f.attrs[k] = v if not isinstance(v, (list, tuple)) else np.asarray(v)
 
-    def write(self, tokens: np.ndarray, cls: np.ndarray | None = None) -> None:
-        """Append a batch: tokens (b, L, P, C), cls (b, L, C)."""
+    def write(self, tokens: np.ndarray, cls: np.ndarray | None = None, sums=None) -> None:
+        """Append a batch: tokens (b, L, P, C), cls (b, L, C); ``sums``: the per-image float64
+        channel sums and sums of squares of ``tokens`` as stored (float16), each (b, L, C),
+        where the caller computed them (on the device); else they are computed here."""
         b = tokens.shape[0]
         expect = (len(self.layers), self.grid[0] * self.grid[1], self.channels)
         if tuple(tokens.shape[1:]) != expect:
@@ -130,7 +132,7 @@ class FeatureWriter:
         arrays = {"tokens": tokens}
         if self.has_cls:
             arrays["cls"] = np.asarray(cls, np.float16)
-        self._accumulate(arrays, self._group[sl])
+        self._accumulate(arrays, self._group[sl], sums)
         try:
             for name, arr in arrays.items():
                 # straight to the h5py datasets: h5netcdf's own indexing costs 3x the write itself
@@ -142,25 +144,25 @@ class FeatureWriter:
             self._crcs[name] += [_crc(row) for row in arr]
         self._n += b
 
-    def _accumulate(self, arrays: dict, groups: np.ndarray) -> None:
-        """Fold the batch into the per-(group, layer) channel moments; refuse non-finite tokens
-        (a finite float64 sum of float16 values means every value is finite)."""
-        tokens = arrays["tokens"]
-        C = self.channels
+    def _accumulate(self, arrays: dict, groups: np.ndarray, sums) -> None:
+        """Fold the batch's per-image channel sums into the per-(group, layer) moments; refuse
+        non-finite tokens (a finite float64 sum of float16 values means every value is
+        finite)."""
+        s, q = sums if sums is not None else row_sums(arrays["tokens"])
+        P = self.grid[0] * self.grid[1]
         for g in np.unique(groups):
-            rows = tokens if len(groups) == 1 or (groups == g).all() else tokens[groups == g]
-            for li in range(len(self.layers)):
-                self._moments.add(int(g), li, rows[:, li].reshape(-1, C))
-        bad = [li for li in range(len(self.layers))
-               if not np.isfinite(self._moments.mean[:, li]).all()]
-        if not bad and "cls" in arrays and not np.isfinite(arrays["cls"]).all():
-            bad = [int(np.argmin(np.isfinite(arrays["cls"]).all(axis=(0, 2))))]
-        if bad:
+            rows = groups == g
+            self._moments.add_sums(int(g), int(rows.sum()) * P, s[rows].sum(0), q[rows].sum(0))
+        finite = np.isfinite(s).all(axis=(0, 2)) & np.isfinite(q).all(axis=(0, 2))
+        if finite.all() and "cls" in arrays:
+            finite = np.isfinite(arrays["cls"]).all(axis=(0, 2))
+        if not finite.all():
+            layer = self.layers[int(np.argmin(finite))]
             err = DataError(
                 f"{self.path}: model {self.attrs.get('model', '?')!r} gives non-finite tokens "
-                f"(inf/NaN) on data set {self.attrs.get('dataset', '?')!r} at layer "
-                f"{self.layers[bad[0]]}; nothing was kept -- check the model's weights and its "
-                "mean/std (no std may be 0), then rerun the extraction rule")
+                f"(inf/NaN) on data set {self.attrs.get('dataset', '?')!r} at layer {layer}; "
+                "nothing was kept -- check the model's weights and its mean/std (no std may be "
+                "0), then rerun the extraction rule")
             self._failed = err
             raise err
 

@@ -208,3 +208,24 @@ def test_disk_full_mid_write_closes_the_file_without_a_crash(tmp_path, budget):
         "space left on device); nothing was kept -- free disk space or fix the file system, "
         "then rerun the extraction rule")
     assert list(out.iterdir()) == []
+
+
+def test_device_sums_equal_the_writers_numpy_sums():
+    """The sums the extractor computes with torch where the tokens are (GPU), run here on the
+    CPU, equal numpy's on the float16 tokens it returns."""
+    import torch
+
+    from patchlens.features.extract import forward_batch
+    from patchlens.features.moments import row_sums
+    from patchlens.models.resolve import build_timm, resolve_model
+
+    torch.manual_seed(0)
+    model = build_timm(resolve_model("tiny", TINY))
+    with torch.inference_mode():
+        tok, cls, (s, q) = forward_batch(model, torch.randn(3, 3, 48, 64), [0, 2], True,
+                                         norm=True, sums=True)
+        assert forward_batch(model, torch.randn(1, 3, 48, 64), [0], True)[2] is None  # CPU
+    ref_s, ref_q = row_sums(tok)
+    assert s.shape == (3, 3, 48)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(q, ref_q, rtol=1e-12)
