@@ -229,3 +229,15 @@ def test_device_sums_equal_the_writers_numpy_sums():
     assert s.shape == (3, 3, 48)
     np.testing.assert_allclose(s, ref_s, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(q, ref_q, rtol=1e-12)
+
+
+def test_file_without_stored_moments_falls_back_to_reading_tokens(tmp_path):
+    """A feature file written before the moments were stored: split_stats says so (None) and
+    the channel_variance rule computes the two-pass statistics from the tokens instead."""
+    path = tmp_path / "f.h5"
+    images = _write(path, _tokens())
+    with h5py.File(path, "a") as f:
+        for name in ("stats_count", "stats_mean", "stats_m2", "image_split", "split"):
+            del f[name]
+    with FeatureStore(path) as s:
+        assert s.split_moments() is None and split_stats(s, ["train"], images) is None
