@@ -250,10 +250,11 @@ class FeatureWriter:
 
 
 def _first_bad_row(ds, crcs: list[int]) -> int | None:
-    """The first image row of a Fletcher-32 dataset chunked one row (cls) or one (row, layer)
-    (tokens) at a time whose stored bytes differ from the CRC-32 written, or None."""
+    """The first image row of an unfiltered or Fletcher-32 dataset chunked one row (cls) or one
+    (row, layer) (tokens) at a time whose stored bytes differ from the CRC-32 written, or None."""
     dsid, nd = ds.id, len(ds.shape)
     chunks = ds.shape[1] if ds.chunks[1] == 1 else 1  # chunks per image row
+    end = -4 if ds.fletcher32 else None  # the checksum trailer is not data
     tail = (0,) * (nd - 2)
     for i, want in enumerate(crcs):
         crc = 0
@@ -264,7 +265,7 @@ def _first_bad_row(ds, crcs: list[int]) -> int | None:
                 return i
             if mask:  # a filter was skipped: not the bytes HDF5 checksummed
                 return i
-            crc = zlib.crc32(memoryview(raw)[:-4], crc)
+            crc = zlib.crc32(memoryview(raw)[:end], crc)
         if crc != want:
             return i
     return None
