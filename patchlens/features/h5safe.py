@@ -4,6 +4,7 @@ and a file object that lets a file whose write failed (disk full) be closed with
 from __future__ import annotations
 
 import io
+import zlib
 
 import h5py
 
@@ -138,3 +139,25 @@ def checked_file(path, rule: str) -> _CheckedFile:
     except (OSError, FileNotFoundError) as exc:
         raise DataError(f"{path}: not a readable HDF5 file ({' '.join(str(exc).split())[:200]}); "
                         f"delete it and rerun the {rule} rule") from None
+
+
+def first_bad_row(ds, crcs: list[int]) -> int | None:
+    """The first image row of an unfiltered or Fletcher-32 dataset chunked one row (cls) or one
+    (row, layer) (tokens) at a time whose stored bytes differ from the CRC-32 written, or None."""
+    dsid, nd = ds.id, len(ds.shape)
+    chunks = ds.shape[1] if ds.chunks[1] == 1 else 1  # chunks per image row
+    end = -4 if ds.fletcher32 else None  # the checksum trailer is not data
+    tail = (0,) * (nd - 2)
+    for i, want in enumerate(crcs):
+        crc = 0
+        for li in range(chunks):
+            try:
+                mask, raw = dsid.read_direct_chunk((i, li) + tail)
+            except (KeyError, OSError, ValueError, RuntimeError):  # never written: no chunk
+                return i
+            if mask:  # a filter was skipped: not the bytes HDF5 checksummed
+                return i
+            crc = zlib.crc32(memoryview(raw)[:end], crc)
+        if crc != want:
+            return i
+    return None

@@ -39,7 +39,7 @@ import numpy as np
 
 from patchlens import __version__
 from patchlens.errors import DataError
-from patchlens.features.h5safe import SinkOnFailure, checked_file, checksummed
+from patchlens.features.h5safe import SinkOnFailure, checked_file, checksummed, first_bad_row
 from patchlens.features.moments import Moments, row_sums
 from patchlens.io import atomic_path
 
@@ -240,35 +240,13 @@ class FeatureWriter:
                     ds = f[name]
                     if ds.shape[0] != len(self.images):
                         return f"{name} holds {ds.shape[0]} of {len(self.images)} images"
-                    bad = _first_bad_row(ds, crcs)
+                    bad = first_bad_row(ds, crcs)
                     if bad is not None:
                         return (f"{name} of image {self.images[bad]!r} reads back different "
                                 "from what was written")
         except OSError as exc:
             return f"the closed file does not reopen ({exc})"
         return None
-
-
-def _first_bad_row(ds, crcs: list[int]) -> int | None:
-    """The first image row of an unfiltered or Fletcher-32 dataset chunked one row (cls) or one
-    (row, layer) (tokens) at a time whose stored bytes differ from the CRC-32 written, or None."""
-    dsid, nd = ds.id, len(ds.shape)
-    chunks = ds.shape[1] if ds.chunks[1] == 1 else 1  # chunks per image row
-    end = -4 if ds.fletcher32 else None  # the checksum trailer is not data
-    tail = (0,) * (nd - 2)
-    for i, want in enumerate(crcs):
-        crc = 0
-        for li in range(chunks):
-            try:
-                mask, raw = dsid.read_direct_chunk((i, li) + tail)
-            except (KeyError, OSError, ValueError, RuntimeError):  # never written: no chunk
-                return i
-            if mask:  # a filter was skipped: not the bytes HDF5 checksummed
-                return i
-            crc = zlib.crc32(memoryview(raw)[:end], crc)
-        if crc != want:
-            return i
-    return None
 
 
 def write_features(path, tokens: np.ndarray, images: list[str], grid, attrs: dict,
