@@ -1,4 +1,5 @@
-# Channel statistics of the support split: the basis of the drop{m} and zscore variants.
+# Channel statistics of the support split: the basis of the drop{m} and zscore variants, pooled
+# from the per-split moments the extractor stored in the feature file (stats_*; no token is read).
 
 
 rule channel_variance:

@@ -1,13 +1,11 @@
 """Rule best_layer: argmax layer per (model, task, variant, metric) and its gap to the last layer."""
-import pandas as pd
-
 from patchlens.analysis.best_layer import best_layer_table
-from patchlens.io import write_csv
+from patchlens.io import read_table, write_csv
 from patchlens.workflow import run
 
 
 def main(snakemake):
-    write_csv(best_layer_table(pd.read_parquet(snakemake.input[0])), snakemake.output[0])
+    write_csv(best_layer_table(read_table(snakemake.input[0])), snakemake.output[0])
 
 
 run(snakemake, main)  # noqa: F821

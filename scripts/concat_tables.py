@@ -1,12 +1,12 @@
 """Rule cka_table: per-data-set parquet tables -> one table."""
 import pandas as pd
 
-from patchlens.io import write_parquet
+from patchlens.io import read_table, write_parquet
 from patchlens.workflow import run
 
 
 def main(snakemake):
-    write_parquet(pd.concat([pd.read_parquet(p) for p in snakemake.input], ignore_index=True),
+    write_parquet(pd.concat([read_table(p) for p in snakemake.input], ignore_index=True),
                   snakemake.output[0])
 
 

@@ -1,15 +1,13 @@
 """Rule paired: every pair of models at their best and last layer, paired bootstrap over the same
 units -> tables/paired.csv."""
-import pandas as pd
-
-from patchlens.io import write_csv
+from patchlens.io import read_table, write_csv
 from patchlens.stats.paired import paired_table, read_units
 from patchlens.workflow import run
 
 
 def main(snakemake):
     b = dict(snakemake.params.bootstrap)
-    table = paired_table(pd.read_parquet(snakemake.input.scores), read_units(snakemake.input.units),
+    table = paired_table(read_table(snakemake.input.scores), read_units(snakemake.input.units),
                          int(b["n_boot"]), float(b["level"]), int(b["seed"]))
     write_csv(table, snakemake.output[0])
 

@@ -4,6 +4,12 @@ The statistics behind the ``drop{m}`` and ``zscore`` variants (Vanyan et al. 202
 2401.00463: MAE/Scale-MAE patch embeddings carry a few very high-variance channels). Computed on
 the support split only, so evaluation images never inform the transform. Batches are merged with
 Chan et al.'s parallel update (float64), so memory is bounded by one batch of one layer.
+
+One read of every feature file (``docs/protocols.md``): the extractor accumulates these moments per
+manifest split while it writes the file (``stats_*`` variables, :class:`FeatureWriter`), and
+:func:`split_stats` pools the configured splits from them without reading any token;
+:func:`channel_stats` (two passes over the tokens) is the reference and the fallback for files
+written before the moments were stored.
 """
 from __future__ import annotations
 
@@ -11,23 +17,10 @@ import h5netcdf
 import numpy as np
 
 from patchlens.errors import DataError
+from patchlens.features.h5safe import checked_file, checksummed
+from patchlens.features.moments import merge_moments, pooled
 from patchlens.features.store import FeatureStore
 from patchlens.io import atomic_path
-
-
-def merge_moments(n_a, mean_a, m2_a, x: np.ndarray):
-    """Fold samples ``x`` (n, C) into running (count, mean, M2) (Chan et al. 1979)."""
-    n_b = x.shape[0]
-    if n_b == 0:
-        return n_a, mean_a, m2_a
-    x = x.astype(np.float64)
-    mean_b = x.mean(0)
-    m2_b = ((x - mean_b) ** 2).sum(0)
-    n = n_a + n_b
-    delta = mean_b - mean_a
-    mean = mean_a + delta * (n_b / n)
-    m2 = m2_a + m2_b + delta ** 2 * (n_a * n_b / n)
-    return n, mean, m2
 
 
 def channel_stats(store: FeatureStore, images: list[str], batch: int = 64):
@@ -47,13 +40,35 @@ def channel_stats(store: FeatureStore, images: list[str], batch: int = 64):
     return means, variances, n
 
 
+def split_stats(store: FeatureStore, splits: list[str], manifest_images: list[str]):
+    """(mean, var, n_tokens) of ``splits`` pooled from the moments stored in the feature file
+    (no token read), or None when the file has none. ``manifest_images``: the manifest's images
+    of those splits; a file whose images of those splits differ is a DataError (the data set
+    changed since extraction)."""
+    stored = store.split_moments()
+    if stored is None:
+        return None
+    names, image_split, count, mean, m2 = stored
+    rows = [names.index(s) for s in dict.fromkeys(splits) if s in names]
+    in_file = {store.images[i] for i in np.flatnonzero(np.isin(image_split, rows))}
+    if in_file != set(manifest_images):
+        raise DataError(f"{store.path}: its images of split(s) {', '.join(splits)} are not the "
+                        "manifest's; the data set changed since extraction -- rerun the "
+                        "extraction rule")
+    if not manifest_images:
+        raise DataError(f"{store.path}: no images to compute channel statistics on; "
+                        "check variance.split in the config")
+    n, mu, q = pooled(count, mean, m2, rows)
+    return mu, q / n[:, None], int(n[-1])
+
+
 def write_stats(path, layers, mean, var, attrs: dict) -> None:
     """netCDF-style HDF5: ``mean``/``var`` (layer, channel) + coordinate ``layer``."""
     with atomic_path(path) as tmp, h5netcdf.File(tmp, "w") as f:
         f.dimensions = {"layer": len(layers), "channel": mean.shape[1]}
         f.create_variable("layer", ("layer",), data=np.asarray(layers, "int32"))
-        f.create_variable("mean", ("layer", "channel"), data=mean.astype("f8"))
-        f.create_variable("var", ("layer", "channel"), data=var.astype("f8"))
+        f.create_variable("mean", ("layer", "channel"), data=mean.astype("f8"), **checksummed())
+        f.create_variable("var", ("layer", "channel"), data=var.astype("f8"), **checksummed())
         for k, v in attrs.items():
             f.attrs[k] = v
 
@@ -62,9 +77,7 @@ class VarianceStats:
     """Read a statistics file: ``.mean(layer)``, ``.var(layer)`` as (C,) arrays."""
 
     def __init__(self, path):
-        import h5py
-
-        with h5py.File(path, "r") as f:
+        with checked_file(path, "channel_variance") as f:
             self.layers = [int(x) for x in f["layer"][:]]
             self._mean, self._var = f["mean"][:], f["var"][:]
 

@@ -36,6 +36,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.features.store import FeatureWriter
 from patchlens.models.layers import select_layers
 from patchlens.models.resolve import input_geometry
+from patchlens.progress import progress as progress_meter
 
 
 def load_batch(dataset: Dataset, images: list[str], size: tuple[int, int], mean, std) -> np.ndarray:
@@ -114,8 +115,6 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             layers="all", device: str = "cpu", weights_dir="weights", progress: bool = True,
             attrs: dict | None = None) -> None:
     """Write ``out_path`` with the tokens of every selected layer for every manifest image."""
-    from tqdm import tqdm
-
     images = dataset.images
     size, grid = input_geometry(img_size, spec["patch_size"])
     meta = {"model": spec["key"], "kind": spec["kind"], "source": spec.get("timm", spec["kind"]),
@@ -125,14 +124,16 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             "input_size": list(size), "n_blocks": spec["n_blocks"], "mean": list(spec["mean"]),
             "std": list(spec["std"]), "dataset": str(dataset.root.name), "final_norm": 0,
             "norm_layer": -1, **(attrs or {})}
-    bar = tqdm(total=len(images), desc=f"features {spec['key']}", disable=not progress,
-               unit="img")
+    splits = dataset.manifest.loc[images, "split"].astype(str).tolist()  # rows of stats_*
+    # a log line at least every minute (done/total, rate, ETA), a bar on a terminal
+    bar = progress_meter(len(images), f"features {spec['key']}/{dataset.root.name}",
+                         bar=None if progress else False, unit="img")
 
     if spec["kind"] == "oracle":
         from patchlens.models.oracle import oracle_channels, oracle_tokens
 
         with FeatureWriter(out_path, images, [0], grid, oracle_channels(dataset), False,
-                           meta) as w:
+                           meta, groups=splits) as w:
             for chunk in _batches(images, batch_size):
                 w.write(oracle_tokens(dataset, chunk, grid))
                 bar.update(len(chunk))
@@ -140,7 +141,8 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
         return
 
     if spec["kind"] == "pixels":
-        with FeatureWriter(out_path, images, [0], grid, spec["channels"], False, meta) as w:
+        with FeatureWriter(out_path, images, [0], grid, spec["channels"], False, meta,
+                           groups=splits) as w:
             for chunk in _batches(images, batch_size):
                 x = load_batch(dataset, chunk, size, spec["mean"], spec["std"])
                 w.write(pixel_tokens(x, spec["patch_size"]))
@@ -165,7 +167,7 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
     extra = {"ln_weight": ln_w, "ln_bias": ln_b}
     load = lambda chunk: load_batch(dataset, chunk, size, spec["mean"], spec["std"])  # noqa: E731
     with FeatureWriter(out_path, images, entries, grid, channels, spec["has_cls"], meta,
-                       extra) as w, \
+                       extra, groups=splits) as w, \
             torch.inference_mode(), ThreadPoolExecutor(max_workers=1) as reader, \
             ThreadPoolExecutor(max_workers=1) as writer:
         chunks = list(_batches(images, batch_size))
@@ -174,11 +176,11 @@ def extract(spec: dict, dataset: Dataset, out_path, img_size, batch_size: int = 
             x = torch.from_numpy(pending.result())
             if i + 1 < len(chunks):  # decode the next batch while this one runs
                 pending = reader.submit(load, chunks[i + 1])
-            tok, cls = forward_layers(model, x.to(dev), idx, spec["has_cls"],
-                                      norm=norm_layer >= 0)
+            tok, cls, sums = forward_batch(model, x.to(dev), idx, spec["has_cls"],
+                                           norm=norm_layer >= 0)
             if written is not None:  # one write in flight at a time, in batch order
                 written.result()
-            written = writer.submit(w.write, tok, cls)
+            written = writer.submit(w.write, tok, cls, sums)
             bar.update(len(chunk))
         if written is not None:
             written.result()
@@ -191,7 +193,20 @@ def forward_layers(model, x, layers: list[int], has_cls: bool, norm: bool = Fals
     ``norm``: append one more entry, the model's final norm applied to the output of the last
     entry of ``layers`` (the last block; prefix and patch tokens normalised together, as timm's
     ``forward_features`` does, then split)."""
+    tok, cls, _ = forward_batch(model, x, layers, has_cls, norm)
+    return tok, cls
+
+
+def forward_batch(model, x, layers: list[int], has_cls: bool, norm: bool = False,
+                  sums: bool | None = None):
+    """:func:`forward_layers` plus, when ``sums`` (default: ``x`` is on a GPU), the per-image
+    float64 sums of the stored float16 tokens' channels and of their squares, each (b, L, C)
+    (what :func:`patchlens.features.moments.row_sums` computes with numpy), computed on the
+    device so that the host only copies the tokens; else None (on the CPU numpy is 5x faster
+    than torch's float16 -> float64 conversion, and the writer thread computes them)."""
     import torch
+
+    sums = x.device.type != "cpu" if sums is None else sums
 
     out = model.forward_intermediates(x, indices=layers, return_prefix_tokens=True, norm=False,
                                       output_fmt="NLC", intermediates_only=True)
@@ -206,11 +221,17 @@ def forward_layers(model, x, layers: list[int], has_cls: bool, norm: bool = Fals
     b, P, C = out[0][0].shape
     tok = np.empty((b, len(out), P, C), np.float16)  # one float16 copy, no float32 stack
     cls = np.empty((b, len(out), C), np.float16) if has_cls else None
+    s, q = (np.empty((b, len(out), C)), np.empty((b, len(out), C))) if sums else (None, None)
     for li, (t, p) in enumerate(out):
-        tok[:, li] = t.half().cpu().numpy()
+        h = t.half()
+        tok[:, li] = h.cpu().numpy()
+        if sums:
+            d = h.double()
+            s[:, li] = d.sum(1).cpu().numpy()
+            q[:, li] = d.square().sum(1).cpu().numpy()
         if has_cls:
             cls[:, li] = p[:, 0].half().cpu().numpy()
-    return tok, cls
+    return tok, cls, ((s, q) if sums else None)
 
 
 def _param_digest(model) -> str:

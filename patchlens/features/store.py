@@ -7,11 +7,22 @@ Variables (dims):
     image  (image,)  string ids matching the data set manifest
     layer  (layer,)  block index, 0-based; ``n_blocks`` = the final-norm output (attr norm_layer)
     ln_weight, ln_bias (layer, channel) float32, timm models only: the LayerNorm reading each layer
+    split       (split,)  string: the manifest splits of the images (``stats_*`` rows)
+    image_split (image,)  int32: each image's row in ``split``
+    stats_count (split, layer) int64: patch tokens behind each row of the statistics
+    stats_mean, stats_m2 (split, layer, channel) float64: per split and layer, the mean and the
+                sum of squared deviations of every patch token's channels, accumulated while
+                writing (:mod:`patchlens.features.moments`): the channel statistics of any set
+                of splits follow from these without reading ``tokens`` again
 Attributes: model, dataset, source, weights_sha256, patch_size, input_size (H, W), grid (h, w),
 n_blocks (blocks in the network), mean, std (input normalisation), patchlens_version, ...
 
 Writers stream batches into a temporary file and rename it at the end (see :mod:`patchlens.io`).
-A file is renamed into place only when no write failed and, after closing, it reads back with
+Every variable but ``image`` is stored with HDF5's per-chunk Fletcher-32 checksum: a flipped
+byte in a finished file makes the read fail (:class:`FeatureStore` raises a DataError naming the
+file) instead of giving different numbers. The writer refuses non-finite tokens (inf/NaN, e.g.
+from NaN weights or a zero ``std``) with a DataError naming the model, data set and layer, and
+nothing is kept. A file is renamed into place only when no write failed and, after closing, it reads back with
 every image present and the CRC-32 of every image's bytes equal to what was written (a write
 error that HDF5 reports only as "Exception ignored" while flushing its chunk cache leaves zeroed
 chunks; this check finds them). Readers return float32 numpy arrays and never import torch.
@@ -28,6 +39,8 @@ import numpy as np
 
 from patchlens import __version__
 from patchlens.errors import DataError
+from patchlens.features.h5safe import SinkOnFailure, checked_file, checksummed, first_bad_row
+from patchlens.features.moments import Moments, row_sums
 from patchlens.io import atomic_path
 
 
@@ -43,17 +56,24 @@ def _crc(block: np.ndarray) -> int:
 class FeatureWriter:
     """Stream (batch, layer, patch, channel) arrays into a feature file.
 
-    Use as a context manager; the file appears under ``path`` only when the block exits cleanly
-    and every image was written.
-    """
+    Use as a context manager; the file appears under ``path`` only when the block exits cleanly,
+    every image was written and every token was finite. ``groups`` (one label per image, e.g.
+    the manifest split; default one group ``all``) are the rows of the ``stats_*`` variables."""
 
     def __init__(self, path, images: list[str], layers: list[int], grid: tuple[int, int],
-                 channels: int, has_cls: bool, attrs: dict, extra: dict | None = None):
+                 channels: int, has_cls: bool, attrs: dict, extra: dict | None = None,
+                 groups: list[str] | None = None):
         self.path = Path(path)
         self.extra = dict(extra or {})  # small (layer, channel) float32 variables, e.g. ln_weight
         self.images, self.layers = list(images), [int(x) for x in layers]
         self.grid, self.channels, self.has_cls = tuple(grid), int(channels), has_cls
         self.attrs = dict(attrs)
+        groups = ["all"] * len(self.images) if groups is None else [str(g) for g in groups]
+        if len(groups) != len(self.images):
+            raise ValueError(f"{len(groups)} group labels for {len(self.images)} images")
+        names = list(dict.fromkeys(groups))
+        self._group = np.array([names.index(g) for g in groups], np.int32)
+        self._moments = Moments(names, len(self.layers), self.channels)
         self._n = 0
         self._failed: BaseException | None = None  # first write error, even if caught upstream
         self._crcs: dict[str, list[int]] = {"tokens": [], "cls": []}
@@ -61,35 +81,50 @@ class FeatureWriter:
     def __enter__(self):
         self._atomic = atomic_path(self.path)
         self._tmp = tmp = self._atomic.__enter__()
+        try:
+            self._open(tmp)
+        except BaseException as exc:
+            self._close()
+            self._atomic.__exit__(type(exc), exc, None)
+            raise
+        return self
+
+    def _open(self, tmp) -> None:
+        self._fobj = self._sink = SinkOnFailure(tmp)
         # no chunk cache: each (image, layer) chunk is written whole, straight to the file, so a
         # write error is raised by the write call instead of a later, ignored cache flush
-        f = h5netcdf.File(tmp, "w", rdcc_nbytes=0)
+        self._h5 = h5py.File(self._fobj, "w", rdcc_nbytes=0)
+        self._f = f = h5netcdf.File(self._h5, "w")
         n, L, P, C = len(self.images), len(self.layers), self.grid[0] * self.grid[1], self.channels
-        f.dimensions = {"image": n, "layer": L, "patch": P, "channel": C}
+        f.dimensions = {"image": n, "layer": L, "patch": P, "channel": C,
+                        "split": len(self._moments.groups)}
         f.create_variable("image", ("image",), data=np.array(self.images, dtype=object),
                           dtype=h5py.string_dtype())
         f.create_variable("layer", ("layer",), data=np.array(self.layers, dtype="int32"))
         f.create_variable("tokens", ("image", "layer", "patch", "channel"), dtype="f2",
-                          chunks=(1, 1, P, C))
+                          **checksummed(chunks=(1, 1, P, C)))
         if self.has_cls:
-            f.create_variable("cls", ("image", "layer", "channel"), dtype="f2", chunks=(1, L, C))
+            f.create_variable("cls", ("image", "layer", "channel"), dtype="f2",
+                              **checksummed(chunks=(1, L, C)))
         for name, arr in self.extra.items():
-            f.create_variable(name, ("layer", "channel"), data=np.asarray(arr, np.float32))
+            f.create_variable(name, ("layer", "channel"), data=np.asarray(arr, np.float32),
+                              **checksummed())
         attrs = {"patchlens_version": __version__, **self.attrs,
                  "grid": np.array(self.grid, dtype="int32")}
         for k, v in attrs.items():
             f.attrs[k] = v if not isinstance(v, (list, tuple)) else np.asarray(v)
-        self._f = f
-        return self
 
-    def write(self, tokens: np.ndarray, cls: np.ndarray | None = None) -> None:
-        """Append a batch: tokens (b, L, P, C), cls (b, L, C)."""
+    def write(self, tokens: np.ndarray, cls: np.ndarray | None = None, sums=None) -> None:
+        """Append a batch: tokens (b, L, P, C), cls (b, L, C); ``sums``: the per-image float64
+        channel sums and sums of squares of ``tokens`` as stored (float16), each (b, L, C),
+        where the caller computed them (on the device); else they are computed here."""
         b = tokens.shape[0]
         expect = (len(self.layers), self.grid[0] * self.grid[1], self.channels)
         if tuple(tokens.shape[1:]) != expect:
             raise ValueError(f"token batch shape {tokens.shape[1:]} != (layer, patch, channel) {expect}")
         if self._failed is not None:
-            raise self._error(self._failed)
+            raise self._failed if isinstance(self._failed, DataError) else \
+                self._error(self._failed)
         if self._n + b > len(self.images):
             raise ValueError(f"{self.path}: batch of {b} past the {len(self.images)} images")
         sl = slice(self._n, self._n + b)
@@ -97,6 +132,7 @@ class FeatureWriter:
         arrays = {"tokens": tokens}
         if self.has_cls:
             arrays["cls"] = np.asarray(cls, np.float16)
+        self._accumulate(arrays, self._group[sl], sums)
         try:
             for name, arr in arrays.items():
                 # straight to the h5py datasets: h5netcdf's own indexing costs 3x the write itself
@@ -108,7 +144,43 @@ class FeatureWriter:
             self._crcs[name] += [_crc(row) for row in arr]
         self._n += b
 
+    def _accumulate(self, arrays: dict, groups: np.ndarray, sums) -> None:
+        """Fold the batch's per-image channel sums into the per-(group, layer) moments; refuse
+        non-finite tokens (a finite float64 sum of float16 values means every value is
+        finite)."""
+        s, q = sums if sums is not None else row_sums(arrays["tokens"])
+        P = self.grid[0] * self.grid[1]
+        for g in np.unique(groups):
+            rows = groups == g
+            self._moments.add_sums(int(g), int(rows.sum()) * P, s[rows].sum(0), q[rows].sum(0))
+        finite = np.isfinite(s).all(axis=(0, 2)) & np.isfinite(q).all(axis=(0, 2))
+        if finite.all() and "cls" in arrays:
+            finite = np.isfinite(arrays["cls"]).all(axis=(0, 2))
+        if not finite.all():
+            layer = self.layers[int(np.argmin(finite))]
+            err = DataError(
+                f"{self.path}: model {self.attrs.get('model', '?')!r} gives non-finite tokens "
+                f"(inf/NaN) on data set {self.attrs.get('dataset', '?')!r} at layer {layer}; "
+                "nothing was kept -- check the model's weights and its mean/std (no std may be "
+                "0), then rerun the extraction rule")
+            self._failed = err
+            raise err
+
+    def _stats(self) -> None:
+        """Write the accumulated per-split channel moments (small float64 variables)."""
+        f, m = self._f, self._moments
+        f.create_variable("split", ("split",), data=np.array(m.groups, dtype=object),
+                          dtype=h5py.string_dtype())
+        f.create_variable("image_split", ("image",), data=self._group, **checksummed())
+        f.create_variable("stats_count", ("split", "layer"), data=m.count, **checksummed())
+        f.create_variable("stats_mean", ("split", "layer", "channel"), data=m.mean,
+                          **checksummed())
+        f.create_variable("stats_m2", ("split", "layer", "channel"), data=m.m2,
+                          **checksummed())
+
     def _error(self, exc: BaseException) -> FeatureWriteError:
+        sink = getattr(self, "_sink", None)
+        exc = (sink.error if sink is not None else None) or exc  # the OS's reason, not HDF5's
         errno = getattr(exc, "errno", None)
         reason = (f"[Errno {errno}] {os.strerror(errno)}" if errno else
                   f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
@@ -116,13 +188,30 @@ class FeatureWriter:
             f"{self.path}: writing the feature file failed ({reason}); nothing was kept -- "
             "free disk space or fix the file system, then rerun the extraction rule")
 
+    def _close(self) -> BaseException | None:
+        """Close the netCDF layer, then the HDF5 file, then the file object, each even if the one
+        before failed; the first error, or None."""
+        first = None
+        for obj in ("_f", "_h5", "_fobj"):
+            handle = getattr(self, obj, None)
+            if handle is None:
+                continue
+            try:
+                handle.close()
+            except Exception as err:  # noqa: BLE001 -- the first one is reported
+                first = first or err
+            setattr(self, obj, None)
+        return first
+
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None and self._failed is None:
+        if exc_type is None and self._failed is None and self._n == len(self.images):
+            try:
+                self._stats()
                 self._f.flush()  # raises what a close would only print
-            self._f.close()
-        except Exception as err:
-            self._failed = self._failed or err
+            except Exception as err:  # noqa: BLE001
+                self._failed = err
+        closing = self._close() or self._sink.error  # always, even after a failure
+        self._failed = self._failed or closing
         if exc_type is None and self._failed is None and self._n != len(self.images):
             err = RuntimeError(f"{self.path}: wrote {self._n} of {len(self.images)} images")
             self._atomic.__exit__(type(err), err, None)  # a caller bug, not a disk error
@@ -132,14 +221,17 @@ class FeatureWriter:
             if bad:
                 self._failed = RuntimeError(bad)
         if exc_type is None and self._failed is not None:
-            err = self._error(self._failed)
+            err = (self._failed if isinstance(self._failed, DataError) else
+                   self._error(self._failed))
             self._atomic.__exit__(type(err), err, None)  # removes the temporary file
             raise err from self._failed
         return self._atomic.__exit__(exc_type, exc, tb)
 
     def _verify(self) -> str | None:
         """Reopen the closed temporary file: every image and every chunk as written, else why
-        not (one phrase)."""
+        not (one phrase). Reads each chunk's stored bytes as they are (no filter pipeline, no
+        array): the CRC-32 of a row's chunks, Fletcher-32 trailer cut off, chained in layer
+        order, is the CRC-32 of the row that was written."""
         try:
             with h5py.File(self._tmp, "r") as f:
                 for name, crcs in self._crcs.items():
@@ -148,13 +240,10 @@ class FeatureWriter:
                     ds = f[name]
                     if ds.shape[0] != len(self.images):
                         return f"{name} holds {ds.shape[0]} of {len(self.images)} images"
-                    step = max(1, (64 << 20) // max(1, int(np.prod(ds.shape[1:])) * 2))
-                    for lo in range(0, ds.shape[0], step):
-                        block = ds[lo:lo + step]
-                        for i, row in enumerate(block):
-                            if _crc(row) != crcs[lo + i]:
-                                return (f"{name} of image {self.images[lo + i]!r} reads back "
-                                        "different from what was written")
+                    bad = first_bad_row(ds, crcs)
+                    if bad is not None:
+                        return (f"{name} of image {self.images[bad]!r} reads back different "
+                                "from what was written")
         except OSError as exc:
             return f"the closed file does not reopen ({exc})"
         return None
@@ -183,11 +272,8 @@ class FeatureStore:
 
     def __init__(self, path):
         self.path = Path(path)
-        try:
-            self._f = h5py.File(self.path, "r")
-        except (OSError, FileNotFoundError) as exc:
-            raise DataError(f"{self.path}: not a readable feature file ({exc}); "
-                            "delete it and rerun the extraction rule") from exc
+        # every read of a dataset, also through ``_f``, raises DataError on a checksum failure
+        self._f = checked_file(self.path, "extraction")
         if "tokens" not in self._f or "image" not in self._f:
             raise DataError(f"{self.path}: no 'tokens' variable; delete it and rerun the "
                             "extraction rule")
@@ -222,6 +308,17 @@ class FeatureStore:
     def variable(self, name: str) -> np.ndarray | None:
         """A small per-layer variable (layer, channel) as float32, or None if the file lacks it."""
         return self._f[name][:].astype(np.float32) if name in self._f else None
+
+    def split_moments(self):
+        """The channel moments accumulated while the file was written, per manifest split:
+        (splits [S], image_split (image,) int, count (S, layer) int, mean (S, layer, C),
+        M2 (S, layer, C) float64), or None for a file written before they existed."""
+        f = self._f
+        if "stats_m2" not in f:
+            return None
+        splits = [s.decode() if isinstance(s, bytes) else str(s) for s in f["split"][:]]
+        return (splits, f["image_split"][:], f["stats_count"][:], f["stats_mean"][:],
+                f["stats_m2"][:])
 
     def _rows(self, images):
         if images is None:

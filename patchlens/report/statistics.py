@@ -10,6 +10,7 @@ import pandas as pd
 
 from patchlens.analysis.best_layer import overall_rows
 from patchlens.errors import DataError
+from patchlens.io import read_table
 from patchlens.report import tables as T
 
 FILES = {"paired": "paired.csv", "token_norms": "token_norms.parquet"}
@@ -24,7 +25,9 @@ def load_tables(tables_dir) -> dict[str, pd.DataFrame]:
         if not p.exists():
             continue
         try:
-            out[name] = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+            out[name] = read_table(p)  # its recorded SHA-256 verified
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001 - any reader failure is a corrupt file
             raise DataError(f"{p}: unreadable table ({e.__class__.__name__}); rerun the rule "
                             "that writes it") from None

@@ -26,7 +26,7 @@ import pandas as pd
 from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-level rows: one home
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.variants import parse_variant
-from patchlens.io import write_parquet
+from patchlens.io import read_table, write_parquet
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
 from patchlens.tasks.registry import SCORE_COLUMNS, all_tasks
 
@@ -73,7 +73,7 @@ TABLE_COLUMNS = {
 # --------------------------------------------------------------------------------------- scores
 def _read_score_csv(path: Path) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, dtype={c: str for c in ("params", "scale_bin", "sequence",
+        df = read_table(path, dtype={c: str for c in ("params", "scale_bin", "sequence",
                                                        "feature", "head")})
     except FileNotFoundError:
         raise DataError(f"{path}: score file not found; rerun its task rule") from None
@@ -215,7 +215,9 @@ def load_tables(tables_dir) -> dict[str, pd.DataFrame]:
             out[name] = empty_table(name)
             continue
         try:
-            df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+            df = read_table(p)  # its recorded SHA-256 verified
+        except DataError:
+            raise
         except Exception as e:  # noqa: BLE001 - any reader failure is a corrupt file
             raise DataError(f"{p}: unreadable table ({e.__class__.__name__}); rerun the rule "
                             "that writes it") from None

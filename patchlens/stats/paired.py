@@ -20,6 +20,7 @@ import pandas as pd
 from patchlens.analysis.best_layer import (ITEM_COLUMNS, LOWER_IS_BETTER, TASK_KEYS,
                                            best_layer_table)
 from patchlens.errors import DataError
+from patchlens.io import read_table
 from patchlens.stats.bootstrap import (DEFAULT_PARAMS, EXACT_MAX_UNITS, p_floor,
                                        paired_bootstrap, point)
 from patchlens.stats.units import UNIT_COLUMNS, unit_data
@@ -102,11 +103,7 @@ def read_units(paths) -> dict:
     """{(task, model, dataset, variant): units} from units parquet files (label columns)."""
     out = {}
     for p in paths:
-        try:
-            df = pd.read_parquet(p)
-        except Exception as exc:  # pyarrow's ArrowInvalid / OSError on a damaged file
-            raise DataError(f"{p}: not a readable units parquet ({' '.join(str(exc).split())[:120]}"
-                            "); delete it and rerun the task rule that writes it") from None
+        df = read_table(p)  # its recorded SHA-256 verified; a damaged file names itself
         missing = [c for c in LABELS + UNIT_COLUMNS if c not in df]
         if missing:
             raise DataError(f"{p}: not a units file (missing {missing}); rerun its task rule")

@@ -514,3 +514,37 @@ def test_preparation_refuses_a_mask_of_another_size_or_depth(tmp_path):
     _save_mask(out / "m1.png", np.zeros((8, 6), np.uint16))
     with pytest.raises(DataError, match=r"m1\.png: mode I.* mask; expected an 8-bit index PNG"):
         write_layout(out, rows, ["bg"])
+
+
+# -- a log that cannot be written (issue 18 item 9): one line on stderr, then stderr alone ------
+class _LogJob:
+    def __init__(self, log, out):
+        self.log, self.output = [str(log)], [str(out)]
+
+
+@pytest.mark.parametrize("where", ["full", "not_a_dir"])
+def test_unwritable_log_falls_back_to_stderr_in_one_line(tmp_path, capfd, where):
+    """``/dev/full`` fails every write with ENOSPC (a full disk); a log under a regular file
+    cannot be created at all (as a read-only directory, also for root)."""
+    import logging
+
+    from patchlens.workflow import run
+
+    if where == "full" and not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    (tmp_path / "file").write_text("")
+    log = "/dev/full" if where == "full" else tmp_path / "file" / "rule.log"
+
+    def main(_):
+        for i in range(40):
+            logging.getLogger("patchlens").info("progress %d", i)
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(SystemExit):
+        run(_LogJob(log, tmp_path / "out" / "x.csv"), main)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and err.count("cannot write the log file") == 1
+    reason = "No space left on device" if where == "full" else "Not a directory"
+    assert f"cannot write the log file {log} (" in err and reason in err
+    assert "progress 39" in err and "OSError: [Errno 5] Input/output error" in err
+    assert "traceback in" not in err and "Traceback (most recent call last)" in err
