@@ -49,6 +49,8 @@ def split_stats(store: FeatureStore, splits: list[str], manifest_images: list[st
     if stored is None:
         return None
     names, image_split, count, mean, m2 = stored
+    if names == ["all"] and "all" not in splits:  # written without split labels (write_features)
+        return None
     rows = [names.index(s) for s in dict.fromkeys(splits) if s in names]
     in_file = {store.images[i] for i in np.flatnonzero(np.isin(image_split, rows))}
     if in_file != set(manifest_images):

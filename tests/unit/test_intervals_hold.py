@@ -128,6 +128,6 @@ def test_a_corrupt_units_parquet_names_the_file(tmp_path):
     path = tmp_path / "units.parquet"
     pd.DataFrame({"a": np.arange(100)}).to_parquet(path)
     path.write_bytes(path.read_bytes()[:-40])  # its footer lost
-    with pytest.raises(DataError, match=rf"^{path}: not a readable units parquet .*rerun the "
-                       r"task rule that writes it$"):
+    with pytest.raises(DataError, match=rf"^{path}: not a readable parquet file .*rerun the "
+                       r"rule that writes it$"):
         read_units([path])

@@ -222,7 +222,7 @@ OFFICIAL = {
 def test_config_validates(config):
     assert set(config["variants"]) == VARIANTS
     assert set(config["tasks"]) == {"fewshot_seg", "instance_id", "retrieval", "tracking",
-                                     "keypoints", "lowshot_cls"}
+                                     "keypoints", "lowshot_cls", "depth", "hummingbird"}
     assert set(config["analyses"]) == {"attention", "cka", "token_norms"}
     assert "oracle" not in {e.get("baseline") for e in config["models"].values()}  # tests only
 
