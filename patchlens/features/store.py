@@ -229,9 +229,10 @@ class FeatureWriter:
 
     def _verify(self) -> str | None:
         """Reopen the closed temporary file: every image and every chunk as written, else why
-        not (one phrase). Reads each chunk's stored bytes as they are (no filter pipeline, no
-        array): the CRC-32 of a row's chunks, Fletcher-32 trailer cut off, chained in layer
-        order, is the CRC-32 of the row that was written."""
+        not (one phrase). Reads each chunk's stored bytes as they are, where the reopened file's
+        chunk index says they are (no filter pipeline, no array): the CRC-32 of a row's chunks,
+        Fletcher-32 trailer cut off, chained in layer order, is the CRC-32 of the row that was
+        written (:func:`~patchlens.features.h5safe.first_bad_row`)."""
         try:
             with h5py.File(self._tmp, "r") as f:
                 for name, crcs in self._crcs.items():
@@ -240,7 +241,7 @@ class FeatureWriter:
                     ds = f[name]
                     if ds.shape[0] != len(self.images):
                         return f"{name} holds {ds.shape[0]} of {len(self.images)} images"
-                    bad = first_bad_row(ds, crcs)
+                    bad = first_bad_row(ds, crcs, self._tmp)
                     if bad is not None:
                         return (f"{name} of image {self.images[bad]!r} reads back different "
                                 "from what was written")
