@@ -11,7 +11,7 @@ from patchlens.evaluation import propagation
 from patchlens.tasks import tracking
 from patchlens.evaluation.davis_metrics import jf_labels, region_similarity
 from patchlens.evaluation.knn import l2_normalize
-from video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
+from helpers.video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
 # Bilinear upsampling of one-hot label maps rounds every convex corner off (about 0.097 p^2
 # pixels lost and a 0.29 p boundary offset per corner, p = patch size), so even grid-aligned
