@@ -2,7 +2,7 @@
 
 Synthetic sequence: 480x854 frames, a 30x54 patch grid (ViT/16 at 480x864), 384 channels (ViT-S),
 3 moving elliptic objects; DAVIS defaults (first + 7 last frames as context, radius 12, top-5).
-Propagation (``tracking.track``) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
+Propagation (``propagation.track``) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
 are timed separately; no file I/O is included. ``--engine numpy`` is the CPU default of the
 task; ``--engine torch`` runs the device path (``patchlens.evaluation.propagation_torch`` and
 ``davis_torch``) on ``--device`` (``cpu`` or ``cuda``), timed with the device synchronised, and
@@ -63,13 +63,14 @@ def main():
             os.environ[var] = str(args.threads)
     import numpy as np
 
+    from patchlens.evaluation import propagation
     from patchlens.tasks import tracking
     from patchlens.evaluation.davis_metrics import jf_labels
 
     rng = np.random.default_rng(0)
     masks, feats = synthetic(args, rng)
     ids = np.arange(1, args.objects + 1)
-    seed = tracking.seed_labels(masks[0], ids, tuple(args.grid))
+    seed = propagation.seed_labels(masks[0], ids, tuple(args.grid))
     p = tracking.DEFAULT_PARAMS
     print(f"frames {args.frames} at {args.height}x{args.width}, grid {args.grid[0]}x{args.grid[1]}"
           f", {args.channels} channels, {args.objects} objects, context 1+{p['n_last_frames']}, "
@@ -78,12 +79,12 @@ def main():
     scores = {}
     if args.engine in ("numpy", "both"):
         t0 = time.perf_counter()
-        soft = list(tracking.track(feats, seed, *args_t))
+        soft = list(propagation.track(feats, seed, *args_t))
         t_prop = (time.perf_counter() - t0) / len(soft)
         t0 = time.perf_counter()
         js, fs = [], []
         for t, s in enumerate(soft, start=1):
-            pred = tracking.labels_to_mask(s, masks[t].shape, p["norm_mask"])
+            pred = propagation.labels_to_mask(s, masks[t].shape, p["norm_mask"])
             j, f = jf_labels(masks[t], pred, args.objects, None, p["bound_th"])
             js.append(j)
             fs.append(f)

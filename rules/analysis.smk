@@ -13,7 +13,7 @@ rule attention_stats:
         f"{RESULTS}/benchmarks/attention_stats/{{model}}/{{dataset}}.tsv"
     conda:
         EXTRACT_ENV
-    threads: rule_threads(config, "attention_stats")
+    threads: rule_threads(config, ATTENTION.job_rule)
     resources:
         **extraction_resources("attention_stats"),
     params:
@@ -22,7 +22,7 @@ rule attention_stats:
         # the offset-head thresholds reach attention_tables only
         settings={
             k: v
-            for k, v in settings("analyses", "attention").items()
+            for k, v in settings("analyses", ATTENTION.name).items()
             if k != "offset_heads"
         },
         # weights_dir and extraction.batch_size are read from the config by the script: where
@@ -33,7 +33,7 @@ rule attention_stats:
 
 rule attention_tables:
     input:
-        analysis_files("attention"),
+        analysis_files(ATTENTION.name),
     output:
         attention=f"{RESULTS}/tables/attention.parquet",
         offset_heads=f"{RESULTS}/tables/offset_heads.csv",
@@ -49,14 +49,14 @@ rule attention_tables:
         mem_mb=2000,
         runtime=20,
     params:
-        settings=settings("analyses", "attention"),
+        settings=settings("analyses", ATTENTION.name),
     script:
         "../scripts/attention_tables.py"
 
 
 rule cka:
     input:
-        unpack(get_analysis_features("cka")),
+        unpack(get_analysis_features(CKA.name)),
         manifest=lambda wc: manifest(wc.dataset),
     output:
         f"{RESULTS}/cka/{{dataset}}.parquet",
@@ -66,20 +66,20 @@ rule cka:
         f"{RESULTS}/benchmarks/cka/{{dataset}}.tsv"
     conda:
         EVAL_ENV
-    threads: rule_threads(config, "cka")
+    threads: rule_threads(config, CKA.job_rule)
     resources:
         **({"gpu": 1} if config["gpu"] else {}),
         mem_mb=8000,
         runtime=120,
     params:
-        settings=settings("analyses", "cka"),
+        settings=settings("analyses", CKA.name),
     script:
         "../scripts/cka.py"
 
 
 rule cka_table:
     input:
-        analysis_files("cka"),
+        analysis_files(CKA.name),
     output:
         f"{RESULTS}/tables/cka.parquet",
     log:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from patchlens.analysis.registry import all_analyses
+from patchlens.analysis.specs import ATTENTION, CKA, TOKEN_NORMS
 from patchlens.config import (
     analysis_outputs,
     analysis_pairs,
@@ -206,7 +207,7 @@ def table_files():
     ]
     for spec in all_analyses():
         if analysis_files(spec.name):
-            tables += [f"{RESULTS}/tables/{t}" for t in spec.tables]
+            tables += [f"{RESULTS}/tables/{t.file}" for t in spec.tables]
     if evaluation_jobs(
         config
     ):  # paired comparisons over the units (rules/statistics.smk)

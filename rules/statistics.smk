@@ -42,14 +42,14 @@ rule token_norms:
         mem_mb=4000,
         runtime=30,
     params:
-        settings=settings("analyses", "token_norms"),
+        settings=settings("analyses", TOKEN_NORMS.name),
     script:
         "../scripts/token_norms.py"
 
 
 rule token_norms_table:
     input:
-        analysis_files("token_norms"),
+        analysis_files(TOKEN_NORMS.name),
     output:
         f"{RESULTS}/tables/token_norms.parquet",
     log:

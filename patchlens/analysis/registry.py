@@ -17,10 +17,22 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import PurePath
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 READS = ("features", "images")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One summary table of an analysis: its ``name`` (the report's key for it), its ``file``
+    under ``results/tables`` and its ``columns``. ``columns=None``: an optional table, read only
+    when present and as written (:mod:`patchlens.report.statistics`); otherwise the report
+    checks the columns and reads an absent table as an empty one (:mod:`patchlens.report.tables`)."""
+    name: str
+    file: str
+    columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -37,7 +49,9 @@ class AnalysisSpec:
     (:mod:`patchlens.startup`) and by the jobs.
     ``outputs``: one job's output under ``results/``, with ``{dataset}`` and, when there is one
     job per (model, data set), ``{model}`` (:func:`patchlens.config.analysis_outputs`).
-    ``tables``: the summary tables under ``results/tables`` made from those outputs.
+    ``tables``: the summary tables under ``results/tables`` made from those outputs, each a
+    :class:`Table` (a plain file name is read as ``Table(<its stem>, <file>)``); the report reads
+    them by name (:data:`patchlens.report.tables.TABLE_FILES`).
     ``reads``: ``"features"`` (the extracted feature files) or ``"images"`` (a forward pass of
     its own over the data set's images).
     ``timm_only``: the default model list is the timm models only (a forward pass needs a
@@ -46,7 +60,16 @@ class AnalysisSpec:
     model's facts (:func:`patchlens.models.resolve.resolve_model`, e.g. ``n_blocks``).
     ``figures``: names of the report figures (:data:`patchlens.report.figures.FIGURES`) shown in
     the analysis's report section, in order (names without a figure are ignored).
-    ``flop``: optional cost model for the resource plan (the plan's cost of one job).
+    ``flop``: optional cost model of one job for the resource plan (:mod:`patchlens.plan`),
+    ``flop(params, split_counts, models) -> dict``: ``models`` a list of the job's models (one
+    per job when ``outputs`` has ``{model}``, else every model of the data set), each a dict of
+    its facts (:func:`patchlens.plan.facts.model_facts`) with ``grid`` (the patch grid) and
+    ``feature_bytes`` (its feature file on that data set); returns ``flop`` and any of
+    ``written``, ``read`` (bytes), ``mem`` and the plan's named costs (e.g. ``mparams``).
+    Without one the analysis adds no job row (a negligible cost).
+    ``rule``: the workflow rule of its jobs (default: ``name``). ``threads``: a fixed thread
+    count of those jobs, else the rule's jobs take ``extraction.threads`` when ``reads`` is
+    ``"images"`` (they run a model) and ``evaluation.threads`` otherwise.
     ``order``: its rank wherever analyses are listed (ascending)."""
     name: str
     title: str
@@ -54,13 +77,25 @@ class AnalysisSpec:
     sampling: Mapping
     check_params: Callable[[dict], dict]
     outputs: str
-    tables: tuple[str, ...]
+    tables: tuple[Table | str, ...]
     reads: str = "features"
     timm_only: bool = False
     check_model: Callable | None = None
     figures: tuple[str, ...] = ()
     flop: Callable | None = None
+    rule: str = ""
+    threads: int | None = None
     order: int = 100
+
+    @property
+    def per_model(self) -> bool:
+        """One job per (model, data set) (else one per data set over all its models)."""
+        return "{model}" in self.outputs
+
+    @property
+    def job_rule(self) -> str:
+        """The workflow rule of its jobs."""
+        return self.rule or self.name
 
 
 _REGISTRY: dict[str, AnalysisSpec] = {}
@@ -84,7 +119,7 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
     if not (isinstance(spec.outputs, str) and "{dataset}" in spec.outputs):
         raise ValueError(f"{where}: outputs must be a path with {{dataset}}")
     if not (isinstance(spec.tables, tuple) and isinstance(spec.figures, tuple)) or \
-            spec.reads not in READS:
+            spec.reads not in READS or not all(isinstance(t, (Table, str)) for t in spec.tables):
         raise ValueError(f"{where}: tables and figures must be tuples, reads one of {READS}")
     if not callable(spec.check_params) or any(
             f is not None and not callable(f) for f in (spec.check_model, spec.flop)):
@@ -92,6 +127,13 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
                          "callables")
     if not isinstance(spec.order, int) or isinstance(spec.order, bool):
         raise ValueError(f"{where}: order must be an integer")
+    if spec.threads is not None and (not isinstance(spec.threads, int) or spec.threads < 1):
+        raise ValueError(f"{where}: threads must be a positive integer or None")
+    if spec.rule and not _NAME.match(spec.rule):
+        raise ValueError(f"{where}: rule must be lower_case_with_underscores")
+    tables = tuple(t if isinstance(t, Table) else Table(PurePath(t).name.split(".")[0], t)
+                   for t in spec.tables)
+    spec = replace(spec, tables=tables)
     _REGISTRY[spec.name] = spec
     return spec
 

@@ -1,6 +1,7 @@
 """DINO's video label propagation and its per-frame mask upsampling in torch, on any device:
-the device path of :mod:`patchlens.tasks.tracking`, whose numpy functions (``propagate``,
-``track``, ``labels_to_mask``) define the protocol (Caron et al., ICCV 2021, reference
+the device path of :mod:`patchlens.tasks.tracking`, whose numpy functions
+(:mod:`patchlens.evaluation.propagation`: ``propagate``, ``track``, ``labels_to_mask``) define the
+protocol (Caron et al., ICCV 2021, reference
 ``eval_video_segmentation.py`` of github.com/facebookresearch/dino; ``docs/protocols.md#tracking``).
 
 Steps 3-4 of the tracking protocol, the same arithmetic as the numpy path: cosine similarities of
@@ -33,7 +34,7 @@ def _budget(device: str) -> int:
 
 def band_rows(h: int, w: int, n_ctx: int, radius: int, budget: int) -> int:
     """Target rows per band: about radius / 2, fewer while a band's similarities exceed
-    ``budget`` (as :func:`patchlens.tasks.tracking._band_rows`), all rows when unrestricted."""
+    ``budget`` (as :func:`patchlens.evaluation.propagation.band_rows`), all rows when unrestricted."""
     rows = max(1, radius // 2) if radius > 0 else h
     if radius > 0 and budget > (1 << 24):            # a larger budget: wider bands
         rows = h
@@ -56,7 +57,7 @@ def l2_normalize(x, eps: float = 1e-12):
 def propagate(target, ctx_feats, ctx_labels, grid: tuple[int, int], radius: int, topk: int,
               temperature: float, band_budget: int | None = None):
     """Soft labels (P, K) of one target frame: target (P, C), ctx_feats (n, P, C) normalised,
-    ctx_labels (n, P, K), all tensors on one device (the twin of ``tracking.propagate``)."""
+    ctx_labels (n, P, K), all tensors on one device (the twin of ``propagation.propagate``)."""
     import torch
 
     h, w = grid
@@ -91,7 +92,7 @@ def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk
           temperature: float = 0.1, device: str = "cpu") -> Iterator:
     """Propagate ``seed`` (h, w, K) from the first of ``frames`` (each (h, w, C), numpy or torch)
     through the rest on ``device``; yields the soft label map (h, w, K) of frames 1, 2, ... as
-    tensors on ``device`` (the twin of ``tracking.track``)."""
+    tensors on ``device`` (the twin of ``propagation.track``)."""
     import torch
 
     it = iter(frames)
@@ -112,7 +113,7 @@ def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk
 
 def labels_to_mask(probs, size: tuple[int, int], norm_mask: bool = True):
     """Predicted index map (H, W) int64 tensor from soft labels (h, w, K) tensor (the twin of
-    ``tracking.labels_to_mask``): bilinear resize, per-channel min-max normalisation of channels
+    ``propagation.labels_to_mask``): bilinear resize, per-channel min-max normalisation of channels
     with a positive maximum (a constant positive channel becomes 1), argmax."""
     import torch
 

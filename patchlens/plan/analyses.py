@@ -1,51 +1,34 @@
-"""The analyses' job rows (attention statistics, CKA). Kept here until the analyses declare
-their own cost (an ``AnalysisSpec`` with a cost function, as ``TaskSpec.flop`` does for tasks);
-``token_norms`` is not costed (a pass over the class-token norms, negligible)."""
+"""The analyses' job rows: each analysis's own cost model (``AnalysisSpec.flop`` in
+:mod:`patchlens.analysis.specs`, as ``TaskSpec.flop`` for tasks), called once per job with the
+job's models' facts; an analysis without one adds no row (a negligible cost)."""
 from __future__ import annotations
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.config import analysis_models, analysis_params, model_datasets
-from patchlens.plan.facts import vit_flop, vit_mparams
+from patchlens.plan.rows import ROW_COSTS
 
-
-def attention_rows(st, ap: dict, datasets) -> None:
-    """A forward pass per image plus the attention maps' statistics, per block."""
-    config = st.config
-    for d in datasets:
-        for m in analysis_models(config, "attention"):
-            if d not in model_datasets(config, m):
-                continue
-            f, grid = st.facts[m], st.grid(m, d)
-            n = min(sum(st.counts[d].values()), ap["max_images"] or 10 ** 9)
-            N = grid[0] * grid[1] + f["prefix"]
-            st.add("attention_stats", m, d, "attention", flop=n * vit_flop(f, grid)
-                   + n * f["depth"] * N * N * 4.0,
-                   written=f["depth"] * N * N * 8.0, mparams=vit_mparams(f))
-
-
-def cka_rows(st, cp: dict, datasets) -> None:
-    """Minibatch HSIC: one (b, b) Gram per model layer and batch, then every pair of layers."""
-    config = st.config
-    for d in datasets:
-        models = [m for m in analysis_models(config, "cka", timm_only=False)
-                  if d in model_datasets(config, m)]
-        n = sum(st.counts[d].values())
-        samples = n * (cp["max_patches_per_image"] + 1)
-        flop, read = 0.0, 0.0
-        for m in models:
-            f = st.facts[m]
-            read += st.feats.get((m, d), 0.0)
-            flop += 2.0 * samples * cp["batch_size"] * f["dim"] * f["n_layers"]
-        L = sum(st.facts[m]["n_layers"] for m in models)
-        flop += 2.0 * samples * cp["batch_size"] * L * L
-        st.add("cka", "all", d, "cka", flop=flop, read=read)
-
-
-ANALYSIS_ROWS = {"attention": attention_rows, "cka": cka_rows}
+_COSTS = {"flop", "written", "read", "mem", *ROW_COSTS}
 
 
 def analysis_rows(st) -> None:
-    """The rows of every configured analysis that has a cost here."""
-    analyses = st.config.get("analyses") or {}
-    for name, rows in ANALYSIS_ROWS.items():
-        if name in analyses:
-            rows(st, analysis_params(st.config, name), analyses[name]["datasets"])
+    """The rows of every configured analysis that declares a cost: one per (model, data set)
+    or, for an analysis with one job per data set, one per data set (model ``all``)."""
+    config = st.config
+    analyses = config.get("analyses") or {}
+    for spec in all_analyses():
+        if spec.flop is None or spec.name not in analyses:
+            continue
+        p = analysis_params(config, spec.name)
+        for d in analyses[spec.name]["datasets"]:
+            models = [m for m in analysis_models(config, spec.name, timm_only=spec.timm_only)
+                      if d in model_datasets(config, m)]
+            for group in ([m] for m in models) if spec.per_model else [models]:
+                facts = [{**st.facts[m], "grid": st.grid(m, d),
+                          "feature_bytes": st.feats.get((m, d), 0.0)} for m in group]
+                cost = spec.flop(p, st.counts[d], facts)
+                unknown = set(cost) - _COSTS
+                if unknown:
+                    raise ValueError(f"analysis {spec.name!r}: flop() returned unknown cost(s) "
+                                     f"{sorted(unknown)}")
+                st.add(spec.job_rule, group[0] if spec.per_model else "all", d, spec.name,
+                       **cost)

@@ -1,7 +1,9 @@
 """Model facts the cost model needs, read from :func:`patchlens.models.resolve.resolve_model`
-(one home: the same facts the extractor uses), and the ViT's forward FLOPs and feature bytes."""
+(one home: the same facts the extractor uses), and the feature bytes (the ViT's forward FLOPs:
+:mod:`patchlens.models.flops`)."""
 from __future__ import annotations
 
+from patchlens.models.flops import vit_flop, vit_mparams  # noqa: F401 - the plan's names
 from patchlens.models.resolve import input_geometry, resolve_model
 
 ORACLE_CHANNELS = 64  # the oracle's width depends on the data set (oracle_channels): a few dozen
@@ -21,22 +23,6 @@ def model_facts(entry: dict) -> dict:
     layers = entry.get("layers", "all")
     f["n_layers"] = (f["depth"] + int(f["final_norm"])) if layers == "all" else len(layers)
     return f
-
-
-def vit_flop(f: dict, grid: tuple[int, int]) -> float:
-    """Forward FLOPs of one image: patch embedding + per block qkv, proj, MLP, attention."""
-    if not f["depth"]:
-        return 0.0
-    P = grid[0] * grid[1]
-    N, D, H, p = P + f["prefix"], f["dim"], f["mlp_hidden"], f["patch_size"]
-    block = 2 * N * D * 3 * D + 2 * N * D * D + 2 * 2 * N * D * H + 2 * 2 * N * N * D
-    return 2.0 * P * 3 * p * p * D + f["depth"] * block
-
-
-def vit_mparams(f: dict) -> float:
-    """Millions of weights of the blocks and patch embedding (what building the model inits)."""
-    D, H, p = f["dim"], f["mlp_hidden"], f["patch_size"]
-    return (f["depth"] * (4 * D * D + 2 * D * H) + 3 * p * p * D) / 1e6
 
 
 def grid_of(img_size, patch: int) -> tuple[int, int]:

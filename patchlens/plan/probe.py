@@ -26,9 +26,9 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
 
     from patchlens.evaluation.davis_metrics import jf_labels
     from patchlens.evaluation.probes import LinearProbe
+    from patchlens.evaluation.propagation import labels_to_mask, topk_indices
     from patchlens.evaluation.upsample import resize_bilinear
     from patchlens.features.channel_stats import merge_moments
-    from patchlens.tasks.tracking import labels_to_mask, topk_indices
 
     m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ import os
 from numbers import Number
 from pathlib import Path
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.config import model_datasets, task_params, task_variants
 from patchlens.data.sizes import scenes_params, split_counts
 from patchlens.features.variants import needs_stats
@@ -20,8 +21,11 @@ IMAGE_BYTES_PER_PIXEL = 0.3        # decoded-image read cost of a JPEG/PNG on di
 
 # Rules with a fixed thread count (the others: ``extraction.threads`` for the rules that run a
 # model, ``evaluation.threads`` for the task evaluators); the rules read their ``threads:`` here.
-FIXED_THREADS = {"prepare_dataset": 1, "channel_variance": 1, "cka": 2}
-MODEL_RULES = ("extract_features", "attention_stats")  # their scripts import torch and timm
+# An analysis's rule declares its own (``AnalysisSpec.threads``, ``reads``).
+FIXED_THREADS = {"prepare_dataset": 1, "channel_variance": 1,
+                 **{s.job_rule: s.threads for s in all_analyses() if s.threads is not None}}
+# the rules whose scripts import torch and timm (they run a model)
+MODEL_RULES = ("extract_features", *(s.job_rule for s in all_analyses() if s.reads == "images"))
 
 # a job row's costs beyond FLOPs and bytes (see job_seconds), 0 where a rule has none
 ROW_COSTS = ("render_mpix", "probe_flop", "pixels", "pixel_flop", "mparams", "mask_pixels",
@@ -177,14 +181,17 @@ def plan(config: dict, results: str | os.PathLike = "results",
     feats = st.feats
     kept = sum(feats.values())
     largest = max(feats.values(), default=0.0)
-    cka_peak = 0.0
-    for d in ((config.get("analyses") or {}).get("cka") or {}).get("datasets", []):
-        cka_peak = max(cka_peak, sum(v for (m, dd), v in feats.items() if dd == d))
+    joint_peak = 0.0  # an analysis with one job per data set reads all its models' files
+    for spec in all_analyses():
+        if spec.per_model or spec.reads != "features":
+            continue
+        for d in ((config.get("analyses") or {}).get(spec.name) or {}).get("datasets", []):
+            joint_peak = max(joint_peak, sum(v for (m, dd), v in feats.items() if dd == d))
     small = sum(s["bytes_written"] for r, s in st.stages.items() if r != "extract_features")
     return {"stages": st.stages, "jobs": st.rows, "features": feats,
             "disk_bytes": kept + small,
             # temp(): every feature file is deleted once its consumers are done; the least peak
             # a run can reach is the largest set that must coexist (one file, or all the models
-            # of a CKA data set); more cores keep more files alive at once
-            "disk_bytes_temp": max(largest, cka_peak) + small,
+            # of a data set one analysis job reads, as CKA); more cores keep more files alive
+            "disk_bytes_temp": max(largest, joint_peak) + small,
             "keep_features": bool(config.get("keep_features", True))}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.plan.hours import CORE_GFLOPS, DISK_GBPS, job_resources
 from patchlens.plan.rows import ROW_COSTS
 
@@ -70,8 +71,8 @@ def job_splits(result: dict, rule: str, model: str, dataset: str, limit: int,
     raise AssertionError("unreachable")
 
 
-OTHER_RULES = ("prepare_dataset", "extract_features", "channel_variance", "cka",
-                   "attention_stats")  # the rules that are not task evaluators
+OTHER_RULES = ("prepare_dataset", "extract_features", "channel_variance",
+               *(s.job_rule for s in all_analyses()))  # the rules that are not task evaluators
 
 
 def split_summary(result: dict, limit: int, gpu_tflops: float | None = None) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from patchlens.analysis.specs import ATTENTION, CKA
 from patchlens.io import write_csv
 from patchlens.models.resolve import DEFAULT_FAMILY, model_label
 from patchlens.report.tables import TABLE_COLUMNS
@@ -37,9 +38,9 @@ def model_families(tables: dict) -> dict[str, str]:
         df = tables.get(name)
         if df is not None and len(df):
             fam.update(dict(zip(df["model"].astype(str), df["family"].astype(str))))
-    for name, cols in (("variance", ["model"]), ("attention", ["model"]),
+    for name, cols in (("variance", ["model"]), (ATTENTION.name, ["model"]),
                        ("offset_heads", ["model"]), ("best_layer", ["model"]),
-                       ("cka", ["model_a", "model_b"])):
+                       (CKA.name, ["model_a", "model_b"])):
         df = tables.get(name)
         if df is not None and len(df):
             for c in cols:
@@ -66,7 +67,7 @@ def model_depths(tables: dict) -> dict[str, int]:
         if df is not None and len(df):
             d = df[df["n_layers"].astype(int) > 0]
             depth.update(dict(zip(d["model"].astype(str), d["n_layers"].astype(int))))
-    for name in ("attention", "variance", "offset_heads"):
+    for name in (ATTENTION.name, "variance", "offset_heads"):
         df = tables.get(name)
         if df is not None and len(df):
             for m, mx in df.groupby(df["model"].astype(str))["layer"].max().items():

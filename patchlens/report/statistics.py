@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from patchlens.analysis.registry import all_analyses
 from patchlens.analysis.best_layer import overall_rows
 from patchlens.errors import DataError
 from patchlens.io import read_table
 from patchlens.report import tables as T
 
-FILES = {"paired": "paired.csv", "token_norms": "token_norms.parquet"}
+# the paired comparisons and the analyses' optional tables (``Table.columns`` None: token norms)
+FILES = {"paired": "paired.csv", **{t.name: t.file for s in all_analyses() for t in s.tables
+                                    if t.columns is None}}
 
 
 def load_tables(tables_dir) -> dict[str, pd.DataFrame]:
-    """{"paired", "token_norms"}: the tables present in ``tables_dir`` (absent ones are left
+    """:data:`FILES`: the tables present in ``tables_dir`` (absent ones are left
     out, so the figures and sections that need them are skipped)."""
     out = {}
     for name, fname in FILES.items():

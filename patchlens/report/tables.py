@@ -8,8 +8,8 @@ Files (all written atomically):
     variance.parquet  model, dataset, layer, rank, variance (channel variances sorted descending)
     models.csv        model, label, family, n_layers, source (so every figure names and colours
                       models alike; label and family from ``models.resolve.model_label``)
-Tables written by the analysis stage and read here: attention.parquet, offset_heads.csv,
-offset_maps.parquet, cka.parquet, best_layer.csv (columns in :data:`TABLE_COLUMNS`).
+Tables written by the analysis stage and read here: each analysis's tables (``AnalysisSpec.tables``
+in :mod:`patchlens.analysis.specs`) and best_layer.csv (columns in :data:`TABLE_COLUMNS`).
 
 Pure functions take and return DataFrames; only ``write_*`` and ``load_tables`` touch files.
 No torch import.
@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from patchlens.analysis.best_layer import ITEM_COLUMNS, OVERALL  # the task-level rows: one home
+from patchlens.analysis.registry import all_analyses
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.variants import parse_variant
 from patchlens.io import read_table, write_parquet
@@ -44,14 +45,14 @@ FAMILIES = ["contrastive", "mim", "language", "supervised", "baseline", "test", 
 HEADLINE_METRIC = {s.name: s.headline for s in all_tasks()}
 TASK_ORDER = list(HEADLINE_METRIC)
 
+# the analyses' tables the report checks (those with columns; the others:
+# patchlens.report.statistics), declared by each analysis (patchlens.analysis.specs)
+ANALYSIS_TABLES = [t for s in all_analyses() for t in s.tables if t.columns is not None]
 TABLE_FILES = {
     "scores": "scores.parquet",
     "variance": "variance.parquet",
     "models": "models.csv",
-    "attention": "attention.parquet",
-    "offset_heads": "offset_heads.csv",
-    "offset_maps": "offset_maps.parquet",
-    "cka": "cka.parquet",
+    **{t.name: t.file for t in ANALYSIS_TABLES},
     "best_layer": "best_layer.csv",
     "patch_pca": "patch_pca.parquet",
 }
@@ -59,10 +60,7 @@ TABLE_COLUMNS = {
     "scores": SCORE_COLUMNS + list(EXTRA_DEFAULTS) + MODEL_COLUMNS,
     "variance": ["model", "dataset", "layer", "rank", "variance"],
     "models": ["model", "label", "family", "n_layers", "source"],
-    "attention": ["model", "dataset", "layer", "head", "metric", "value"],
-    "offset_heads": ["model", "layer", "head", "direction", "dy", "dx", "strength", "flagged"],
-    "offset_maps": ["model", "layer", "head", "dy", "dx", "value"],
-    "cka": ["model_a", "model_b", "layer_a", "layer_b", "level", "value"],
+    **{t.name: list(t.columns) for t in ANALYSIS_TABLES},
     "best_layer": ["model", "dataset", "task", "variant", "metric", "best_layer", "best_value",
                    "last_layer", "last_value", "gap", "n_layers", "depth_frac", "n_seeds"],
     "patch_pca": ["kind", "model", "dataset", "image", "layer", "n_layers", "row", "col", "r", "g",

@@ -1,6 +1,6 @@
 """The patch explorer in a real browser (headless Chromium over the DevTools pipe of
 test_report_browser.py): the page is built by the explorer rule's own functions from real feature
-files (extraction + channel statistics, tests/unit/explorer_inputs.py); a real mouse click on a
+files (extraction + channel statistics, tests/helpers/explorer_inputs.py); a real mouse click on a
 patch gives similarities equal to numpy's cosine similarities of the same stored features after
 the same compression, and within the page's stated error of the uncompressed ones; moving the
 layer slider or changing the variant gives the map of that layer / variant; the second model
@@ -15,14 +15,12 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "unit"))
 _spec = importlib.util.spec_from_file_location("_report_browser", HERE / "test_report_browser.py")
 RB = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(RB)
@@ -35,7 +33,7 @@ SETTINGS = {"images": 6, "layers": "all", "dims": 32, "top_k": 5,
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from explorer_inputs import explorer_inputs
+    from helpers.explorer_inputs import explorer_inputs
 
     from patchlens.report.explorer_page import explorer_entries, write_explorer
 

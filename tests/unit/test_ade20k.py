@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from http_server import FileServer
+from helpers.http_server import FileServer
 from patchlens.data import ade20k, recipes
 from patchlens.data.dataset import VOID, Dataset
 from patchlens.errors import DataError

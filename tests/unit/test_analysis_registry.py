@@ -99,11 +99,18 @@ def check_params(p):  # every default filled (unknown keys are refused before th
     return p
 
 
+def flop(p, counts, models):  # one job per (model, data set): a norm per token and channel
+    f = models[0]
+    n = min(sum(counts.values()), p["max_images"])
+    return {"flop": 2.0 * n * f["grid"][0] * f["grid"][1] * f["dim"] * f["n_layers"],
+            "read": f["feature_bytes"]}
+
+
 SPEC = register_analysis(AnalysisSpec(
     name="toy_norms", title="Toy norms", defaults=DEFAULT_PARAMS,
     sampling={"split": None, "max_images": 8}, check_params=check_params,
     outputs="toy_norms/{model}/{dataset}.parquet", tables=("toy_norms.parquet",),
-    reads="features", order=40, figures=("toy_norms",)))
+    reads="features", order=40, figures=("toy_norms",), flop=flop, threads=3))
 '''
 
 # patchlens.analysis imported with one more directory on its __path__: the package as it would be
@@ -135,7 +142,20 @@ for params in ({"scale": 0}, {"max_images": 2.5}, {"scael": 1}):
     except ConfigError as exc:
         errors.append(str(exc))
 validate(cfg)
-print(json.dumps({"params": C.analysis_params(cfg, "toy_norms"),
+from patchlens.data.sizes import split_counts
+from patchlens.plan import feature_bytes, grid_of, model_facts, plan
+from patchlens.report.statistics import FILES
+n = sum(split_counts(cfg["datasets"]["scenes"], "no/manifest.csv").values())
+expect = {}
+for m, entry in cfg["models"].items():
+    f = model_facts(entry)
+    grid = grid_of(cfg["datasets"]["scenes"].get("img_size", 224), f["patch_size"])
+    expect[m] = [2.0 * min(n, 8) * grid[0] * grid[1] * f["dim"] * f["n_layers"],
+                 feature_bytes(f, n, grid)]
+rows = [r for r in plan(cfg, "no")["jobs"] if r["rule"] == "toy_norms"]
+print(json.dumps({"plan": {r["model"]: [r["flop"], r["bytes_read"]] for r in rows},
+                  "threads": sorted({r["threads"] for r in rows}), "expect": expect,
+                  "table": FILES.get("toy_norms"),"params": C.analysis_params(cfg, "toy_norms"),
                   "outputs": C.analysis_outputs(cfg, "toy_norms", "R"),
                   "pairs": provenance_pairs(cfg), "errors": errors,
                   "section": [list(s) for s in SECTIONS if s[0] == "toy_norms"]}))
@@ -158,6 +178,10 @@ def test_a_fourth_analysis_is_one_new_module(tmp_path):
                               for m in ("tiny_vit", "pixels", "oracle")]
     assert got["pairs"] == [["tiny_vit", "scenes"], ["pixels", "scenes"], ["oracle", "scenes"]]
     assert got["section"] == [["toy_norms", "Toy norms", ["toy_norms"], None]]
+    # the plan costs it from its own flop(), one row per model, at the threads it declares; its
+    # table (a plain file name: optional, columns unchecked) is read with the statistics tables
+    assert got["plan"] == got["expect"] and got["threads"] == [3]
+    assert got["table"] == "toy_norms.parquet"
     assert [e.split(" ")[0] for e in got["errors"]] == [
         "analyses.toy_norms.params.scale", "analyses.toy_norms.params.max_images",
         "analyses.toy_norms.params:"]

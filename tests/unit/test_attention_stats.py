@@ -9,7 +9,7 @@ import pytest
 from patchlens.analysis.attention_stats import (
     AttentionAccumulator, attention_table, centred_table, read_attention, write_attention)
 from patchlens.errors import DataError
-from attention_maps import shift_rows
+from helpers.attention_maps import shift_rows
 
 K, PS = 4, 16  # 4 x 4 grid of 16-pixel patches
 P = K * K

@@ -1,9 +1,9 @@
-"""Best-layer table on a score table made by the real producers (tests/unit/real_scores.py):
+"""Best-layer table on a score table made by the real producers (tests/helpers/real_scores.py):
 the real evaluators on the tiny scenes data, then collect_scores, as the rules run them."""
 import numpy as np
 import pandas as pd
 import pytest
-from real_scores import DEEP_BLOCKS, real_scores
+from helpers.real_scores import DEEP_BLOCKS, real_scores
 
 from patchlens.analysis import best_layer as B
 from patchlens.analysis.best_layer import best_layer_table

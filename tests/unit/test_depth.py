@@ -20,7 +20,7 @@ from patchlens.stats.units import finish
 from patchlens.tasks import depth as task
 from patchlens.tasks.registry import get_task
 
-from synthetic import identity, write_store
+from helpers.synthetic import identity, write_store
 
 TINY = dict(image_size=128, n_train=16, n_val=8, n_gallery=0, n_videos=1, n_frames=4,
             n_pairs=0, n_identities=12, n_shots_max=2, patch_align=16)

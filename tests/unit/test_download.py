@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from http_server import FileServer
+from helpers.http_server import FileServer
 
 from patchlens.data.download import (SourceUnreachable, extract, extraction_marker, fetch,
                                      place_file)

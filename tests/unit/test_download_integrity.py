@@ -11,7 +11,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from http_server import FileServer
+from helpers.http_server import FileServer
 
 from patchlens.data import recipes
 from patchlens.data.download import extract, extraction_marker, fetch

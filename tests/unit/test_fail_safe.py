@@ -229,7 +229,7 @@ def toy_recipe(tmp_path, monkeypatch):
     import json
     import tarfile
 
-    from http_server import FileServer
+    from helpers.http_server import FileServer
 
     from patchlens.data import recipes
 
@@ -347,7 +347,7 @@ def _checkpoint(path, seed, extra=None, **kwargs):
 
 @pytest.fixture
 def weights_server(tmp_path, monkeypatch):
-    from http_server import FileServer
+    from helpers.http_server import FileServer
 
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
         monkeypatch.delenv(var, raising=False)

@@ -524,7 +524,7 @@ def test_offset_heads_without_flagged_head_shows_strongest_neighbours(tmp_path):
 # ------------------------------------------- on the real producers' output (real_scores.py)
 @pytest.fixture(scope="module")
 def real_tables(tmp_path_factory):
-    from real_scores import real_tables_dir
+    from helpers.real_scores import real_tables_dir
     return T.load_tables(real_tables_dir(tmp_path_factory))
 
 

@@ -168,9 +168,7 @@ def test_real_tables_labels_and_out_layer(tmp_path_factory, tmp_path):
     """On the real producers' tables: labels head the summary, the best-layer table says 'out'
     for the final-norm entry, and drop{m}/variants are flagged as chosen on the evaluation
     split."""
-    import sys
-    sys.path.insert(0, str(Path(__file__).parent))
-    from real_scores import real_tables_dir
+    from helpers.real_scores import real_tables_dir
     tables_dir = real_tables_dir(tmp_path_factory)
     figs = fake_figures(tmp_path / "figures", [])
     page = Page(write_report(tables_dir, figs, tmp_path / "i.html", {}, {}).read_text())

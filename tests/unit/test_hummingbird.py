@@ -12,7 +12,7 @@ from patchlens.evaluation.metrics import mean_iou
 from patchlens.features.store import FeatureStore
 from patchlens.models.oracle import oracle_tokens
 from patchlens.tasks import hummingbird as hb
-from synthetic import band_map, identity, upscale, write_dataset, write_store
+from helpers.synthetic import band_map, identity, upscale, write_dataset, write_store
 
 GRID = (8, 8)
 CLASSES = ["background", "a", "b", "c"]

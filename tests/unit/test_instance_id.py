@@ -8,7 +8,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import instance_id
-from synthetic import identity, object_rows, random_ranking_ap, upscale, write_dataset, write_store
+from helpers.synthetic import identity, object_rows, random_ranking_ap, upscale, write_dataset, write_store
 
 GRID = (8, 8)
 N_ID = 8  # identities 0..7; class = identity % 2 (two class families)

@@ -10,7 +10,7 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import keypoints as K
 from patchlens.evaluation.upsample import resize_bilinear
-from video_fixtures import box_uv, patch_centres, rbf_code, write_pair_dataset, write_tokens
+from helpers.video_fixtures import box_uv, patch_centres, rbf_code, write_pair_dataset, write_tokens
 
 GRID = (16, 16)
 SRC_SIZE, TRG_SIZE = (128, 128), (112, 144)          # (H, W); the grid covers each whole image

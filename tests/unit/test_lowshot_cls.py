@@ -8,7 +8,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import lowshot_cls
-from synthetic import identity, random_ranking_ap, write_dataset, write_store
+from helpers.synthetic import identity, random_ranking_ap, write_dataset, write_store
 
 GRID = (4, 4)
 K = 4

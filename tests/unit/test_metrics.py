@@ -5,7 +5,7 @@ from sklearn.metrics import average_precision_score
 
 from patchlens.evaluation.metrics import (accuracy, average_precision, confusion_matrix,
                                           iou_per_class, mean_iou, multilabel_map, top1)
-from synthetic import random_ranking_ap
+from helpers.synthetic import random_ranking_ap
 
 
 def test_confusion_matrix_ignores_void():

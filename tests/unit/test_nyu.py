@@ -16,7 +16,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.data.nyu import convert
 from patchlens.errors import ConfigError, DataError
 
-from http_server import FileServer
+from helpers.http_server import FileServer
 
 N, H, W = 7, 30, 40
 TRAIN, TEST = [1, 3, 4, 6], [2, 5, 7]

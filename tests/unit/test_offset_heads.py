@@ -6,7 +6,7 @@ import xarray as xr
 from patchlens.analysis.attention_stats import AttentionAccumulator
 from patchlens.analysis.offset_heads import find_offset_heads
 from patchlens.errors import ConfigError
-from attention_maps import shift_rows
+from helpers.attention_maps import shift_rows
 
 K = 5
 P = K * K

@@ -6,7 +6,7 @@ import pytest
 from patchlens.stats.paired import paired_table, read_units, verdict
 from patchlens.stats.units import finish
 from patchlens.tasks import instance_id
-from synthetic import identity
+from helpers.synthetic import identity
 
 
 def evaluate(tmp_path, store, ds, name, transform):

@@ -1,6 +1,6 @@
 """The patch views: PCA colours against numpy's own PCA of the same stored patches, the figure
 drawn from the rule's table, the compression's cosine error, and the explorer settings. Inputs
-are real feature files written by the extraction (tests/unit/explorer_inputs.py)."""
+are real feature files written by the extraction (tests/helpers/explorer_inputs.py)."""
 from __future__ import annotations
 
 import sys
@@ -12,7 +12,7 @@ import pytest
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from explorer_inputs import explorer_inputs  # noqa: E402
+from helpers.explorer_inputs import explorer_inputs  # noqa: E402
 
 from patchlens.config import load_config  # noqa: E402
 from patchlens.data.dataset import Dataset  # noqa: E402

@@ -9,7 +9,7 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.tasks import retrieval
 from patchlens.tasks.retrieval import bin_labels, image_scores, scale_bin
-from synthetic import identity, object_rows, random_ranking_ap, upscale, write_dataset, write_store
+from helpers.synthetic import identity, object_rows, random_ranking_ap, upscale, write_dataset, write_store
 
 GRID = (8, 8)
 N_ID = 10

@@ -7,7 +7,7 @@ import pytest
 from patchlens.stats.bootstrap import point
 from patchlens.stats.units import add_intervals, key_columns, unit_data
 from patchlens.tasks import fewshot_seg, instance_id, lowshot_cls, retrieval, tracking
-from synthetic import identity
+from helpers.synthetic import identity
 
 
 def layer_by_layer(module, store, ds, params):

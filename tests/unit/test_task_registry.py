@@ -3,6 +3,7 @@ and the config, the evaluator, the tables, the figure style and the report read 
 task is one new module in patchlens/tasks."""
 import importlib
 import json
+import numbers
 import os
 import pkgutil
 import subprocess
@@ -19,7 +20,7 @@ import patchlens.tasks
 from patchlens import config as C
 from patchlens.errors import ConfigError
 from patchlens.tasks.registry import TaskSpec, all_tasks, get_task, register_task, task_names
-from synthetic import write_dataset, write_store
+from helpers.synthetic import write_dataset, write_store
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_MODULES = [m.name for m in pkgutil.iter_modules(patchlens.tasks.__path__)
@@ -48,8 +49,29 @@ def test_each_module_registers_its_own_contract(name):
     filled = spec.check_params({})
     assert {k: _plain(v) for k, v in filled.items()} == \
         {k: _plain(v) for k, v in module.DEFAULT_PARAMS.items()}
-    with pytest.raises(ConfigError, match=rf"tasks\.{name}\.params: unknown parameter"):
-        spec.check_params({"no_such_parameter": 1})
+
+
+def _typed_keys():
+    """(task, key) for every registered task's parameter whose default is a number or a flag."""
+    return [(s.name, k) for s in all_tasks() for k, v in s.defaults.items()
+            if isinstance(v, (bool, numbers.Number))]
+
+
+@pytest.mark.parametrize("name", [s.name for s in all_tasks()])
+def test_an_unknown_parameter_is_refused_naming_the_task_key(name):
+    """Every registered task refuses a key it does not define, naming ``tasks.<name>.params``
+    and the key (a typo must not silently run the defaults)."""
+    with pytest.raises(ConfigError,
+                       match=rf"^tasks\.{name}\.params: unknown parameter\(s\) no_such_param;"):
+        get_task(name).check_params({"no_such_param": 1})
+
+
+@pytest.mark.parametrize("name,key", _typed_keys())
+def test_a_wrongly_typed_parameter_is_refused_naming_its_key(name, key):
+    """Every number or flag parameter of every registered task refuses a string, naming the full
+    key ``tasks.<name>.params.<key>``."""
+    with pytest.raises(ConfigError, match=rf"tasks\.{name}\.params\.{key}\b"):
+        get_task(name).check_params({key: "x"})
 
 
 def test_report_and_style_read_the_registry():
@@ -123,7 +145,7 @@ def run(store, dataset, transform, params, layers=None, units=None):
 
 SPEC = register_task(TaskSpec(
     name="toy", title="Toy norm", color="#123456", headline="norm", defaults=DEFAULT_PARAMS,
-    requires=REQUIRES, check_params=check_params, run=run, order=70, figures=()))
+    requires=REQUIRES, check_params=check_params, run=run, order=1000, figures=()))
 '''
 
 # patchlens.tasks imported with one more directory on its __path__: the package as it would be

@@ -6,7 +6,7 @@ from patchlens.analysis.token_norms import analyse, border_mask, check_params
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError
 from patchlens.features.store import FeatureStore, FeatureWriter
-from synthetic import PATCH, upscale, write_dataset
+from helpers.synthetic import PATCH, upscale, write_dataset
 
 GRID = (6, 6)
 N, L, C = 8, 4, 16

@@ -7,10 +7,11 @@ import pytest
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
+from patchlens.evaluation import propagation
 from patchlens.tasks import tracking
 from patchlens.evaluation.davis_metrics import jf_labels, region_similarity
 from patchlens.evaluation.knn import l2_normalize
-from video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
+from helpers.video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
 # Bilinear upsampling of one-hot label maps rounds every convex corner off (about 0.097 p^2
 # pixels lost and a 0.29 p boundary offset per corner, p = patch size), so even grid-aligned
@@ -61,7 +62,7 @@ def reconstruction_bound(masks, source=None, skip_last=True):
     js, fs = [], []
     last = len(masks) - 1 if skip_last else len(masks)
     for m, src in zip(masks[1:last], source[1:last]):
-        pred = tracking.labels_to_mask(tracking.seed_labels(src, ids, GRID), m.shape)
+        pred = propagation.labels_to_mask(propagation.seed_labels(src, ids, GRID), m.shape)
         j, f = jf_labels(lut[m], pred, len(ids), m == 255)
         js.append(j)
         fs.append(f)
@@ -84,7 +85,7 @@ def dense_reference(target, ctx_feats, ctx_labels, grid, radius, topk, temperatu
 
 
 def test_window_mask_counts():
-    m = tracking.window_mask(7, 9, 2)
+    m = propagation.window_mask(7, 9, 2)
     counts = m.sum(1).reshape(7, 9)
     assert counts[3, 4] == 25 and counts[0, 0] == 9 and np.array_equal(m, m.T)
 
@@ -97,11 +98,11 @@ def test_banded_propagation_equals_dense_reference(monkeypatch, radius):
     tgt = l2(rng.standard_normal((h * w, C)))
     feats = l2(rng.standard_normal((n, h * w, C)))
     labels = rng.dirichlet(np.ones(K), size=(n, h * w)).astype(np.float32)
-    monkeypatch.setattr(tracking, "_BAND_BUDGET", 3 * w * n * w)   # force several bands
-    out = tracking.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
+    monkeypatch.setattr(propagation, "BAND_BUDGET", 3 * w * n * w)   # force several bands
+    out = propagation.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
     ref = dense_reference(tgt, feats, labels, (h, w), radius if radius > 0 else h + w, 5, 0.1)
     np.testing.assert_allclose(out, ref, atol=1e-5)
-    assert tracking._band_rows(h, w, n, radius) < h
+    assert propagation.band_rows(h, w, n, radius) < h
 
 
 def test_aligned_oracle_is_near_perfect(tmp_path):
@@ -207,7 +208,7 @@ def test_topk_indices_matches_full_partition(m, block):
     rng = np.random.default_rng(m + block)
     x = rng.standard_normal((50, m)).astype(np.float32)
     x[:, ::3] = -np.inf                                      # masked entries, as outside a window
-    idx = tracking.topk_indices(x, 5, block)
+    idx = propagation.topk_indices(x, 5, block)
     assert idx.shape == (50, 5)
     got = np.sort(np.take_along_axis(x, idx, 1), 1)
     np.testing.assert_array_equal(got, np.sort(x, 1)[:, -5:])
@@ -221,7 +222,7 @@ def test_track_uses_first_frame_plus_last_n_frames():
     h, w, C, n_last = 6, 7, 8, 2
     frames = rng.standard_normal((7, h, w, C)).astype(np.float32)
     seed = rng.dirichlet(np.ones(3), size=(h, w)).astype(np.float32)
-    got = list(tracking.track(frames, seed, n_last, radius=2, topk=4, temperature=0.2))
+    got = list(propagation.track(frames, seed, n_last, radius=2, topk=4, temperature=0.2))
     f = l2_normalize(frames).reshape(7, h * w, C)
     labels = [seed.reshape(h * w, 3)]
     for t in range(1, 7):
@@ -236,8 +237,8 @@ def test_labels_to_mask_norm_mask_rescales_weak_channels():
     probs[..., 0] = 0.7
     probs[1:3, 1:3, 0] = 0.5
     probs[1:3, 1:3, 1] = 0.3                  # weak object: loses the raw argmax everywhere
-    raw = tracking.labels_to_mask(probs, (4, 4), norm_mask=False)
-    normed = tracking.labels_to_mask(probs, (4, 4), norm_mask=True)
+    raw = propagation.labels_to_mask(probs, (4, 4), norm_mask=False)
+    normed = propagation.labels_to_mask(probs, (4, 4), norm_mask=True)
     assert raw.sum() == 0
     assert np.array_equal(normed, (np.arange(4)[:, None] % 3 > 0) & (np.arange(4) % 3 > 0))
 
@@ -253,8 +254,8 @@ def test_ids_absent_from_first_frame_are_scored_as_the_toolkit(tmp_path):
     scored = range(1, T - 1)                    # frames 1..T-2
     obj1_j = np.mean([float(not (masks[t] == 1).any()) for t in scored])
     # object 2 is grid-aligned and far from object 1: it reaches its reconstruction J
-    j2 = np.mean([region_similarity(m == 2, tracking.labels_to_mask(
-        tracking.seed_labels(m, [2], GRID), m.shape) == 1) for m in masks[1:T - 1]])
+    j2 = np.mean([region_similarity(m == 2, propagation.labels_to_mask(
+        propagation.seed_labels(m, [2], GRID), m.shape) == 1) for m in masks[1:T - 1]])
     assert obj1_j == pytest.approx(0.5)         # frames 1, 2 absent; 3, 4 present
     assert value(df, "j", "a") == pytest.approx((obj1_j + j2) / 2, abs=0.02)
     assert value(df, "j") == pytest.approx((obj1_j + j2) / 2, abs=0.02)   # 2 objects pooled
@@ -273,7 +274,7 @@ def test_torch_propagation_equals_numpy(radius):
     tgt = l2_normalize(rng.standard_normal((h * w, C)))
     feats = l2_normalize(rng.standard_normal((n, h * w, C)))
     labels = rng.dirichlet(np.ones(K), size=(n, h * w)).astype(np.float32)
-    ref = tracking.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
+    ref = propagation.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
     for budget in (3 * w * n * w, 1 << 30):            # several bands, and one
         out = pt.propagate(*map(torch.from_numpy, (tgt, feats, labels)), (h, w), radius, 5, 0.1,
                            band_budget=budget)
@@ -286,15 +287,15 @@ def test_torch_track_and_masks_equal_numpy():
     masks = moving_boxes(T, H, W, UNALIGNED)
     clean = oracle(masks)
     frames = list(clean + 0.3 * rng.standard_normal(clean.shape).astype(np.float32))
-    seed = tracking.seed_labels(masks[0], [1, 2], GRID)
+    seed = propagation.seed_labels(masks[0], [1, 2], GRID)
     args = (3, 4, 5, 0.1)                              # n_last_frames, radius, topk, temperature
-    ref = list(tracking.track(frames, seed, *args))
+    ref = list(propagation.track(frames, seed, *args))
     got = list(pt.track(frames, seed, *args, device="cpu"))
     assert len(got) == T - 1
     for r, g, m in zip(ref, got, masks[1:]):
         np.testing.assert_allclose(g.numpy(), r, atol=1e-5)
         for norm in (True, False):
-            a = tracking.labels_to_mask(r, m.shape, norm)
+            a = propagation.labels_to_mask(r, m.shape, norm)
             b = pt.labels_to_mask(torch.from_numpy(r), m.shape, norm).numpy()
             assert np.mean(a != b) < 1e-3                # float32 ties only
 
@@ -304,7 +305,7 @@ def test_torch_norm_mask_conventions_equal_numpy():
     probs[..., 1] = 0.2                                # constant positive channel -> 1
     probs[1:3, 1:3, 2] = 0.05                          # weak channel rescaled to [0, 1]
     for norm in (True, False):
-        assert np.array_equal(tracking.labels_to_mask(probs, (8, 8), norm),
+        assert np.array_equal(propagation.labels_to_mask(probs, (8, 8), norm),
                               pt.labels_to_mask(torch.from_numpy(probs), (8, 8), norm).numpy())
 
 

@@ -8,7 +8,7 @@ import subprocess
 import threading
 
 import pytest
-from http_server import FileServer
+from helpers.http_server import FileServer
 
 from patchlens.errors import WeightsError
 from patchlens.io import sha256sum

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from patchlens.analysis.offset_heads import offset_candidates
+from patchlens.analysis.specs import ATTENTION
 from patchlens.report import style
 from patchlens.report import tables as T
 from patchlens.report.figures.core import (MAX_OFFSET_PANELS, _Ctx, _figure, _grid, _integer_ticks,
@@ -13,7 +14,7 @@ from patchlens.report.figures.core import (MAX_OFFSET_PANELS, _Ctx, _figure, _gr
 def _per_head_figure(tables, metric: str, ylabel: str, from_zero: bool = False):
     """One attention metric of every head (dots) vs layer, one panel per model; the line is the
     mean over heads."""
-    a = _table(tables, "attention")
+    a = _table(tables, ATTENTION.name)
     a = a[a["metric"] == metric] if len(a) else a
     if not len(a):
         return None
@@ -33,16 +34,16 @@ def _per_head_figure(tables, metric: str, ylabel: str, from_zero: bool = False):
     return fig
 
 
-@_figure("attention_distance", ("attention",))
+@_figure("attention_distance", (ATTENTION.name,))
 def fig_attention_distance(tables):
     """Per-head attention distance vs layer, scatter, one panel per model."""
     return _per_head_figure(tables, "distance", "attention distance (px)")
 
 
-@_figure("attention_stats", ("attention",))
+@_figure("attention_stats", (ATTENTION.name,))
 def fig_attention_stats(tables):
     """Entropy / diversity / CLS share vs layer, one line per model."""
-    a = _table(tables, "attention")
+    a = _table(tables, ATTENTION.name)
     if not len(a):
         return None
     parts = []
@@ -111,7 +112,7 @@ def fig_offset_heads(tables):
 
 
 
-@_figure("attention_offset", ("attention",))
+@_figure("attention_offset", (ATTENTION.name,))
 def fig_attention_offset(tables):
     """Per-head average attention offset vs layer, scatter, one panel per model."""
     return _per_head_figure(tables, "avg_offset", "average attention offset", from_zero=True)

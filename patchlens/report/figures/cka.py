@@ -4,12 +4,13 @@ from __future__ import annotations
 import pandas as pd
 from matplotlib.figure import Figure
 
+from patchlens.analysis.specs import CKA
 from patchlens.report import style
 from patchlens.report.figures.core import (_Ctx, _figure, _table)
 
 
 def _cka_figure(tables, level: str):
-    c = _table(tables, "cka")
+    c = _table(tables, CKA.name)
     c = c[c["level"] == level] if len(c) else c
     if not len(c):
         return None
@@ -56,20 +57,20 @@ def _cka_matrix(c: pd.DataFrame, ma: str, mb: str) -> pd.DataFrame | None:
     return None
 
 
-@_figure("cka_patch", ("cka",))
+@_figure("cka_patch", (CKA.name,))
 def fig_cka_patch(tables):
     """Layer x layer CKA heatmaps per model pair, patch tokens."""
     return _cka_figure(tables, "patch")
 
 
-@_figure("cka_image", ("cka",))
+@_figure("cka_image", (CKA.name,))
 def fig_cka_image(tables):
     """Layer x layer CKA heatmaps per model pair, pooled image features."""
     return _cka_figure(tables, "image")
 
 
 
-@_figure("cka_tokens_ln", ("cka",))
+@_figure("cka_tokens_ln", (CKA.name,))
 def fig_cka_tokens_ln(tables):
     """Layer x layer CKA heatmaps per model pair, Teaching Matters' setting."""
     return _cka_figure(tables, "tokens_ln")

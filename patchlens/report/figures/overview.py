@@ -7,6 +7,7 @@ from matplotlib import cm, colormaps, colors as mcolors
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from patchlens.analysis.specs import TOKEN_NORMS
 from patchlens.report import style
 from patchlens.report import tables as T
 from patchlens.report.figures.core import (BEST_LAYER_MARGIN, BEST_LAYER_ROW, _Ctx, _figure,
@@ -45,10 +46,10 @@ def fig_variance_spectra(tables):
 
 
 
-@_figure("token_norms", ("token_norms",))
+@_figure(TOKEN_NORMS.name, (TOKEN_NORMS.name,))
 def fig_token_norms(tables):
     """Max/median norm, share of high-norm tokens and their border share vs layer."""
-    t = tables.get("token_norms")
+    t = tables.get(TOKEN_NORMS.name)
     if t is None or not len(t):
         return None
     ctx = _Ctx(tables)

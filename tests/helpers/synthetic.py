@@ -10,7 +10,7 @@ of pixels and "oracle" features built from the ground truth at the grid are exac
     identity(layer, x)                the ``raw`` transform
     random_ranking_ap(n_items, n_pos) chance-level AP of a uniformly random ranking
 
-Other test modules may import these read-only (``from synthetic import ...``).
+Other test modules may import these read-only (``from helpers.synthetic import ...``).
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ the contract of the final-norm feature files), and runs every task's real evalua
 (``patchlens.evaluate.evaluate``, what the task rules run) on each. ``collect_scores`` then
 builds ``scores.parquet`` as the ``collect_scores`` rule does. About 10 s on one core.
 
-Other test modules import it read-only (``from real_scores import ...``).
+Other test modules import it read-only (``from helpers.real_scores import ...``).
 """
 from __future__ import annotations
 
