@@ -98,6 +98,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--query-cut", type=int, help="score only the first N query images")
     ap.add_argument("--variants", nargs="+", default=VARIANTS)
     ap.add_argument("--heads", nargs="+", default=["knn", "linear"])
+    ap.add_argument("--device", default="cpu", help="joint path: where the k-NN and the "
+                    "per-pixel work run (cuda)")
     ap.add_argument("--json", type=Path, help="write {variant/head: mIoU, seconds} here")
     args = ap.parse_args(argv)
     stamp = args.work / f"inputs-{args.n_train}-{args.n_query}-{args.channels}.done"
@@ -107,7 +109,7 @@ def main(argv=None) -> dict:
 
     import patchlens
     from patchlens.data.dataset import Dataset
-    from patchlens.evaluate import LayerView, make_transform, score_layers
+    from patchlens.evaluate import LayerView, make_transform, score_layers  # in both versions
     from patchlens.features.store import FeatureStore
     from patchlens.tasks.registry import get_task
 
@@ -120,7 +122,10 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     with FeatureStore(args.work / "features.h5") as store:
         if args.path == "joint":
-            tables, _, _ = score_layers(spec, store, ds, transforms, params)
+            from patchlens.evaluate import VariantSpecs
+
+            specs = VariantSpecs(args.variants, args.work / "variance.h5")
+            tables, _, _ = score_layers(spec, store, ds, specs, params, device=args.device)
         else:
             view = LayerView(store, 0)
             tables = {v: spec.run(view, ds, t, params, layers=[0], units=[])

@@ -94,12 +94,15 @@ def test_tracking_propagation_on_the_torch_path(monkeypatch):
 def test_torch_upsample_argmax_equals_numpy(shape, size):
     """Few-shot segmentation's class map on the torch path (CUDA when in use) is numpy's
     bilinear upsampling + argmax, up to float32 near-ties."""
-    from patchlens.evaluation.upsample import resize_bilinear, upsample_argmax
+    import torch
+
+    from patchlens.evaluation.upsample import (resize_bilinear, upsample_argmax,
+                                               upsample_argmax_torch)
 
     a = np.random.default_rng(0).random(shape, dtype=np.float32)
     up = resize_bilinear(a, size)
     ref = up.argmax(-1)
-    got = upsample_argmax(a, size, dev="cpu")
+    got = upsample_argmax_torch(torch.from_numpy(a), size).numpy()
     assert got.shape == size and got.dtype == ref.dtype
     top2 = np.sort(up, -1)[..., -2:]
     clear = (top2[..., 1] - top2[..., 0]) > 1e-5
