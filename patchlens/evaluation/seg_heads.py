@@ -38,11 +38,15 @@ def _features(t, layer: int, x: np.ndarray) -> np.ndarray:
     return t.apply(x) if isinstance(t, VariantSpec) else t(layer, x)
 
 
-def seed_heads(layer: int, x: np.ndarray, y: np.ndarray, variants: dict, p: dict,
+def seed_heads(layer: int, tok: np.ndarray, select, y: np.ndarray, variants: dict, p: dict,
                device: str) -> dict:
-    """{variant: {head: (classes, scorer)}} of one seed; ``x``: raw support tokens (n, C).
-    A scorer maps the raw query tokens (nq, C) to {variant: scores (nq, Kp)} (numpy, or torch
-    tensors on ``device`` off the CPU) for every variant it serves."""
+    """{variant: {head: (classes, scorer)}} of one seed. ``tok``: the raw support tokens
+    (n_img, h, w, C), ``select(a)`` picks this seed's labelled patches (n, C') of an array of
+    that shape, ``y`` their labels. A scorer maps the raw query tokens (n, h, w, C) to
+    {variant: scores (n * h * w, Kp)} (numpy, or torch tensors on ``device`` off the CPU) for
+    every variant it serves. A variant's features are computed on the whole (n_img, h, w, C)
+    array and then selected, as the evaluator did before (the same float32 values in the same
+    memory order: the probe's fit and the scores do not change)."""
     present = np.unique(y)
     compact = np.searchsorted(present, y)
     heads: dict = {v: {} for v in variants}
@@ -50,7 +54,7 @@ def seed_heads(layer: int, x: np.ndarray, y: np.ndarray, variants: dict, p: dict
         for group in _bank_groups(variants):
             opaque = not isinstance(next(iter(group.values())), VariantSpec)
             name = next(iter(group))
-            bank = _features(group[name], layer, x) if opaque else x
+            bank = select(_features(group[name], layer, tok) if opaque else tok)
             specs = {name: variant_spec("raw")} if opaque else group
             index = VariantIndex(bank, specs, device=device)
             scorer = _knn_scorer(index, compact, present.size, p, opaque, group[name], layer)
@@ -58,10 +62,14 @@ def seed_heads(layer: int, x: np.ndarray, y: np.ndarray, variants: dict, p: dict
                 heads[v]["knn"] = (present, scorer, v)
     if "linear" in p["heads"]:
         for v, t in variants.items():
-            probe = LinearProbe.fit(_features(t, layer, x), compact, present.size,
+            probe = LinearProbe.fit(select(_features(t, layer, tok)), compact, present.size,
                                     float(p["linear_weight_decay"]), int(p["linear_iters"]))
             heads[v]["linear"] = (present, _linear_scorer(probe, t, layer, v), v)
     return heads
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, x.shape[-1])
 
 
 def _knn_scorer(index, labels, n_classes, p, opaque, transform, layer):
@@ -69,7 +77,7 @@ def _knn_scorer(index, labels, n_classes, p, opaque, transform, layer):
 
     def score(q: np.ndarray) -> dict:  # one search per query chunk serves every variant
         if cache.get("q") is not q:
-            qq = _features(transform, layer, q) if opaque else q
+            qq = _flat(_features(transform, layer, q) if opaque else q)
             if index.backend == "torch":
                 found = index.search(qq, p["k"], as_tensors=True)
                 lab = _on(labels, index.device)
@@ -85,7 +93,7 @@ def _knn_scorer(index, labels, n_classes, p, opaque, transform, layer):
 
 
 def _linear_scorer(probe, transform, layer, variant):
-    return lambda q: {variant: probe.logits(_features(transform, layer, q))}
+    return lambda q: {variant: probe.logits(_flat(_features(transform, layer, q)))}
 
 
 def _on(a: np.ndarray, device: str):

@@ -69,9 +69,7 @@ class VariantSpec:
             return x
         if self.kind == "zscore":
             return (x - self.mean) / self.std
-        keep = np.ones(x.shape[-1], bool)
-        keep[self.drop] = False
-        return x[..., keep]
+        return x[..., np.setdiff1d(np.arange(x.shape[-1]), self.drop)]
 
     def __call__(self, layer, x):  # the evaluator's older ``transform(layer, x)`` contract
         return self.apply(x)

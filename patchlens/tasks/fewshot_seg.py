@@ -249,7 +249,8 @@ def confusions_by_variant(store: FeatureStore, dataset: Dataset, variants: dict,
             rows = np.array([pos[int(r)] for r in s.rows], dtype=np.int64)
             lab = labels[s.rows]
             keep = lab >= 0
-            heads[s.seed] = seed_heads(layer, tok[rows][keep], lab[keep], variants, p, device)
+            heads[s.seed] = seed_heads(layer, tok, lambda a, rows=rows, keep=keep: a[rows][keep],
+                                       lab[keep], variants, p, device)
         del tok
         conf = {(v, s.seed, h): np.zeros((K, K), np.int64)
                 for v in variants for s in supports for h in p["heads"]}
@@ -257,7 +258,6 @@ def confusions_by_variant(store: FeatureStore, dataset: Dataset, variants: dict,
             chunk = query[c0:c0 + _CHUNK]
             q = store.tokens(layer, chunk)
             n, h, w, C = q.shape
-            q = q.reshape(n * h * w, C)
             gts = [load_labels(dataset, im, lut) for im in chunk]
             for seed, hv in heads.items():
                 for v, hs in hv.items():
