@@ -64,15 +64,17 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def job_extract(name: str, n_images: int, size: int, batch: int, device: str) -> float:
-    """Seconds to run every block (+ final norm) of a random-init ViT over ``n_images``."""
+def job_extract(name: str, n_images: int, size: int, batch: int, device: str,
+                **kw) -> float:
+    """Seconds to run every block (+ final norm) of a random-init ViT over ``n_images``
+    (``kw``: timm arguments, e.g. ``depth`` for the smoke test)."""
     import timm
     import torch
 
     from patchlens.features.extract import forward_layers
 
     arch, _ = MODELS[name]
-    model = timm.create_model(arch, pretrained=False, img_size=size).to(device).eval()
+    model = timm.create_model(arch, pretrained=False, img_size=size, **kw).to(device).eval()
     layers = list(range(len(model.blocks)))
     x = torch.randn(batch, 3, size, size, device=device)
     with torch.inference_mode():
@@ -210,7 +212,9 @@ def main(argv=None) -> list[dict]:
 
     for model, (_, patch) in MODELS.items():
         record("extract_features", model,
-               lambda: job_extract(model, n_ext, size, 2 if small else 32, dev))
+               lambda: job_extract(model, n_ext, size, 2 if small else 32, dev,
+                                   **({"depth": 2, "embed_dim": 64, "num_heads": 2}
+                                      if small else {})))
     for model, (_, patch) in MODELS.items():
         g = (size // patch, size // patch) if not small else (4, 4)
         record("fewshot_seg", model,
