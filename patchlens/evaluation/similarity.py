@@ -177,6 +177,8 @@ class VariantIndex:
         k = min(int(k), self.n)
         step = max(1, self.chunk_bytes // (4 * self.n))
         parts: dict[str, list] = {n: [] for n in self.names}
+        if self.backend == "faiss":  # three (chunk, n) blocks reused: fresh ones page-fault
+            self._work = np.empty((3, min(step, queries.shape[0]), self.n), np.float32)
         for s in range(0, queries.shape[0], step):
             for fam, (blocks, inv_s) in zip(self.families, self._banks):
                 q = self._features(fam, queries[s:s + step])
@@ -187,12 +189,11 @@ class VariantIndex:
 
     def _chunk_faiss(self, fam, q, blocks, inv_s, k):
         inv_q = self._norms(fam, q)
-        g = buf = None
-        for (block, names), bank_t, iq, ib in zip(fam.steps, blocks, inv_q, inv_s):
-            prod = np.ascontiguousarray(q[:, block]) @ bank_t
-            if g is None:
-                g, buf = prod, np.empty_like(prod)
-            else:
+        g, prod, buf = (w[:q.shape[0]] for w in self._work)
+        for i, ((block, names), bank_t, iq, ib) in enumerate(zip(fam.steps, blocks, inv_q,
+                                                                   inv_s)):
+            np.matmul(np.ascontiguousarray(q[:, block]), bank_t, out=prod if i else g)
+            if i:
                 g += prod
             np.multiply(g, ib[None, :], out=buf)
             vals, idx = _heap_topk(buf, k)
