@@ -2,8 +2,11 @@
 
 Read once (issue 11): the feature file is read layer by layer; each layer is loaded into memory
 once (:class:`LayerView`, the interface of :class:`~patchlens.features.store.FeatureStore`
-restricted to that layer) and every variant is scored from it by calling the task's
-``run(view, dataset, transform, params, layers=[layer])``. A job therefore reads each token of
+restricted to that layer) and every variant is scored from it: in one call of the task's
+``run_variants(view, dataset, {variant: VariantSpec}, params, layers=[layer], units=, device=)``
+where the task has one (issue 20: one similarity product serves several variants), else by
+calling its ``run(view, dataset, transform, params, layers=[layer])`` per variant (a
+:class:`~patchlens.features.variants.VariantSpec` is a ``transform(layer, x)``). A job therefore reads each token of
 the file at most once, whatever the number of variants; :class:`LayerView` counts the bytes it
 reads (logged per job, beside the ``io_in`` of Snakemake's benchmark file).
 """
@@ -22,7 +25,7 @@ from patchlens.device import gpu_scope
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.features.channel_stats import VarianceStats
-from patchlens.features.variants import apply_variant, needs_stats
+from patchlens.features.variants import apply_variant, needs_stats, variant_spec
 from patchlens.io import write_csv, write_parquet
 from patchlens.stats.units import finish
 from patchlens.tasks.registry import RUN_COLUMNS, SCORE_COLUMNS
@@ -92,21 +95,51 @@ class LayerView:
         self._tokens = self._cls = None
 
 
-def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms: dict, params: dict):
+class VariantSpecs:
+    """``specs(layer)``: {variant: :class:`~patchlens.features.variants.VariantSpec`} of that
+    layer, from the channel statistics file (read once; needed unless every variant is raw)."""
+
+    def __init__(self, variants, variance_path=None):
+        self.variants = list(variants)
+        self.stats = None
+        if any(needs_stats(v) for v in self.variants):
+            if variance_path is None:
+                bad = next(v for v in self.variants if needs_stats(v))
+                raise DataError(f"variant {bad!r} needs the channel statistics file")
+            self.stats = VarianceStats(variance_path)
+
+    def __call__(self, layer: int) -> dict:
+        if self.stats is None:
+            return {v: variant_spec(v) for v in self.variants}
+        mean, var = self.stats.mean(layer), self.stats.var(layer)
+        return {v: variant_spec(v, mean, var) for v in self.variants}
+
+
+def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params: dict,
+                 device: str = "cpu"):
     """``{variant: table}`` of every layer, each layer read once for all variants; the per-unit
     records ``{variant: [DataFrame]}`` the task collected (``run(..., units=)``, for the bootstrap
     intervals, docs/protocols.md#resampling-units); and the bytes read. ``spec`` is the task's
-    :class:`~patchlens.tasks.registry.TaskSpec`; ``transforms`` maps variant ->
-    ``transform(layer, x)``."""
-    parts: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
-    units: dict[str, list[pd.DataFrame]] = {v: [] for v in transforms}
+    :class:`~patchlens.tasks.registry.TaskSpec`; ``transforms`` is a :class:`VariantSpecs` (then a
+    task with ``run_variants`` scores all variants of a layer in one call, on ``device``) or a
+    dict variant -> ``transform(layer, x)`` (``run`` per variant)."""
+    names = transforms.variants if isinstance(transforms, VariantSpecs) else list(transforms)
+    parts: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
+    units: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
     read = 0
     for layer in store.layers:
         view = LayerView(store, layer)
         read += view.bytes_read
-        for variant, transform in transforms.items():
-            parts[variant].append(spec.run(view, dataset, transform, params, layers=[layer],
-                                             units=units[variant]))
+        per = transforms(layer) if isinstance(transforms, VariantSpecs) else transforms
+        if spec.run_variants is not None and isinstance(transforms, VariantSpecs):
+            found = spec.run_variants(view, dataset, per, params, layers=[layer], units=units,
+                                      device=device)
+            for variant in names:
+                parts[variant].append(found[variant])
+        else:
+            for variant, transform in per.items():
+                parts[variant].append(spec.run(view, dataset, transform, params,
+                                               layers=[layer], units=units[variant]))
         view.close()
     tables = {v: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for v, p in parts.items()}
     return tables, units, read
@@ -120,7 +153,8 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
     (:func:`patchlens.stats.units.finish`; ``bootstrap`` = config ``statistics``); write each CSV
     (and, with ``out_units`` = {variant: path}, each variant's units) atomically; return
     ``{"tables", "bytes_read", "file_bytes"}``. ``device``: where a task's torch paths run
-    (``"cuda"``: :func:`patchlens.device.device` of the config's ``gpu``; a :func:`gpu_scope`)."""
+    (``"cuda"``: :func:`patchlens.device.device` of the config's ``gpu``; passed to
+    ``run_variants``, and a :func:`gpu_scope` for the tasks' other torch paths)."""
     spec = task_spec(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in spec.requires if not dataset.has(k)]
@@ -128,9 +162,9 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
         raise DataError(f"{dataset.root}: task {task} needs {', '.join(missing)} ground truth, "
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
-    transforms = {v: make_transform(v, variance) for v in out_csvs}
+    transforms = VariantSpecs(out_csvs, variance)
     with FeatureStore(features) as store, gpu_scope(device != "cpu"):
-        tables, units, read = score_layers(spec, store, dataset, transforms, params)
+        tables, units, read = score_layers(spec, store, dataset, transforms, params, device)
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size
     log.info("%s on %s: read %.1f MB of tokens for %d variant(s) (file %.1f MB, ratio %.2f)",

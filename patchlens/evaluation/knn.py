@@ -2,10 +2,11 @@
 
 Cosine similarity is the inner product of L2-normalised float32 vectors, searched exactly:
 by default with ``faiss.IndexFlatIP`` on the CPU (BLAS-bound; faiss is imported when the first
-index is built, so modules that only need :func:`l2_normalize` do not pay for it); on CUDA when
-the job asks for a GPU (``gpu: true``, :mod:`patchlens.device`) and one is present, as a torch
+index is built, so modules that only need :func:`l2_normalize` do not pay for it); on the device
+the caller passes (``device="cuda"`` where the job asks for a GPU and has one), as a torch
 matmul + ``topk`` over query chunks (``backend="torch"``; the same code runs on the CPU in the
-tests, which compare it with faiss: same neighbours up to float32 ties). The vote follows the
+tests, which compare it with faiss: same neighbours up to float32 ties). Searches under several
+feature variants share one product in :mod:`patchlens.evaluation.similarity`. The vote follows the
 weighted k-NN classifier of DINO (Caron et al. 2021, "Emerging Properties in Self-Supervised
 Vision Transformers", ``eval_knn.py``; after Wu et al. 2018): each of the k nearest support
 items votes for its label(s) with weight ``exp(sim / T)``.
@@ -51,26 +52,23 @@ class CosineIndex:
     """Exact cosine-similarity search over a support bank (n, C).
 
     ``backend``: ``"faiss"`` (``IndexFlatIP``; on the GPUs when the installed faiss has them),
-    ``"torch"`` (matmul + top-k on ``device``), or ``None``: torch on CUDA when the job asks
-    for a GPU and one is present (:func:`patchlens.device.device`), faiss otherwise."""
+    ``"torch"`` (matmul + top-k on ``device``), or ``None``: faiss on the CPU (``device``
+    ``"cpu"``, the default), torch on any other device the caller passes (``"cuda"``)."""
 
-    def __init__(self, bank: np.ndarray, backend: str | None = None, device: str | None = None):
+    def __init__(self, bank: np.ndarray, backend: str | None = None, device: str = "cpu"):
         bank = l2_normalize(bank)
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"support bank must be a non-empty (n, C) array, got {bank.shape}")
         self.dim = bank.shape[1]
-        if backend is None or device is None:
-            from patchlens.device import device as pick
-
-            device = device or pick()
-            backend = backend or ("torch" if device == "cuda" else "faiss")
+        device = str(device or "cpu")
+        backend = backend or ("faiss" if device == "cpu" else "torch")
         if backend not in ("faiss", "torch"):
             raise ValueError(f"backend must be faiss or torch, got {backend!r}")
         self.backend, self.device = backend, device
         if backend == "torch":
-            from patchlens.device import to_device
+            import torch
 
-            self.bank = to_device(bank, device)
+            self.bank = torch.as_tensor(bank).to(device)
             self._n = bank.shape[0]
             return
         import faiss
@@ -92,9 +90,9 @@ class CosineIndex:
             raise ValueError(f"queries must be (nq, {self.dim}), got {q.shape}")
         k = min(int(k), self.ntotal)
         if self.backend == "torch":
-            from patchlens.device import to_device
+            import torch
 
-            return torch_topk(self.bank, to_device(q, self.device), k,
+            return torch_topk(self.bank, torch.as_tensor(q).to(self.device), k,
                               _CHUNK_BYTES.get(self.device.split(":")[0], _CHUNK_BYTES["cpu"]))
         sims = np.empty((q.shape[0], k), np.float32)
         idx = np.empty((q.shape[0], k), np.int64)
@@ -129,6 +127,20 @@ def weighted_vote(sims: np.ndarray, idx: np.ndarray, bank_labels: np.ndarray, n_
     for j in range(idx.shape[1]):
         scores += w[:, j:j + 1] * bank_labels[idx[:, j]]
     return scores
+
+
+def weighted_vote_torch(sims, idx, bank_labels, n_classes: int, temperature: float):
+    """:func:`weighted_vote` of torch tensors on their device (single-label ``bank_labels`` (n,)
+    int): float64 class scores (nq, n_classes), the same computation (equal to float64 rounding)."""
+    import torch
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    s = sims.double()
+    w = torch.exp((s - s.amax(1, keepdim=True)) / temperature)
+    w = w / w.sum(1, keepdim=True)
+    scores = torch.zeros((s.shape[0], n_classes), dtype=torch.float64, device=s.device)
+    return scores.scatter_add_(1, bank_labels[idx], w)
 
 
 def knn_scores(index: CosineIndex, bank_labels: np.ndarray, queries: np.ndarray, n_classes: int,

@@ -3,7 +3,7 @@
 Up to pixels: ``resize_bilinear`` matches ``torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)``: separable interpolation matrices, so (h, w, K) -> (H, W, K) costs two
 small matrix products; ``upsample_argmax`` (the class map of few-shot segmentation) runs them on
-CUDA when a GPU is in use (:mod:`patchlens.device`; torch only then); ``resize_nearest`` for
+a torch device when asked (``upsample_argmax_torch``; torch only then); ``resize_nearest`` for
 label maps. Down to the grid: ``grid_fraction``
 resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
 every pixel with every cell), with the separable weights of ``area_matrix``.
@@ -37,26 +37,29 @@ def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.moveaxis(np.tensordot(mx, out, axes=(1, 1)), 0, 1)              # (H, W, ...)
 
 
-def upsample_argmax(a: np.ndarray, size: tuple[int, int], dev: str | None = None) -> np.ndarray:
-    """``resize_bilinear(a, size).argmax(-1)`` of scores (h, w, K): the same two products on
-    CUDA when a GPU is in use (the per-pixel work of a study's few-shot segmentation would
-    otherwise stay on the GPU node's CPU), else numpy. ``dev`` forces the torch path on that
-    device (``"cpu"`` in the tests); equal up to float32 ties."""
-    if dev is None:
-        from patchlens.device import device
+def upsample_argmax(a: np.ndarray, size: tuple[int, int], dev: str | None = "cpu") -> np.ndarray:
+    """``resize_bilinear(a, size).argmax(-1)`` of scores (h, w, K). ``dev``: ``"cpu"`` or None
+    (numpy), or a torch device (:func:`upsample_argmax_torch` there; ``"cuda"``). Equal up to
+    float32 ties."""
+    if dev is None or dev == "cpu":
+        return resize_bilinear(a, size).argmax(-1)
+    import torch
 
-        dev = device()
-        if dev == "cpu":
-            return resize_bilinear(a, size).argmax(-1)
+    t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
+    return upsample_argmax_torch(t, size).cpu().numpy()
+
+
+def upsample_argmax_torch(t, size: tuple[int, int]):
+    """The arg-max (H, W) of the bilinear upsampling of a torch tensor (h, w, K) of scores, on its
+    device: the two separable products of :func:`resize_bilinear`, in float32."""
     import torch
 
     H, W = size
-    my = torch.from_numpy(interp_matrix(H, a.shape[0])).to(dev)
-    mx = torch.from_numpy(interp_matrix(W, a.shape[1])).to(dev)
-    t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
-    up = torch.einsum("Hh,hwk->Hwk", my, t)
+    my = torch.from_numpy(interp_matrix(H, t.shape[0])).to(t.device)
+    mx = torch.from_numpy(interp_matrix(W, t.shape[1])).to(t.device)
+    up = torch.einsum("Hh,hwk->Hwk", my, t.float())
     up = torch.einsum("Ww,Hwk->HWk", mx, up)
-    return up.argmax(-1).cpu().numpy()
+    return up.argmax(-1)
 
 
 def resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:

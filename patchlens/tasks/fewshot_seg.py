@@ -23,7 +23,10 @@ Transformers", arXiv 2401.00463, Sec. 4; docs/protocols.md#fewshot_seg):
    images; mIoU over classes present in the ground truth or the prediction, void ignored
    (PASCAL VOC protocol). Metrics ``miou_knn`` and ``miou_linear``.
 
-The feature ``transform`` (variant) is applied to support and query tokens alike.
+The feature variant is applied to support and query tokens alike. All variants of a layer are
+scored in one call (:func:`run_variants`): the k-NN of every variant comes from one similarity
+product (raw and drop{m}) plus one for zscore (:mod:`patchlens.evaluation.similarity`), the linear
+probe is fitted on each variant's transformed features.
 """
 from __future__ import annotations
 
@@ -38,12 +41,12 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.features.store import FeatureStore
 from patchlens.params import expect_int, expect_number, expect_split, merge_params
 from patchlens.stats.units import records
-from patchlens.evaluation.knn import CosineIndex, check_vote_params, knn_scores
+from patchlens.evaluation.knn import check_vote_params
 from patchlens.evaluation.labels import class_lut, load_labels
-from patchlens.evaluation.metrics import confusion_matrix, mean_iou
-from patchlens.evaluation.probes import LinearProbe
+from patchlens.evaluation.metrics import mean_iou
 from patchlens.evaluation.support import check_seeds, sample_support
-from patchlens.evaluation.upsample import grid_fraction, upsample_argmax
+from patchlens.evaluation.seg_heads import image_confusions, seed_heads
+from patchlens.evaluation.upsample import grid_fraction
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -194,41 +197,17 @@ def _prepare(store: FeatureStore, dataset: Dataset, p: dict) -> Episode:
     return Episode(K, lut, pool, labels, supports, query, skipped)
 
 
-def _heads_for(x: np.ndarray, y: np.ndarray, p: dict) -> dict:
-    present = np.unique(y)
-    compact = np.searchsorted(present, y)
-    heads = {}
-    if "knn" in p["heads"]:
-        index = CosineIndex(x)
-        heads["knn"] = (present, lambda q: knn_scores(index, compact, q, present.size, p["k"],
-                                                      p["temperature"]), True)
-    if "linear" in p["heads"]:
-        probe = LinearProbe.fit(x, compact, present.size, float(p["linear_weight_decay"]),
-                                int(p["linear_iters"]))
-        heads["linear"] = (present, probe.logits, False)
-    return heads
-
-
-def predict_image(scores: np.ndarray, classes: np.ndarray, size: tuple[int, int],
-                  sparse: bool) -> np.ndarray:
-    """Class indices (H, W): bilinear upsampling of patch scores (h, w, Kp) to ``size`` and
-    argmax, mapped through ``classes`` (Kp,). ``sparse`` (non-negative vote scores): classes whose
-    score is 0 on every patch are left out first; they cannot win (the interpolated scores of a
-    pixel sum to 1), so the result is the same at a fraction of the cost."""
-    if sparse:
-        cols = np.flatnonzero(scores.reshape(-1, scores.shape[-1]).max(0) > 0)
-        scores, classes = scores[..., cols], classes[cols]
-    if scores.shape[-1] == 1:
-        return np.full(size, classes[0], np.int64)
-    return classes[upsample_argmax(scores, size)]
-
-
-def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
-               layers: list[int] | None = None, per_image: dict | None = None
-               ) -> tuple[dict, Counts]:
-    """Confusion matrices {(layer, seed, head): (K, K) int64} of the protocol above, and the
-    :class:`Counts` (query images evaluated and skipped, every seed's support size).
-    ``per_image`` (a dict) receives {(layer, seed, head): (n_query, K, K)} per-image matrices."""
+def confusions_by_variant(store: FeatureStore, dataset: Dataset, variants: dict, params: dict,
+                          layers: list[int] | None = None, per_image: dict | None = None,
+                          device: str = "cpu") -> tuple[dict, Counts]:
+    """{variant: {(layer, seed, head): (K, K) int64}} of the protocol above for every variant of
+    ``variants`` ({name: :class:`VariantSpec` or ``transform(layer, x)``}), and the
+    :class:`Counts`. The support patch labels are computed once; the k-NN of every
+    :class:`VariantSpec` comes from one :class:`VariantIndex` per seed (raw and every drop{m}
+    from one product); the linear probe is fitted per variant on its transformed features.
+    ``per_image`` (a dict) receives {variant: {(layer, seed, head): [(K, K) per query image]}}.
+    ``device``: where the k-NN, the vote, the upsampling and the arg-max run (``"cuda"``; the
+    linear probe's fit stays on the CPU)."""
     p = check_params(params)
     layers = store.layers if layers is None else list(layers)
     ep = _prepare(store, dataset, p)
@@ -236,68 +215,101 @@ def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
                                              ep.supports, ep.query)
     union = np.unique(np.concatenate([s.rows for s in supports]))
     pos = {int(r): i for i, r in enumerate(union)}
-    out = {}
+    out: dict = {v: {} for v in variants}
     for layer in layers:
-        tok = transform(layer, store.tokens(layer, [pool[r] for r in union]))  # (n, h, w, C)
+        tok = store.tokens(layer, [pool[r] for r in union])  # (n, h, w, C) raw
         heads = {}
         for s in supports:
             rows = np.array([pos[int(r)] for r in s.rows], dtype=np.int64)
             lab = labels[s.rows]
             keep = lab >= 0
-            heads[s.seed] = _heads_for(tok[rows][keep], lab[keep], p)
+            heads[s.seed] = seed_heads(layer, tok, lambda a, rows=rows, keep=keep: a[rows][keep],
+                                       lab[keep], variants, p, device)
         del tok
-        conf = {(s.seed, h): np.zeros((K, K), np.int64) for s in supports for h in p["heads"]}
+        conf = {(v, s.seed, h): np.zeros((K, K), np.int64)
+                for v in variants for s in supports for h in p["heads"]}
         for c0 in range(0, len(query), _CHUNK):
             chunk = query[c0:c0 + _CHUNK]
-            q = transform(layer, store.tokens(layer, chunk))
+            q = store.tokens(layer, chunk)
             n, h, w, C = q.shape
-            q = q.reshape(n * h * w, C)
             gts = [load_labels(dataset, im, lut) for im in chunk]
-            for seed, hs in heads.items():
-                for name, (classes, score, sparse) in hs.items():
-                    sc = np.asarray(score(q), np.float32).reshape(n, h, w, -1)
-                    for i, gt in enumerate(gts):
-                        pred = predict_image(sc[i], classes, gt.shape, sparse)
-                        m_img = confusion_matrix(gt, pred, K)
-                        conf[(seed, name)] += m_img
-                        if per_image is not None:
-                            per_image.setdefault((layer, seed, name), []).append(m_img)
-        for (seed, name), m in conf.items():
+            for seed, hv in heads.items():
+                for v, hs in hv.items():
+                    for name, (classes, score, _) in hs.items():
+                        sc = score(q)[v].reshape(n, h, w, -1)
+                        ms = image_confusions(sc, classes, name == "knn", gts, K, device)
+                        for m_img in ms:
+                            m_img = np.asarray(m_img.cpu() if hasattr(m_img, "cpu") else m_img)
+                            conf[(v, seed, name)] += m_img
+                            if per_image is not None:
+                                per_image.setdefault(v, {}).setdefault(
+                                    (layer, seed, name), []).append(m_img)
+        for (v, seed, name), m in conf.items():
             if m.sum() == 0:
                 raise DataError(f"{dataset.root}: every pixel of query split "
                                 f"{p['query_split']!r} is void; nothing to evaluate")
-            out[(layer, seed, name)] = m
+            out[v][(layer, seed, name)] = m
     counts = Counts(len(query), len(ep.skipped),
                     {s.seed: SupportCounts(len(s.rows), int((labels[s.rows] >= 0).sum()),
                                            len(s.short), len(s.missing)) for s in supports})
     return out, counts
 
 
+def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
+               layers: list[int] | None = None, per_image: dict | None = None,
+               device: str = "cpu") -> tuple[dict, Counts]:
+    """Confusion matrices {(layer, seed, head): (K, K) int64} of one ``transform`` (a
+    :class:`VariantSpec` or ``transform(layer, x)``) and the :class:`Counts`
+    (:func:`confusions_by_variant`). ``per_image`` receives {(layer, seed, head): [...]}."""
+    inner = {} if per_image is not None else None
+    conf, counts = confusions_by_variant(store, dataset, {"_": transform}, params, layers, inner,
+                                         device)
+    if per_image is not None:
+        per_image.update(inner.get("_", {}))
+    return conf["_"], counts
+
+
+def run_variants(store: FeatureStore, dataset: Dataset, variants: dict, params: dict,
+                 layers: list[int] | None = None, units: dict | None = None,
+                 device: str = "cpu") -> dict[str, pd.DataFrame]:
+    """{variant: :func:`run`'s table} of every variant at once (``variants``: {name:
+    :class:`VariantSpec` or transform}; ``units``: {name: list}; the evaluator's
+    ``TaskSpec.run_variants``)."""
+    per_image = {} if units is not None else None
+    conf, counts = confusions_by_variant(store, dataset, variants, params, layers, per_image,
+                                         device)
+    if units is not None:
+        query = check_params(params)["query_split"]
+        ims = [im for im in dataset.split(query) if dataset.manifest["semantic"][im] != ""]
+        for v, found in per_image.items():
+            for (layer, seed, head), ms in found.items():
+                ms = np.stack(ms)
+                tp = np.diagonal(ms, axis1=1, axis2=2)
+                units[v].append(records(layer, seed, f"miou_{head}", ims, "iou", tp=tp,
+                                        fp=ms.sum(1) - tp, fn=ms.sum(2) - tp))
+    tables = {}
+    for v, cv in conf.items():
+        rows = []
+        for (layer, seed, head), m in cv.items():
+            sup = counts.support[seed]
+            rows.append({"layer": layer, "seed": seed, "metric": f"miou_{head}",
+                         "value": mean_iou(m), "n_eval": counts.n_eval,
+                         "n_skipped": counts.n_skipped, "n_support_images": sup.n_images,
+                         "n_support_patches": sup.n_patches, "n_classes_short": sup.n_short,
+                         "n_classes_missing": sup.n_missing})
+        tables[v] = pd.DataFrame(rows)
+    return tables
+
+
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
-        layers: list[int] | None = None, units: list | None = None) -> pd.DataFrame:
+        layers: list[int] | None = None, units: list | None = None,
+        device: str = "cpu") -> pd.DataFrame:
     """Score every layer: one row per (layer, seed, head) with metric ``miou_<head>``, ``value``,
     ``n_eval`` / ``n_skipped`` (query images), and ``n_support_images``, ``n_support_patches``,
     ``n_classes_short``, ``n_classes_missing`` of that seed's support. ``units`` (a list) receives
     per query image and class tp / fp / fn (:mod:`patchlens.stats.units`, aggregator ``iou``)."""
-    per_image = {} if units is not None else None
-    conf, counts = confusions(store, dataset, transform, params, layers, per_image)
-    if units is not None:
-        query = check_params(params)["query_split"]
-        ims = [im for im in dataset.split(query) if dataset.manifest["semantic"][im] != ""]
-        for (layer, seed, head), ms in per_image.items():
-            ms = np.stack(ms)
-            tp = np.diagonal(ms, axis1=1, axis2=2)
-            units.append(records(layer, seed, f"miou_{head}", ims, "iou", tp=tp,
-                                 fp=ms.sum(1) - tp, fn=ms.sum(2) - tp))
-    rows = []
-    for (layer, seed, head), m in conf.items():
-        sup = counts.support[seed]
-        rows.append({"layer": layer, "seed": seed, "metric": f"miou_{head}",
-                     "value": mean_iou(m), "n_eval": counts.n_eval,
-                     "n_skipped": counts.n_skipped, "n_support_images": sup.n_images,
-                     "n_support_patches": sup.n_patches, "n_classes_short": sup.n_short,
-                     "n_classes_missing": sup.n_missing})
-    return pd.DataFrame(rows)
+    return run_variants(store, dataset, {"_": transform}, params, layers,
+                        None if units is None else {"_": units}, device)["_"]
 
 
 def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
@@ -337,4 +349,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
 SPEC = register_task(TaskSpec(
     name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=10, figures=("fewshot_seg",), flop=flop))
+    run_variants=run_variants, order=10, figures=("fewshot_seg",), flop=flop))

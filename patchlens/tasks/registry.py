@@ -61,7 +61,11 @@ class TaskSpec:
     model ``flop(params, split_counts, dataset_entry, grid, channels, variants)`` of one layer
     with every variant for the resource plan: a dict of ``flop`` and the other named costs of
     :data:`patchlens.plan.rows.ROW_COSTS` (a number: FLOPs of one layer and one variant;
-    :func:`patchlens.plan.task_cost`; without it, one pass over every token of the data set)."""
+    :func:`patchlens.plan.task_cost`; without it, one pass over every token of the data set).
+    ``run_variants``: optional ``run_variants(store, dataset, variants, params, layers=None,
+    units=None, device="cpu") -> {variant: DataFrame}`` scoring every variant of a layer in one
+    call (``variants``: {name: :class:`~patchlens.features.variants.VariantSpec`}; ``units``:
+    {name: list}); without it the evaluator calls ``run`` once per variant."""
     name: str
     title: str
     color: str
@@ -73,6 +77,7 @@ class TaskSpec:
     order: int = 100
     figures: tuple[str, ...] = field(default=())
     flop: Callable | None = None
+    run_variants: Callable | None = None
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -99,6 +104,8 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f"{where}: order must be an integer")
     if spec.flop is not None and not callable(spec.flop):
         raise ValueError(f"{where}: flop must be a callable or None")
+    if spec.run_variants is not None and not callable(spec.run_variants):
+        raise ValueError(f"{where}: run_variants must be a callable or None")
     if not (callable(spec.check_params) and callable(spec.run)):
         raise ValueError(f"{where}: check_params and run must be callables")
     _REGISTRY[spec.name] = spec

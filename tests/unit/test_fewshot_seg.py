@@ -14,7 +14,7 @@ from patchlens.evaluation.support import sample_support
 from patchlens.tasks.fewshot_seg import patch_labels
 from patchlens.evaluation.metrics import mean_iou
 from patchlens.evaluation.upsample import area_matrix, grid_fraction
-from synthetic import band_map, identity, one_hot, upscale, write_dataset, write_store
+from helpers.synthetic import band_map, identity, one_hot, upscale, write_dataset, write_store
 
 GRID = (8, 8)
 N_CLASSES = 4  # 0 = background, 1..3 objects

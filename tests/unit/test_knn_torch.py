@@ -73,15 +73,15 @@ def test_device_matmul_torch_path_equals_numpy(monkeypatch):
 def test_tracking_propagation_on_the_torch_path(monkeypatch):
     """Label propagation with its similarity matmul forced through torch (as on CUDA) equals
     the numpy path."""
-    from patchlens.tasks import tracking
+    from patchlens.evaluation import propagation
 
     rng = np.random.default_rng(4)
     grid, n, C, K = (6, 7), 3, 16, 3
     feats = l2_normalize(rng.normal(size=(n + 1, 42, C)))
     labels = rng.random((n, 42, K)).astype(np.float32)
-    ref = tracking.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
-    monkeypatch.setattr(tracking, "matmul", lambda a, b: dev.matmul(a, b, dev="cpu"))
-    got = tracking.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
+    ref = propagation.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
+    monkeypatch.setattr(propagation, "matmul", lambda a, b: dev.matmul(a, b, dev="cpu"))
+    got = propagation.propagate(feats[0], feats[1:], labels, grid, 2, 5, 0.1)
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
@@ -89,12 +89,15 @@ def test_tracking_propagation_on_the_torch_path(monkeypatch):
 def test_torch_upsample_argmax_equals_numpy(shape, size):
     """Few-shot segmentation's class map on the torch path (CUDA when in use) is numpy's
     bilinear upsampling + argmax, up to float32 near-ties."""
-    from patchlens.evaluation.upsample import resize_bilinear, upsample_argmax
+    import torch
+
+    from patchlens.evaluation.upsample import (resize_bilinear, upsample_argmax,
+                                               upsample_argmax_torch)
 
     a = np.random.default_rng(0).random(shape, dtype=np.float32)
     up = resize_bilinear(a, size)
     ref = up.argmax(-1)
-    got = upsample_argmax(a, size, dev="cpu")
+    got = upsample_argmax_torch(torch.from_numpy(a), size).numpy()
     assert got.shape == size and got.dtype == ref.dtype
     top2 = np.sort(up, -1)[..., -2:]
     clear = (top2[..., 1] - top2[..., 0]) > 1e-5
