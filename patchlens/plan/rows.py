@@ -3,7 +3,7 @@ FLOPs, bytes and the other costs :func:`patchlens.plan.hours.job_seconds` turns 
 
 A task's cost is its own (``TaskSpec.flop`` in the task's module, :func:`task_cost`); this
 module only multiplies it by the layers each evaluator job reads, adds the data preparation, the
-extraction and the channel statistics, and the analyses (:mod:`patchlens.plan.analyses`).
+extraction and the channel statistics, and the analyses (:func:`analysis_rows`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from numbers import Number
 from pathlib import Path
 
 from patchlens.analysis.registry import all_analyses
-from patchlens.config import model_datasets, task_params, task_variants
+from patchlens.config import (analysis_models, analysis_params, model_datasets, task_params,
+                              task_variants)
 from patchlens.data.sizes import scenes_params, split_counts
 from patchlens.features.variants import needs_stats
 from patchlens.plan.facts import feature_bytes, grid_of, model_facts, vit_flop, vit_mparams
@@ -172,7 +173,6 @@ def plan(config: dict, results: str | os.PathLike = "results",
     "features": {(model, dataset): bytes}}`` (hours are added by
     :func:`patchlens.plan.hours.add_hours`).
     """
-    from patchlens.plan.analyses import analysis_rows
 
     st = Study(config, Path(results), stats_in_extraction)
     data_rows(st)
@@ -195,3 +195,33 @@ def plan(config: dict, results: str | os.PathLike = "results",
             # of a data set one analysis job reads, as CKA); more cores keep more files alive
             "disk_bytes_temp": max(largest, joint_peak) + small,
             "keep_features": bool(config.get("keep_features", True))}
+
+
+# the analyses' rows: each analysis's own cost model (``AnalysisSpec.flop`` in
+# :mod:`patchlens.analysis.specs`, as ``TaskSpec.flop`` for tasks), called once per job with the
+# job's models' facts; an analysis without one adds no row (a negligible cost)
+_ANALYSIS_COSTS = {"flop", "written", "read", "mem", *ROW_COSTS}
+
+
+def analysis_rows(st) -> None:
+    """The rows of every configured analysis that declares a cost: one per (model, data set)
+    or, for an analysis with one job per data set, one per data set (model ``all``)."""
+    config = st.config
+    analyses = config.get("analyses") or {}
+    for spec in all_analyses():
+        if spec.flop is None or spec.name not in analyses:
+            continue
+        p = analysis_params(config, spec.name)
+        for d in analyses[spec.name]["datasets"]:
+            models = [m for m in analysis_models(config, spec.name, timm_only=spec.timm_only)
+                      if d in model_datasets(config, m)]
+            for group in ([m] for m in models) if spec.per_model else [models]:
+                facts = [{**st.facts[m], "grid": st.grid(m, d),
+                          "feature_bytes": st.feats.get((m, d), 0.0)} for m in group]
+                cost = spec.flop(p, st.counts[d], facts)
+                unknown = set(cost) - _ANALYSIS_COSTS
+                if unknown:
+                    raise ValueError(f"analysis {spec.name!r}: flop() returned unknown cost(s) "
+                                     f"{sorted(unknown)}")
+                st.add(spec.job_rule, group[0] if spec.per_model else "all", d, spec.name,
+                       **cost)
