@@ -8,6 +8,7 @@ import subprocess
 import threading
 
 import pytest
+from helpers.archives import no_proxy
 from helpers.http_server import FileServer
 
 from patchlens.errors import WeightsError
@@ -45,9 +46,7 @@ def _same(a, b) -> bool:
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     monkeypatch.chdir(tmp_path)  # the workflow's working directory (results/ lives here)
     www = tmp_path / "www"
     model = _checkpoint(www / CKPT)
