@@ -1,12 +1,12 @@
 """Fault injection on the real write, download and read paths (issue 12): no corrupt file is ever
 renamed into place or trusted, and every failure is one line naming the file and the fix."""
 import os
-import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from helpers.mounts import mounted
 
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore, FeatureWriteError, FeatureWriter
@@ -107,14 +107,11 @@ def small_disk(tmp_path):
     """A real 1 MiB file system (tmpfs), where the test may mount one (root, Linux)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
-        pytest.skip("mounting a small file system needs root (optional case of issue 12)")
-    try:
+    why = "mounting a small file system needs root (optional case of issue 12)"
+    if os.geteuid() != 0:
+        pytest.skip(why)
+    with mounted(["-t", "tmpfs", "-o", "size=1m", "tmpfs"], mnt, why):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_full_disk_then_freed_renames_nothing(small_disk):
