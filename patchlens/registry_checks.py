@@ -33,3 +33,8 @@ def check_order(spec, where: str) -> None:
 def by_order(registry: Mapping) -> tuple:
     """The specs of ``registry``, by ``order`` then name."""
     return tuple(sorted(registry.values(), key=lambda s: (s.order, s.name)))
+
+
+def names_by_order(registry: Mapping) -> tuple[str, ...]:
+    """The names of the specs of ``registry``, by ``order`` then name."""
+    return tuple(s.name for s in by_order(registry))

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
-from patchlens.registry_checks import NAME, by_order, check_identity, check_order
+from patchlens.registry_checks import NAME, by_order, check_identity, check_order, names_by_order
 
 READS = ("features", "images")
 
@@ -141,7 +141,7 @@ def all_analyses() -> tuple[AnalysisSpec, ...]:
 
 def analysis_names() -> tuple[str, ...]:
     """Every registered analysis's name, by ``order`` then name."""
-    return tuple(s.name for s in all_analyses())
+    return names_by_order(_REGISTRY)
 
 
 def find_analysis(name: str) -> AnalysisSpec | None:

@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from patchlens.errors import ConfigError
-from patchlens.registry_checks import by_order, check_identity, check_order
+from patchlens.registry_checks import by_order, check_identity, check_order, names_by_order
 
 # the columns of a task's run() table, and of the score table the evaluator writes from it
 RUN_COLUMNS = ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
@@ -98,10 +98,9 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     if not isinstance(spec.requires, tuple) or not isinstance(spec.figures, tuple):
         raise ValueError(f"{where}: requires and figures must be tuples")
     check_order(spec, where)
-    if spec.flop is not None and not callable(spec.flop):
-        raise ValueError(f"{where}: flop must be a callable or None")
-    if spec.run_variants is not None and not callable(spec.run_variants):
-        raise ValueError(f"{where}: run_variants must be a callable or None")
+    for hook in ("flop", "run_variants"):
+        if getattr(spec, hook) is not None and not callable(getattr(spec, hook)):
+            raise ValueError(f"{where}: {hook} must be a callable or None")
     if not (callable(spec.check_params) and callable(spec.run)):
         raise ValueError(f"{where}: check_params and run must be callables")
     _REGISTRY[spec.name] = spec
@@ -115,7 +114,7 @@ def all_tasks() -> tuple[TaskSpec, ...]:
 
 def task_names() -> tuple[str, ...]:
     """Every registered task's name, by ``order`` then name."""
-    return tuple(s.name for s in all_tasks())
+    return names_by_order(_REGISTRY)
 
 
 def get_task(name: str) -> TaskSpec:
