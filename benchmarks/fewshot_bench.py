@@ -109,7 +109,7 @@ def main(argv=None) -> dict:
 
     import patchlens
     from patchlens.data.dataset import Dataset
-    from patchlens.evaluate import LayerView, make_transform, score_layers  # in both versions
+    from patchlens.evaluate import make_transform, score_layers  # in both versions
     from patchlens.features.store import FeatureStore
     from patchlens.tasks.registry import get_task
 
@@ -127,7 +127,12 @@ def main(argv=None) -> dict:
             specs = VariantSpecs(args.variants, args.work / "variance.h5")
             tables, _, _ = score_layers(spec, store, ds, specs, params, device=args.device)
         else:
-            view = LayerView(store, 0)
+            if hasattr(store, "layer_view"):
+                view = store.layer_view(0)
+            else:  # the base commit: the view was a class of patchlens.evaluate
+                from patchlens.evaluate import LayerView
+
+                view = LayerView(store, 0)
             tables = {v: spec.run(view, ds, t, params, layers=[0], units=[])
                       for v, t in transforms.items()}
     seconds = time.perf_counter() - t0

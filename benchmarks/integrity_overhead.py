@@ -5,7 +5,7 @@ item 4) on the write and read paths, in CPU seconds of this process (robust to a
     batches of 16: the full writer (Fletcher-32 chunks, moments, read-back) against the same
     writer without Fletcher-32, and without the moments (sums handed in precomputed);
 (2) an evaluator's read of one layer (``FeatureStore._f["tokens"][:, li]``, what
-    ``evaluate.LayerView`` does) from a file with and without Fletcher-32;
+    ``FeatureStore.layer_view`` does) from a file with and without Fletcher-32;
 (3) ``patchlens.io.read_table`` (SHA-256 verified) against ``pandas.read_parquet`` / ``read_csv``
     of the same units-sized table.
 Best of ``--repeats``.

@@ -75,3 +75,13 @@ def matmul(a, b, dev: str | None = None):
     ta = torch.from_numpy(np.ascontiguousarray(a, dtype)).to(dev)
     tb = torch.from_numpy(np.ascontiguousarray(b, dtype)).to(dev)
     return (ta @ tb).cpu().numpy()
+
+
+def choose_engine(engine: str | None, dev: str, who: str) -> str:
+    """The evaluator's engine on device ``dev``: ``engine`` when given, else ``"numpy"`` on the
+    CPU and ``"torch"`` elsewhere; ValueError (``who`` names the caller) for an unknown engine or
+    numpy off the CPU."""
+    engine = engine or ("numpy" if dev == "cpu" else "torch")
+    if engine not in ("numpy", "torch") or (engine == "numpy" and dev != "cpu"):
+        raise ValueError(f"{who}: engine {engine!r} cannot run on device {dev!r}")
+    return engine

@@ -1,14 +1,15 @@
 """Run one task on one feature file for every variant, and write one tidy score table per variant.
 
 Read once (issue 11): the feature file is read layer by layer; each layer is loaded into memory
-once (:class:`LayerView`, the interface of :class:`~patchlens.features.store.FeatureStore`
-restricted to that layer) and every variant is scored from it: in one call of the task's
-``run_variants(view, dataset, {variant: VariantSpec}, params, layers=[layer], units=, device=)``
-where the task has one (issue 20: one similarity product serves several variants), else by
-calling its ``run(view, dataset, transform, params, layers=[layer])`` per variant (a
-:class:`~patchlens.features.variants.VariantSpec` is a ``transform(layer, x)``). A job therefore reads each token of
-the file at most once, whatever the number of variants; :class:`LayerView` counts the bytes it
-reads (logged per job, beside the ``io_in`` of Snakemake's benchmark file).
+once (:meth:`FeatureStore.layer_view <patchlens.features.store.FeatureStore.layer_view>`, the
+store's interface restricted to that layer) and every variant is scored from it: in one call of
+the task's ``run_variants(view, dataset, {variant: VariantSpec}, params, layers=[layer], units=,
+device=)`` where the task has one (issue 20: one similarity product serves several variants),
+else by calling its ``run(view, dataset, transform, params, layers=[layer])`` per variant (a
+:class:`~patchlens.features.variants.VariantSpec` is a ``transform(layer, x)``). A job therefore
+reads each token of the file at most once, whatever the number of variants; the view
+(:class:`~patchlens.features.layer_view.LayerView`) counts the bytes it reads (logged per job,
+beside the ``io_in`` of Snakemake's benchmark file).
 """
 from __future__ import annotations
 
@@ -45,56 +46,6 @@ def make_transform(variant: str, variance_path=None):
     return lambda layer, x: apply_variant(x, variant, stats.mean(layer), stats.var(layer))
 
 
-class LayerView:
-    """One layer of a feature file held in memory (float16, as stored), with the read interface
-    of :class:`FeatureStore`: ``tokens(layer, images)`` float32 (n, h, w, C), ``cls``, ``grid``,
-    ``layers``, ``images``, ``attrs``, ``channels``, ``has_cls``, ``path``.
-
-    Asking for another layer is a programming error (RuntimeError): the view exists so that a
-    layer is read once. ``bytes_read`` is what was read from the file for it."""
-
-    def __init__(self, store: FeatureStore, layer: int):
-        self.path, self.images, self.attrs = store.path, store.images, store.attrs
-        self.grid, self.channels, self.has_cls = store.grid, store.channels, store.has_cls
-        self.layers = list(store.layers)
-        self.layer = int(layer)
-        li = store._layer_pos(layer)
-        f = store._f
-        self._tokens = f["tokens"][:, li]  # (n, P, C) float16, the layer's chunks read once
-        self._cls = f["cls"][:, li] if self.has_cls else None
-        self.bytes_read = self._tokens.nbytes + (self._cls.nbytes if self.has_cls else 0)
-        self._index = {im: i for i, im in enumerate(self.images)}
-
-    def _rows(self, layer, images):
-        if int(layer) != self.layer:
-            raise RuntimeError(f"{self.path}: view of layer {self.layer} asked for layer {layer}")
-        if images is None:
-            return slice(None)
-        try:
-            return np.array([self._index[i] for i in images], dtype=np.int64)
-        except KeyError as exc:
-            raise DataError(f"{self.path}: image {exc.args[0]!r} not in the feature file; "
-                            "the data set changed since extraction, rerun it") from None
-
-    def tokens(self, layer: int, images: list[str] | None = None) -> np.ndarray:
-        x = self._tokens[self._rows(layer, images)].astype(np.float32)
-        return x.reshape(x.shape[0], *self.grid, self.channels)
-
-    def cls(self, layer: int, images: list[str] | None = None) -> np.ndarray:
-        if not self.has_cls:
-            raise DataError(f"{self.path}: model {self.attrs.get('model')!r} has no class token")
-        return self._cls[self._rows(layer, images)].astype(np.float32)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def close(self) -> None:
-        self._tokens = self._cls = None
-
-
 class VariantSpecs:
     """``specs(layer)``: {variant: :class:`~patchlens.features.variants.VariantSpec`} of that
     layer, from the channel statistics file (read once; needed unless every variant is raw)."""
@@ -128,7 +79,7 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params
     units: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
     read = 0
     for layer in store.layers:
-        view = LayerView(store, layer)
+        view = store.layer_view(layer)
         read += view.bytes_read
         per = transforms(layer) if isinstance(transforms, VariantSpecs) else transforms
         if spec.run_variants is not None and isinstance(transforms, VariantSpecs):

@@ -15,12 +15,12 @@ them. ``order`` (ascending, then the name) is the order of the analyses wherever
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePath
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+from patchlens.registry_checks import NAME, by_order, check_identity, check_order, names_by_order
+
 READS = ("features", "images")
 
 
@@ -105,10 +105,7 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
     """Add ``spec`` to the registry and return it. ValueError (a programming error, raised at
     import) for a second analysis of the same name or a malformed declaration."""
     where = f"analysis {spec.name!r}"
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
-        raise ValueError(f"{where}: name must be lower_case_with_underscores")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"{where}: an analysis of this name is already registered")
+    check_identity(spec, _REGISTRY, where, "analysis")
     if not (isinstance(spec.title, str) and spec.title):
         raise ValueError(f"{where}: title must be a non-empty string")
     if not (isinstance(spec.defaults, Mapping) and isinstance(spec.sampling, Mapping)):
@@ -125,11 +122,10 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
             f is not None and not callable(f) for f in (spec.check_model, spec.flop)):
         raise ValueError(f"{where}: check_params (and check_model, flop if given) must be "
                          "callables")
-    if not isinstance(spec.order, int) or isinstance(spec.order, bool):
-        raise ValueError(f"{where}: order must be an integer")
+    check_order(spec, where)
     if spec.threads is not None and (not isinstance(spec.threads, int) or spec.threads < 1):
         raise ValueError(f"{where}: threads must be a positive integer or None")
-    if spec.rule and not _NAME.match(spec.rule):
+    if spec.rule and not NAME.match(spec.rule):
         raise ValueError(f"{where}: rule must be lower_case_with_underscores")
     tables = tuple(t if isinstance(t, Table) else Table(PurePath(t).name.split(".")[0], t)
                    for t in spec.tables)
@@ -140,12 +136,12 @@ def register_analysis(spec: AnalysisSpec) -> AnalysisSpec:
 
 def all_analyses() -> tuple[AnalysisSpec, ...]:
     """Every registered :class:`AnalysisSpec`, by ``order`` then name."""
-    return tuple(sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name)))
+    return by_order(_REGISTRY)
 
 
 def analysis_names() -> tuple[str, ...]:
     """Every registered analysis's name, by ``order`` then name."""
-    return tuple(s.name for s in all_analyses())
+    return names_by_order(_REGISTRY)
 
 
 def find_analysis(name: str) -> AnalysisSpec | None:

@@ -213,31 +213,43 @@ class Dataset:
         """RGB uint8 (H, W, 3)."""
         return self._png(image, "path", "RGB")
 
-    def _mask(self, image: str, column: str) -> np.ndarray:
-        """The decoded mask (read-only uint8), cached up to :data:`MASK_CACHE_BYTES` per data set."""
+    def _cached(self, image: str, column: str, read) -> np.ndarray:
+        """``read(image, column)`` made read-only, cached up to :data:`MASK_CACHE_BYTES` per data
+        set (masks and depth maps share the budget)."""
         if (image, column) in self._masks:
             return self._masks[image, column]
-        arr = self._read_mask(image, column)
+        arr = read(image, column)
         arr.setflags(write=False)
         if self._mask_bytes + arr.nbytes <= MASK_CACHE_BYTES:
             self._masks[image, column] = arr
             self._mask_bytes += arr.nbytes
         return arr
 
-    def _read_mask(self, image: str, column: str) -> np.ndarray:
+    def _checked_png(self, image: str, column: str, problem, decode) -> np.ndarray:
+        """``decode(im)`` of the PNG in ``column`` once ``problem(im, height, width)`` (the
+        manifest's size) finds nothing wrong; DataError naming the file otherwise."""
         path = self._file(image, column)
         row = self.manifest.loc[image]
         try:
             with Image.open(path) as im:
-                bad = mask_problem(im, _size(row["height"]), _size(row["width"]))
-                if bad is None:  # palette PNGs keep their indices in mode "P"
-                    arr = np.asarray(im, dtype=np.uint8)
+                bad = problem(im, _size(row["height"]), _size(row["width"]))
+                if bad is None:
+                    arr = decode(im)
         except OSError as exc:
             raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
         if bad is not None:
             raise DataError(f"{path}: {bad}; the data set at {self.root} is inconsistent: fix "
                             "the converter or source and rerun the data preparation rule")
         return arr
+
+    def _mask(self, image: str, column: str) -> np.ndarray:
+        """The decoded mask (read-only uint8), cached."""
+        return self._cached(image, column, self._read_mask)
+
+    def _read_mask(self, image: str, column: str) -> np.ndarray:
+        # palette PNGs keep their indices in mode "P"
+        return self._checked_png(image, column, mask_problem,
+                                 lambda im: np.asarray(im, dtype=np.uint8))
 
     def load_semantic(self, image: str) -> np.ndarray:
         """Class ids uint8 (H, W); 0 background, 255 void."""
@@ -255,33 +267,15 @@ class Dataset:
     def load_depth(self, image: str) -> np.ndarray:
         """Metric depth float32 (H, W) in metres, NaN where there is no measurement (the 16-bit
         millimetre PNG of the manifest's ``depth`` column)."""
-        key = (image, "depth")
-        mm = self._masks.get(key)
-        if mm is None:
-            mm = self._read_depth(image)
-            mm.setflags(write=False)
-            if self._mask_bytes + mm.nbytes <= MASK_CACHE_BYTES:  # shares the masks' budget
-                self._masks[key] = mm
-                self._mask_bytes += mm.nbytes
+        mm = self._cached(image, "depth", self._read_depth)
         out = mm.astype(np.float32) / np.float32(DEPTH_SCALE)
         out[mm == 0] = np.nan
         return out
 
-    def _read_depth(self, image: str) -> np.ndarray:
+    def _read_depth(self, image: str, column: str = "depth") -> np.ndarray:
         """The depth PNG's millimetres, uint16 (H, W)."""
-        path = self._file(image, "depth")
-        row = self.manifest.loc[image]
-        try:
-            with Image.open(path) as im:
-                bad = depth_problem(im, _size(row["height"]), _size(row["width"]))
-                if bad is None:
-                    mm = np.asarray(im).astype(np.uint16)
-        except OSError as exc:
-            raise DataError(f"{path}: unreadable image ({exc}); re-download or regenerate") from exc
-        if bad is not None:
-            raise DataError(f"{path}: {bad}; the data set at {self.root} is inconsistent: fix "
-                            "the converter or source and rerun the data preparation rule")
-        return mm
+        return self._checked_png(image, column, depth_problem,
+                                 lambda im: np.asarray(im).astype(np.uint16))
 
     def labels(self, image: str) -> list[int]:
         """Image-level class ids."""

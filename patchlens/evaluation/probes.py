@@ -17,6 +17,7 @@ from scipy.optimize import minimize
 
 from patchlens.device import matmul
 from patchlens.evaluation.knn import l2_normalize
+from patchlens.params import expect_int, expect_number
 
 
 @contextlib.contextmanager
@@ -37,6 +38,14 @@ def optimizer_blas_on_one_thread():
     finally:
         for lib, n in zip(libs, before):
             lib.set_num_threads(n)
+
+
+def check_fit_params(p: dict, where: str, prefix: str = "") -> None:
+    """ConfigError naming the key unless ``p[prefix + "weight_decay"]`` is a number >= 0 and
+    ``p[prefix + "iters"]`` an integer >= 1: the settings of :meth:`LinearProbe.fit` as a task's
+    parameters (``where`` is the config location, e.g. ``tasks.depth.params``)."""
+    expect_number(p[f"{prefix}weight_decay"], f"{where}.{prefix}weight_decay", 0)
+    expect_int(p[f"{prefix}iters"], f"{where}.{prefix}iters", 1)
 
 
 @dataclass

@@ -39,13 +39,18 @@ def window_mask(h: int, w: int, radius: int) -> np.ndarray:
     return m
 
 
-def band_rows(h: int, w: int, n_ctx: int, radius: int) -> int:
+def band_rows(h: int, w: int, n_ctx: int, radius: int, budget: int | None = None) -> int:
     """Target rows per band: about radius / 2 (sources are only the rows within the radius, so
-    thin bands skip part of the frame), fewer if a band's similarities exceed the budget."""
+    thin bands skip part of the frame), all rows when unrestricted or when ``budget`` (similarity
+    entries per band; default :data:`BAND_BUDGET`) is a device's, larger than the CPU's; fewer
+    while a band's similarities exceed the budget. The numpy and the torch path share it."""
+    budget = BAND_BUDGET if budget is None else budget
     rows = max(1, radius // 2) if radius > 0 else h
+    if radius > 0 and budget > (1 << 24):            # a larger budget: wider bands
+        rows = h
     while rows > 1:
         src_rows = h if radius <= 0 else min(h, rows + 2 * radius)
-        if rows * w * n_ctx * src_rows * w <= BAND_BUDGET:
+        if rows * w * n_ctx * src_rows * w <= budget:
             break
         rows //= 2
     return rows

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from patchlens.evaluation.propagation import band_rows
 from patchlens.evaluation.upsample import interp_matrix
 
 BAND_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per band (float32)
@@ -30,20 +31,6 @@ BAND_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per band (
 
 def _budget(device: str) -> int:
     return BAND_BUDGET.get(str(device).split(":")[0], BAND_BUDGET["cpu"])
-
-
-def band_rows(h: int, w: int, n_ctx: int, radius: int, budget: int) -> int:
-    """Target rows per band: about radius / 2, fewer while a band's similarities exceed
-    ``budget`` (as :func:`patchlens.evaluation.propagation.band_rows`), all rows when unrestricted."""
-    rows = max(1, radius // 2) if radius > 0 else h
-    if radius > 0 and budget > (1 << 24):            # a larger budget: wider bands
-        rows = h
-    while rows > 1:
-        src_rows = h if radius <= 0 else min(h, rows + 2 * radius)
-        if rows * w * n_ctx * src_rows * w <= budget:
-            break
-        rows //= 2
-    return rows
 
 
 def l2_normalize(x, eps: float = 1e-12):

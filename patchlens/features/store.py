@@ -39,6 +39,7 @@ import numpy as np
 
 from patchlens import __version__
 from patchlens.errors import DataError
+from patchlens.features.layer_view import LayerView, row_index
 from patchlens.features.h5safe import SinkOnFailure, checked_file, checksummed, first_bad_row
 from patchlens.features.moments import Moments, row_sums
 from patchlens.io import atomic_path
@@ -324,11 +325,7 @@ class FeatureStore:
     def _rows(self, images):
         if images is None:
             return slice(None), None
-        try:
-            idx = np.array([self._index[i] for i in images], dtype=np.int64)
-        except KeyError as exc:
-            raise DataError(f"{self.path}: image {exc.args[0]!r} not in the feature file; "
-                            "the data set changed since extraction, rerun it") from None
+        idx = row_index(self._index, images, self.path)
         order = np.argsort(idx)
         return idx[order], np.argsort(order)
 
@@ -355,6 +352,13 @@ class FeatureStore:
                 out = np.stack([ds[int(r), li] for r in rows])
             out = out[back]
         return out.astype(np.float32)
+
+    def layer_view(self, layer: int) -> LayerView:
+        """Layer ``layer`` read once into memory (float16, as stored), with this store's read
+        interface restricted to it (:class:`~patchlens.features.layer_view.LayerView`)."""
+        li = self._layer_pos(layer)
+        return LayerView(self, layer, self._f["tokens"][:, li],
+                         self._f["cls"][:, li] if self.has_cls else None)
 
     def tokens(self, layer: int, images: list[str] | None = None) -> np.ndarray:
         """Patch tokens of one layer as float32 (n, h, w, C), images in the order asked."""

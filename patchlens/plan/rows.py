@@ -124,7 +124,7 @@ def data_rows(st: Study) -> None:
 
 def task_rows(st: Study) -> None:
     """One evaluator job per (task, model, data set): every layer read once, whole
-    (patchlens.evaluate.LayerView), every variant from that read; then the channel statistics
+    (FeatureStore.layer_view), every variant from that read; then the channel statistics
     of the (model, data set) pairs whose variants need them."""
     config, pairs_variance = st.config, set()
     for task, te in config["tasks"].items():

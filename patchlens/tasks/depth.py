@@ -35,6 +35,7 @@ from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.depth import (HEADS, METRICS, SPACINGS, depth_metrics, eval_crop,
                                         fit_head, patch_targets, valid_mask)
+from patchlens.evaluation.probes import check_fit_params
 from patchlens.evaluation.support import check_seeds
 from patchlens.evaluation.upsample import resize_bilinear
 from patchlens.features.store import FeatureStore
@@ -81,8 +82,7 @@ def check_params(params: dict) -> dict:
     expect_number(p["min_valid"], f"{where}.min_valid", 0, 1, lo_open=True)
     if p["max_train_patches"] is not None:
         expect_int(p["max_train_patches"], f"{where}.max_train_patches", 1)
-    expect_number(p["weight_decay"], f"{where}.weight_decay", 0)
-    expect_int(p["iters"], f"{where}.iters", 1)
+    check_fit_params(p, where)
     check_seeds(p["seeds"], f"{where}.seeds")
     expect_split(p["train_split"], f"{where}.train_split")
     expect_split(p["query_split"], f"{where}.query_split")

@@ -44,6 +44,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.knn import check_vote_params
 from patchlens.evaluation.labels import class_lut, load_labels
 from patchlens.evaluation.metrics import mean_iou
+from patchlens.evaluation.probes import check_fit_params
 from patchlens.evaluation.support import check_seeds, sample_support
 from patchlens.evaluation.seg_heads import image_confusions, seed_heads
 from patchlens.evaluation.upsample import grid_fraction
@@ -101,8 +102,7 @@ def check_params(params: dict) -> dict:
                           f"{list(HEADS)}")
     if p["background"] is not None:
         expect_int(p["background"], f"{where}.background", 0)
-    expect_number(p["linear_weight_decay"], f"{where}.linear_weight_decay", 0)
-    expect_int(p["linear_iters"], f"{where}.linear_iters", 1)
+    check_fit_params(p, where, prefix="linear_")
     expect_split(p["support_split"], f"{where}.support_split")
     expect_split(p["query_split"], f"{where}.query_split")
     return p

@@ -42,6 +42,7 @@ import pandas as pd
 
 from patchlens.params import expect_int, expect_number, expect_split
 from patchlens.data.layout import subsample
+from patchlens.device import choose_engine
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.ann import KINDS, ApproxCosineIndex, recall_at_k
 from patchlens.evaluation.knn import CosineIndex, check_vote_params, weighted_vote
@@ -231,9 +232,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     and numpy, the CPU default) or ``"torch"`` (torch matmul + top-k and the upsampling on
     ``device``; the default off the CPU)."""
     p = check_params(params)
-    engine = engine or ("numpy" if device == "cpu" else "torch")
-    if engine not in ("numpy", "torch") or (engine == "numpy" and device != "cpu"):
-        raise ValueError(f"hummingbird: engine {engine!r} cannot run on device {device!r}")
+    engine = choose_engine(engine, device, "hummingbird")
     up_dev = device if engine == "torch" else None
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     lut, ids = class_lut(dataset)

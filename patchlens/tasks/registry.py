@@ -37,12 +37,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from patchlens.errors import ConfigError
+from patchlens.registry_checks import by_order, check_identity, check_order, names_by_order
 
 # the columns of a task's run() table, and of the score table the evaluator writes from it
 RUN_COLUMNS = ["layer", "seed", "metric", "value", "n_eval", "n_skipped"]
 SCORE_COLUMNS = ["task", "model", "dataset", "variant", *RUN_COLUMNS, "params"]
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _COLOR = re.compile(r"^#[0-9a-f]{6}$")
 
 
@@ -87,10 +87,7 @@ def register_task(spec: TaskSpec) -> TaskSpec:
     """Add ``spec`` to the registry and return it. ValueError (a programming error, raised at
     import) for a second task of the same name or a malformed declaration."""
     where = f"task {spec.name!r} ({getattr(spec.run, '__module__', '?')})"
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
-        raise ValueError(f"{where}: name must be lower_case_with_underscores")
-    if spec.name in _REGISTRY:
-        raise ValueError(f"{where}: a task of this name is already registered")
+    check_identity(spec, _REGISTRY, where, "task")
     if not isinstance(spec.color, str) or not _COLOR.match(spec.color):
         raise ValueError(f"{where}: color must be #rrggbb (lower case), got {spec.color!r}")
     if not (isinstance(spec.title, str) and spec.title and isinstance(spec.headline, str)
@@ -100,12 +97,10 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f"{where}: defaults must be a mapping (DEFAULT_PARAMS)")
     if not isinstance(spec.requires, tuple) or not isinstance(spec.figures, tuple):
         raise ValueError(f"{where}: requires and figures must be tuples")
-    if not isinstance(spec.order, int) or isinstance(spec.order, bool):
-        raise ValueError(f"{where}: order must be an integer")
-    if spec.flop is not None and not callable(spec.flop):
-        raise ValueError(f"{where}: flop must be a callable or None")
-    if spec.run_variants is not None and not callable(spec.run_variants):
-        raise ValueError(f"{where}: run_variants must be a callable or None")
+    check_order(spec, where)
+    for hook in ("flop", "run_variants"):
+        if getattr(spec, hook) is not None and not callable(getattr(spec, hook)):
+            raise ValueError(f"{where}: {hook} must be a callable or None")
     if not (callable(spec.check_params) and callable(spec.run)):
         raise ValueError(f"{where}: check_params and run must be callables")
     _REGISTRY[spec.name] = spec
@@ -114,12 +109,12 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 
 def all_tasks() -> tuple[TaskSpec, ...]:
     """Every registered :class:`TaskSpec`, by ``order`` then name."""
-    return tuple(sorted(_REGISTRY.values(), key=lambda s: (s.order, s.name)))
+    return by_order(_REGISTRY)
 
 
 def task_names() -> tuple[str, ...]:
     """Every registered task's name, by ``order`` then name."""
-    return tuple(s.name for s in all_tasks())
+    return names_by_order(_REGISTRY)
 
 
 def get_task(name: str) -> TaskSpec:

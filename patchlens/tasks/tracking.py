@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from patchlens.data.dataset import VOID
+from patchlens.device import choose_engine
 from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.stats.units import records
@@ -203,9 +204,7 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     upsampling and J/F as torch on ``device``; the default off the CPU).
     """
     p = check_params(params)
-    engine = engine or ("numpy" if device == "cpu" else "torch")
-    if engine not in ("numpy", "torch") or (engine == "numpy" and device != "cpu"):
-        raise ValueError(f"tracking: engine {engine!r} cannot run on device {device!r}")
+    engine = choose_engine(engine, device, "tracking")
     dev = device if engine == "torch" else None
     layers = list(store.layers) if layers is None else [int(x) for x in layers]
     grid = tuple(store.grid)

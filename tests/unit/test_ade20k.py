@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers.archives import no_proxy
 from helpers.http_server import FileServer
 from patchlens.data import ade20k, recipes
 from patchlens.data.dataset import VOID, Dataset
@@ -45,9 +46,7 @@ def make_zip(rng, n_train=3, n_val=2, drop_ann=None):
 
 @pytest.fixture
 def served_ade(tmp_path, monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     payload, anns = make_zip(np.random.default_rng(0))
     www = tmp_path / "www"
     www.mkdir()

@@ -2,14 +2,10 @@
 once -- defaults, sampling, check_params, outputs, tables -- and the config, the start-up check,
 the workflow's targets and the provenance read it; a fourth analysis is one new module."""
 import copy
-import json
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers.extended_package import probe_with_module
 import yaml
 
 from patchlens import config as C
@@ -116,13 +112,8 @@ SPEC = register_analysis(AnalysisSpec(
 # patchlens.analysis imported with one more directory on its __path__: the package as it would be
 # with toy_norms.py added to patchlens/analysis, and nothing else changed
 PROBE = '''
-import copy, importlib.util, json, sys
+import copy, json, sys
 import yaml
-spec = importlib.util.find_spec("patchlens.analysis")
-spec.submodule_search_locations.append(sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-sys.modules["patchlens.analysis"] = mod
-spec.loader.exec_module(mod)
 
 from patchlens import config as C
 from patchlens.errors import ConfigError
@@ -163,15 +154,8 @@ print(json.dumps({"plan": {r["model"]: [r["flop"], r["bytes_read"]] for r in row
 
 
 def test_a_fourth_analysis_is_one_new_module(tmp_path):
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "toy_norms.py").write_text(textwrap.dedent(TOY))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(extra),
-                           str(ROOT / "tests" / "configs" / "tiny.yaml")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = probe_with_module("patchlens.analysis", "toy_norms", TOY, PROBE, tmp_path,
+                            ROOT / "tests" / "configs" / "tiny.yaml")
     assert got["params"] == {"split": None, "max_images": 8, "scale": 2.0}
     # every model on the data set (timm_only is False): one output and one feature file each
     assert got["outputs"] == [f"R/toy_norms/{m}/scenes.parquet"

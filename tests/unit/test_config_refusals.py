@@ -3,12 +3,10 @@
 the Snakefile's driver runs -- and boolean keys given on the command line in their usual
 spellings, in the documented commands' own form."""
 import copy
-import os
 import re
-import subprocess
-import sys
 
 import pytest
+from helpers.workflow import dry_run
 import yaml
 
 from patchlens import config as C
@@ -92,11 +90,7 @@ def test_the_documented_gpu_command_dry_runs(tmp_path):
         documented |= set(re.findall(r"^snakemake .*?(--config \S+)$",
                                      (ROOT / doc).read_text(), re.M))
     assert documented == {"--config gpu=true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(ROOT / "tests" / "configs" / "tiny.yaml"),
-         "--cores", "1", "--dry-run", *documented.pop().split()],
-        capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = dry_run(tmp_path, ROOT / "tests" / "configs" / "tiny.yaml", *documented.pop().split())
     assert proc.returncode == 0, proc.stderr[-2000:]
     extraction = proc.stdout.split("rule extract_features:")[1].split("\n\n")[0]
     assert re.search(r"resources: .*\bgpu=1\b", extraction), extraction

@@ -2,11 +2,9 @@
 naming the full config key, the value and what is allowed, from ``validate()`` -- which the
 Snakefile runs -- and once through a real ``snakemake -n``."""
 import copy
-import os
-import subprocess
-import sys
 
 import pytest
+from helpers.workflow import dry_run
 import yaml
 
 from patchlens.models.layers import check_layers, select_layers
@@ -123,11 +121,7 @@ def test_dry_run_fails_before_any_job_naming_the_key(tmp_path, tiny):
     config = copy.deepcopy(tiny)
     config["tasks"]["fewshot_seg"]["params"]["k"] = "20"
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-         "--cores", "1", "--dry-run"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = dry_run(tmp_path, tmp_path / "config.yaml")
     out = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 1
     assert out == ["patchlens: tasks.fewshot_seg.params.k = '20': expected an integer >= 1"]

@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers.archives import no_proxy, tar_gz
 from helpers.http_server import FileServer
 
 from patchlens.data.download import (SourceUnreachable, extract, extraction_marker, fetch,
@@ -22,26 +23,14 @@ NAME = "archive.tar.gz"
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-
-
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    no_proxy(monkeypatch)
 
 
 @pytest.fixture
 def served(tmp_path):
     """(server, archive bytes): a gzip tar of incompressible bytes, ~300 kB."""
     rng = np.random.default_rng(0)
-    payload = _tar_gz({"tree/a.bin": rng.bytes(200_000), "tree/sub/b.bin": rng.bytes(100_000)})
+    payload = tar_gz({"tree/a.bin": rng.bytes(200_000), "tree/sub/b.bin": rng.bytes(100_000)})
     root = tmp_path / "www"
     root.mkdir()
     (root / NAME).write_bytes(payload)
@@ -190,7 +179,7 @@ def test_local_path_and_file_url(tmp_path):
 # -- extract ------------------------------------------------------------------------------------
 def test_extract_tar_gz_and_zip_once(tmp_path):
     tgz = tmp_path / "t.tgz"
-    tgz.write_bytes(_tar_gz({"top/x.txt": b"x", "top/d/y.txt": b"y"}))
+    tgz.write_bytes(tar_gz({"top/x.txt": b"x", "top/d/y.txt": b"y"}))
     out = tmp_path / "out"
     assert extract(tgz, out, progress=False) == out
     assert (out / "top/x.txt").read_bytes() == b"x" and (out / "top/d/y.txt").read_bytes() == b"y"
@@ -212,7 +201,7 @@ def test_extract_tar_gz_and_zip_once(tmp_path):
 @pytest.mark.parametrize("member", ["../evil.txt", "/tmp/evil.txt", "ok/../../evil.txt"])
 def test_extract_refuses_path_traversal_in_tar(tmp_path, member):
     tgz = tmp_path / "bad.tar.gz"
-    tgz.write_bytes(_tar_gz({"fine.txt": b"ok", member: b"evil"}))
+    tgz.write_bytes(tar_gz({"fine.txt": b"ok", member: b"evil"}))
     out = tmp_path / "out"
     with pytest.raises(DataError, match="path traversal"):
         extract(tgz, out, progress=False)
@@ -244,7 +233,7 @@ def test_extract_refuses_path_traversal_in_zip(tmp_path):
 
 def test_extract_corrupt_archive_is_a_data_error(tmp_path):
     bad = tmp_path / "cut.tar.gz"
-    bad.write_bytes(_tar_gz({"a.bin": np.random.default_rng(1).bytes(50_000)})[:20_000])
+    bad.write_bytes(tar_gz({"a.bin": np.random.default_rng(1).bytes(50_000)})[:20_000])
     with pytest.raises(DataError, match="corrupt or truncated"):
         extract(bad, tmp_path / "out", progress=False)
 

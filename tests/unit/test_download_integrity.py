@@ -6,11 +6,11 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 import zipfile
 
 import numpy as np
 import pytest
+from helpers.archives import no_proxy, served_toy_recipe, tar_gz, tar_gz_of
 from helpers.http_server import FileServer
 
 from patchlens.data import recipes
@@ -23,9 +23,7 @@ SIZE = 300_000
 
 @pytest.fixture(autouse=True)
 def _no_proxy(monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
 
 
 @pytest.fixture
@@ -131,19 +129,9 @@ def test_changed_source_within_one_run_restarts(www, tmp_path):
 
 
 # -- case 3: an archive that does not decompress to its end intact is never trusted -----------
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _toy_tgz() -> bytes:
     rng = np.random.default_rng(0)
-    return _tar_gz({"tree/a.bin": rng.bytes(30_000), "tree/b.txt": b"b" * 5000})
+    return tar_gz({"tree/a.bin": rng.bytes(30_000), "tree/b.txt": b"b" * 5000})
 
 
 @pytest.mark.parametrize("cut", [1, 4, 8, 12])
@@ -202,18 +190,9 @@ def toy_recipe(tmp_path, monkeypatch):
             p.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(p)
     (src / "toy" / "noise.bin").write_bytes(np.random.default_rng(0).bytes(50_000))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(src / "toy", arcname="toy")
-    www = tmp_path / "www"
-    www.mkdir()
-    (www / "toy.tar.gz").write_bytes(buf.getvalue())
-    with FileServer(www) as server:
-        archive = recipes.Archive(filename="toy.tar.gz", urls=(server.url("toy.tar.gz"),))
-        monkeypatch.setitem(recipes.RECIPES, "toy", recipes.Recipe(
-            name="toy", description="", archive=archive, root="toy", probe="val",
-            converter="patchlens.data.imageset:convert", homepage="", citation=""))
-        yield server, buf.getvalue()
+    payload = tar_gz_of(src, ("toy",))
+    with served_toy_recipe(monkeypatch, tmp_path, payload) as server:
+        yield server, payload
 
 
 def test_download_missing_its_gzip_trailer_records_no_checksum(tmp_path, toy_recipe):

@@ -1,12 +1,12 @@
 """Fault injection on the real write, download and read paths (issue 12): no corrupt file is ever
 renamed into place or trusted, and every failure is one line naming the file and the fix."""
 import os
-import subprocess
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from helpers.mounts import mounted
 
 from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore, FeatureWriteError, FeatureWriter
@@ -107,14 +107,11 @@ def small_disk(tmp_path):
     """A real 1 MiB file system (tmpfs), where the test may mount one (root, Linux)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-            capture_output=True).returncode != 0:
-        pytest.skip("mounting a small file system needs root (optional case of issue 12)")
-    try:
+    why = "mounting a small file system needs root (optional case of issue 12)"
+    if os.geteuid() != 0:
+        pytest.skip(why)
+    with mounted(["-t", "tmpfs", "-o", "size=1m", "tmpfs"], mnt, why):
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_real_full_disk_then_freed_renames_nothing(small_disk):
@@ -225,17 +222,11 @@ def _png(path, value):
 def toy_recipe(tmp_path, monkeypatch):
     """(server, archive bytes): a recipe without published checksum (as SPair-71k) whose
     archive also carries a ``checksums.json`` and another data set's tree at its top level."""
-    import io
     import json
-    import tarfile
 
-    from helpers.http_server import FileServer
+    from helpers.archives import no_proxy, served_toy_recipe, tar_gz_of
 
-    from patchlens.data import recipes
-
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     src = tmp_path / "src"
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -244,19 +235,9 @@ def toy_recipe(tmp_path, monkeypatch):
     (src / "toy" / "noise.bin").write_bytes(rng.bytes(300_000))  # so that a cut is mid-stream
     (src / "checksums.json").write_text(json.dumps({"VOCtrainval_11-May-2012.tar": "0" * 64}))
     _png(src / "VOCdevkit" / "hostile.png", 1)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for top in ("toy", "checksums.json", "VOCdevkit"):
-            tar.add(src / top, arcname=top)
-    www = tmp_path / "www"
-    www.mkdir()
-    (www / "toy.tar.gz").write_bytes(buf.getvalue())
-    with FileServer(www) as server:
-        archive = recipes.Archive(filename="toy.tar.gz", urls=(server.url("toy.tar.gz"),))
-        monkeypatch.setitem(recipes.RECIPES, "toy", recipes.Recipe(
-            name="toy", description="", archive=archive, root="toy", probe="val",
-            converter="patchlens.data.imageset:convert", homepage="", citation=""))
-        yield server, buf.getvalue()
+    payload = tar_gz_of(src, ("toy", "checksums.json", "VOCdevkit"))
+    with served_toy_recipe(monkeypatch, tmp_path, payload) as server:
+        yield server, payload
 
 
 def _prepare(tmp_path, out="out"):
@@ -347,11 +328,10 @@ def _checkpoint(path, seed, extra=None, **kwargs):
 
 @pytest.fixture
 def weights_server(tmp_path, monkeypatch):
+    from helpers.archives import no_proxy
     from helpers.http_server import FileServer
 
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     www = tmp_path / "www"
     v1 = _checkpoint(www / "v1" / "checkpoint.pth", seed=1)
     v2 = _checkpoint(www / "v2" / "checkpoint.pth", seed=2)

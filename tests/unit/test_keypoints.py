@@ -171,12 +171,6 @@ def test_bad_params_raise_config_error(key, bad):
         K.check_params({key: bad})
 
 
-def test_unknown_param_raises_config_error():
-    msg = r"tasks\.keypoints\.params: unknown parameter\(s\) seeds;"
-    with pytest.raises(ConfigError, match=msg):
-        K.check_params({"seeds": [0]})
-
-
 def test_prediction_is_invariant_to_per_patch_feature_scale():
     """Cosine matching: rescaling every patch vector by a positive factor changes nothing."""
     rng = np.random.default_rng(5)

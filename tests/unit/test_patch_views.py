@@ -13,6 +13,7 @@ import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers.explorer_inputs import explorer_inputs  # noqa: E402
+from helpers.workflow import dry_run  # noqa: E402
 
 from patchlens.config import load_config  # noqa: E402
 from patchlens.data.dataset import Dataset  # noqa: E402
@@ -198,18 +199,12 @@ def test_named_image_sets_are_page_entries(inputs):
 
 def test_workflow_stops_on_a_bad_explorer_entry_in_one_line(tmp_path):
     """A data set the explorer cannot show stops the workflow before any job, in one line."""
-    import os
-    import subprocess
 
     import yaml
     config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     config["report"]["explorer"]["datasets"] = ["nope"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"),
-         "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"),
-         "--cores", "1", "--dry-run"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = dry_run(tmp_path, tmp_path / "config.yaml")
     out = (proc.stdout + proc.stderr).strip().splitlines()
     assert proc.returncode == 1
     assert out == ["patchlens: report.explorer.datasets: unknown data set 'nope' "

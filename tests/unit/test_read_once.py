@@ -7,7 +7,7 @@ import pytest
 from patchlens.config import task_spec
 from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
-from patchlens.evaluate import LayerView, evaluate_all, make_transform
+from patchlens.evaluate import evaluate_all, make_transform
 from patchlens.features.store import FeatureStore, write_features
 from patchlens.features.channel_stats import channel_stats, write_stats
 from patchlens.models.oracle import oracle_tokens
@@ -45,7 +45,7 @@ def study(tmp_path_factory):
 def test_layer_view_reads_one_layer_like_the_store(study):
     ds, feats, _, tokens, cls, images = study
     with FeatureStore(feats) as store:
-        view = LayerView(store, 1)
+        view = store.layer_view(1)
         order = [images[5], images[0], images[3]]
         np.testing.assert_array_equal(view.tokens(1, order), store.tokens(1, order))
         np.testing.assert_array_equal(view.cls(1), store.cls(1))

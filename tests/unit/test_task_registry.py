@@ -2,13 +2,8 @@
 and the config, the evaluator, the tables, the figure style and the report read it; a seventh
 task is one new module in patchlens/tasks."""
 import importlib
-import json
 import numbers
-import os
 import pkgutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +15,7 @@ import patchlens.tasks
 from patchlens import config as C
 from patchlens.errors import ConfigError
 from patchlens.tasks.registry import TaskSpec, all_tasks, get_task, register_task, task_names
+from helpers.extended_package import probe_with_module
 from helpers.synthetic import write_dataset, write_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,13 +147,8 @@ SPEC = register_task(TaskSpec(
 # patchlens.tasks imported with one more directory on its __path__: the package as it would be
 # with toy.py added to patchlens/tasks, and nothing else changed
 PROBE = '''
-import importlib.util, json, sys
+import json, sys
 import yaml
-spec = importlib.util.find_spec("patchlens.tasks")
-spec.submodule_search_locations.append(sys.argv[1])
-mod = importlib.util.module_from_spec(spec)
-sys.modules["patchlens.tasks"] = mod
-spec.loader.exec_module(mod)
 
 from patchlens import config as C
 from patchlens.evaluate import evaluate_all
@@ -180,9 +171,6 @@ print(json.dumps({"tasks": list(C.TASKS), "params": C.task_params(cfg, "toy"),
 
 
 def test_a_seventh_task_is_one_new_module(tmp_path):
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "toy.py").write_text(textwrap.dedent(TOY))
     rng = np.random.default_rng(0)
     images = [{"image": f"im{i}", "split": "train" if i < 3 else "val", "height": 32,
                "width": 32} for i in range(5)]
@@ -190,12 +178,8 @@ def test_a_seventh_task_is_one_new_module(tmp_path):
     tokens = rng.normal(size=(5, 2, 2, 2, 3)).astype(np.float16).astype(np.float32)
     feats = write_store(tmp_path / "f.h5", [d["image"] for d in images], tokens)
     out = tmp_path / "raw.csv"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    proc = subprocess.run([sys.executable, "-c", PROBE, str(extra),
-                           str(ROOT / "tests" / "configs" / "tiny.yaml"), str(feats), str(ds),
-                           str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = probe_with_module("patchlens.tasks", "toy", TOY, PROBE, tmp_path,
+                            ROOT / "tests" / "configs" / "tiny.yaml", feats, ds, out)
     assert got["tasks"] == [*task_names(), "toy"]
     assert got["params"] == {"split": "train"}
     assert (got["headline"], got["title"], got["color"]) == ("norm", "Toy norm", "#123456")

@@ -197,12 +197,6 @@ def test_bad_params_raise_config_error(key, bad):
         tracking.check_params({key: bad})
 
 
-def test_unknown_param_raises_config_error():
-    msg = r"tasks\.tracking\.params: unknown parameter\(s\) seeds;"
-    with pytest.raises(ConfigError, match=msg):
-        tracking.check_params({"seeds": [0]})
-
-
 @pytest.mark.parametrize("m,block", [(600, 20), (600, 7), (30, 10)])
 def test_topk_indices_matches_full_partition(m, block):
     rng = np.random.default_rng(m + block)

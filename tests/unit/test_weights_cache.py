@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import threading
 
 import pytest
+from helpers.archives import no_proxy
 from helpers.http_server import FileServer
+from helpers.mounts import mounted
 
 from patchlens.errors import WeightsError
 from patchlens.io import sha256sum
@@ -45,9 +46,7 @@ def _same(a, b) -> bool:
 
 @pytest.fixture
 def served(tmp_path, monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     monkeypatch.chdir(tmp_path)  # the workflow's working directory (results/ lives here)
     www = tmp_path / "www"
     model = _checkpoint(www / CKPT)
@@ -100,13 +99,9 @@ def _read_only(src, view):
     permissions do not bind; else the permission bits), changes to ``src`` show through."""
     view.mkdir()
     if os.geteuid() == 0:
-        if subprocess.run(["mount", "--bind", "-o", "ro", str(src), str(view)],
-                          capture_output=True).returncode != 0:
-            pytest.skip("root without mount rights: a read-only directory cannot be made")
-        try:
+        with mounted(["--bind", "-o", "ro", str(src)], view,
+                     "root without mount rights: a read-only directory cannot be made"):
             yield view
-        finally:
-            subprocess.run(["umount", "-l", str(view)], check=False)
     else:
         view.rmdir()
         view.symlink_to(src, target_is_directory=True)
