@@ -17,11 +17,9 @@ import time
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--memory", type=int, default=50_000)
-    ap.add_argument("--queries", type=int, default=2_000)
-    ap.add_argument("--dim", type=int, default=384)
-    ap.add_argument("--clusters", type=int, default=150)
-    ap.add_argument("--k", type=int, default=30)
+    sizes = {"memory": 50_000, "queries": 2_000, "dim": 384, "clusters": 150, "k": 30}
+    for name, default in sizes.items():  # memory patches, query patches, channels, ...
+        ap.add_argument(f"--{name}", type=int, default=default)
     args = ap.parse_args()
     import numpy as np
 
