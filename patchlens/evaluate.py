@@ -13,6 +13,7 @@ beside the ``io_in`` of Snakemake's benchmark file).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -78,6 +79,9 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params
     parts: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
     units: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
     read = 0
+    # a task whose run takes a device (tracking, hummingbird) gets the job's; the others' torch
+    # paths follow the gpu_scope of evaluate_all
+    on = {"device": device} if "device" in inspect.signature(spec.run).parameters else {}
     for layer in store.layers:
         view = store.layer_view(layer)
         read += view.bytes_read
@@ -90,7 +94,7 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params
         else:
             for variant, transform in per.items():
                 parts[variant].append(spec.run(view, dataset, transform, params,
-                                               layers=[layer], units=units[variant]))
+                                               layers=[layer], units=units[variant], **on))
         view.close()
     tables = {v: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for v, p in parts.items()}
     return tables, units, read

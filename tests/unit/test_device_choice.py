@@ -102,3 +102,36 @@ def test_evaluators_run_where_the_script_says(monkeypatch, tmp_path, image_datas
                    (3, 4), {"model": "m", "dataset": "ds"})
     evaluate.evaluate_all("fewshot_seg", {}, feats, image_dataset, {}, device=device)
     assert inside == [seen] and dev.device() == "cpu"  # and nothing left behind
+
+
+@pytest.mark.parametrize("task", ["tracking", "hummingbird"])
+def test_a_task_whose_run_takes_a_device_gets_the_jobs(monkeypatch, tmp_path, task):
+    """score_layers hands the job's device to a task whose ``run`` takes one (tracking's and
+    hummingbird's torch engines), once per layer and variant; the other tasks are called as
+    before."""
+    import dataclasses
+
+    import numpy as np
+
+    from patchlens import evaluate
+    from patchlens.features.store import FeatureStore, write_features
+    from patchlens.tasks.registry import get_task
+
+    feats = tmp_path / "f.h5"
+    write_features(feats, np.zeros((2, 2, 12, 3), np.float16), ["a", "b"], (3, 4),
+                   {"model": "m", "dataset": "ds"})
+    seen = []
+
+    def run(store, dataset, transform, params, layers=None, units=None, device="cpu"):
+        seen.append((layers[0], device))
+        return evaluate.pd.DataFrame()
+
+    spec = dataclasses.replace(get_task(task), run=run, run_variants=None)
+    with FeatureStore(feats) as store:
+        evaluate.score_layers(spec, store, None, {"raw": lambda layer, x: x}, {}, device="cuda")
+    assert seen == [(0, "cuda"), (1, "cuda")]
+    plain = dataclasses.replace(spec, run=lambda *a, layers=None, units=None: seen.append(layers)
+                                or evaluate.pd.DataFrame())
+    with FeatureStore(feats) as store:
+        evaluate.score_layers(plain, store, None, {"raw": lambda layer, x: x}, {}, device="cuda")
+    assert seen[-2:] == [[0], [1]]
