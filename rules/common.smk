@@ -16,9 +16,11 @@ from patchlens.config import (
     task_params,
     task_variants,
 )
-from patchlens.errors import ConfigError
+from patchlens.errors import ConfigError, PatchlensError
 from patchlens.features.variants import VARIANT_PATTERN, needs_stats
 from patchlens.models.resolve import feature_entry, model_label
+from patchlens.report.provenance import provenance_datasets, provenance_pairs
+from patchlens.report.patch_pca import explorer_settings
 from patchlens.plan import (
     GPU_TFLOPS,
     check_disk,
@@ -234,3 +236,25 @@ def figure_captions():
     """Figure name -> caption (report/captions/{name}.rst), shown by `snakemake --report`."""
     captions = Path(workflow.basedir) / "report" / "captions"
     return {p.stem: p.read_text().strip() for p in sorted(captions.glob("*.rst"))}
+
+
+# -- patch views: the explorer page and the PCA figure (report.explorer)
+try:  # report.explorer: the patch views (explorer page, PCA figure); None when not configured
+    EXPLORER = explorer_settings(config)
+except PatchlensError as exc:  # the config alone shows it: one line, before any job
+    sys.exit(f"patchlens: {exc}")
+
+
+def explorer_pairs():
+    """[[data set, model], ...] of the explorer page, data sets in config order."""
+    if not EXPLORER:
+        return []
+    return [[d, m] for d in EXPLORER["datasets"] for m in EXPLORER["models"][d]]
+
+
+def explorer_pages():
+    return [f"{RESULTS}/report/explorer.html"] if EXPLORER else []
+
+
+def patch_pca_tables():
+    return [f"{RESULTS}/tables/patch_pca.parquet"] if EXPLORER else []

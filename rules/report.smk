@@ -1,27 +1,5 @@
 # Summary tables -> figures -> report. Figures are drawn from tables only, so
 # `snakemake --cores 1 --forcerun figures report` redraws them without rerunning any evaluator.
-from patchlens.report.provenance import provenance_datasets, provenance_pairs
-from patchlens.report.patch_pca import explorer_settings
-
-try:  # report.explorer: the patch views (explorer page, PCA figure); None when not configured
-    EXPLORER = explorer_settings(config)
-except PatchlensError as exc:  # the config alone shows it: one line, before any job
-    sys.exit(f"patchlens: {exc}")
-
-
-def explorer_pairs():
-    """[[data set, model], ...] of the explorer page, data sets in config order."""
-    if not EXPLORER:
-        return []
-    return [[d, m] for d in EXPLORER["datasets"] for m in EXPLORER["models"][d]]
-
-
-def explorer_pages():
-    return [f"{RESULTS}/report/explorer.html"] if EXPLORER else []
-
-
-def patch_pca_tables():
-    return [f"{RESULTS}/tables/patch_pca.parquet"] if EXPLORER else []
 
 
 rule collect_scores:
