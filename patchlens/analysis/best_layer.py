@@ -18,7 +18,9 @@ Protocol, on ``results/tables/scores.parquet`` (as ``collect_scores`` writes it)
 3. Per (keys, layer): the mean over seeds (each seed must have exactly one row).
 4. ``best_value`` = max over ALL scored layers (the block outputs 0..n_blocks-1 and, where the
    features carry it, the final-norm output ``layer == n_blocks``) -- min for the metrics in
-   :data:`LOWER_IS_BETTER` (the depth errors rmse, absrel, log10); ties go to the shallower
+   ``lower_is_better`` (the tasks' ``TaskSpec.lower_is_better``, e.g. the depth errors, which
+   the callers above the task registry pass: :func:`patchlens.tasks.registry.lower_is_better`);
+   ties go to the shallower
    layer, where a tie is a seed mean within :data:`TIE` (``np.isclose`` rtol / atol) of the best
    one, so two equal means that summation order left one ulp apart tie.
    ``last_layer = n_blocks - 1`` (``n_layers`` column), ``last_value`` the
@@ -42,9 +44,6 @@ ITEM_COLUMNS = ("sequence", "scale_bin", "category")  # per-item breakdowns; "al
 OVERALL = "all"
 NOT_KEYS = {"layer", "seed", "value", "n_layers", "params", "family", "label", "depth_frac",
             "ci_low", "ci_high"}  # the intervals belong to a row, they never split one
-# metric names where smaller is better: the depth errors (patchlens.evaluation.depth, which
-# tests/unit/test_depth.py checks against this set; analysis cannot import the task registry)
-LOWER_IS_BETTER: frozenset = frozenset({"rmse", "absrel", "log10"})
 TIE = {"rtol": 1e-9, "atol": 1e-12}  # seed means this close are equal (best-layer ties)
 OUT_TAIL = ["best_layer", "best_value", "last_layer", "last_value", "gap", "n_layers",
             "depth_frac", "n_seeds"]
@@ -72,9 +71,10 @@ def overall_rows(scores: pd.DataFrame) -> pd.DataFrame:
     return scores[keep]
 
 
-def best_layer_table(scores: pd.DataFrame) -> pd.DataFrame:
+def best_layer_table(scores: pd.DataFrame, lower_is_better=frozenset()) -> pd.DataFrame:
     """One row per (model, dataset, task, variant, metric, task keys): best_layer, best_value,
-    last_layer, last_value, gap, n_layers, depth_frac, n_seeds (module doc)."""
+    last_layer, last_value, gap, n_layers, depth_frac, n_seeds (module doc); the metrics in
+    ``lower_is_better`` are minimised."""
     missing = [c for c in KEYS + ["layer", "value", "n_layers"] if c not in scores]
     if missing:
         raise DataError(f"scores table: missing column(s) {missing}; expected the table "
@@ -101,7 +101,8 @@ def best_layer_table(scores: pd.DataFrame) -> pd.DataFrame:
               .agg(value=("value", "mean"), n_seeds=("seed", "nunique"),
                    n_layers=("n_layers", "max"))
               .reset_index())
-    sign = np.where(mean["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    lower = list(lower_is_better)
+    sign = np.where(mean["metric"].isin(lower), -1.0, 1.0)
     mean["score"] = sign * mean["value"]
     # best: highest score; every layer within TIE of it ties, and the shallowest of them wins
     top = mean.groupby(keys, dropna=False, sort=False)["score"].transform("max")
@@ -117,7 +118,7 @@ def best_layer_table(scores: pd.DataFrame) -> pd.DataFrame:
     out["n_layers"] = best["n_layers"].astype(int)
     out["last_layer"] = out["n_layers"] - 1
     out = out.merge(last, on=keys, how="left")
-    s = np.where(out["metric"].isin(LOWER_IS_BETTER), -1.0, 1.0)
+    s = np.where(out["metric"].isin(lower), -1.0, 1.0)
     out["gap"] = s * (out["best_value"] - out["last_value"])
     # the final-norm entry (layer == n_blocks) sits at full depth, like the last block
     out["depth_frac"] = (np.minimum(out["best_layer"], out["last_layer"]) + 1) / out["n_layers"]

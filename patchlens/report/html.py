@@ -28,7 +28,7 @@ from patchlens.report.figures import FIGURES, panel_key, metric_title
 from patchlens.report.style import model_order
 from patchlens.stats.paired import verdict
 from patchlens.report.statistics import load_tables as stats_tables
-from patchlens.tasks.registry import all_tasks
+from patchlens.tasks.registry import all_tasks, lower_is_better
 
 # shown size / PNG size: a double-column figure (1380 px at 200 dpi) shows 966 px wide
 SCREEN_SCALE = 0.7
@@ -209,16 +209,16 @@ def paired_html(paired: pd.DataFrame | None) -> str:
     d = d.sort_values(["_t", "dataset", "metric", "model_a", "model_b"])
     keys = [c for c in ("scale_bin", "shots", "feature") if c in d
             and d[c].astype(str).replace({"-1": "", "nan": ""}).ne("").any()]
-    rows = []
+    rows, lower = [], lower_is_better()
     for _, r in d.iterrows():
         extra = [("" if str(r[c]) in ("-1", "nan") else r[c]) for c in keys]
         rows.append([r["task"], r["dataset"], metric_title(str(r["metric"])), *extra,
                      f"{r['model_a']} (L{int(r['layer_a'])})",
                      f"{r['model_b']} (L{int(r['layer_b'])})", (_fmt(r["diff"]), "n"),
                      (f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]", "n"),
-                     (_fmt(r["p_value"]), "n"), verdict(r)])
+                     (_fmt(r["p_value"]), "n"), verdict(r, lower)])
     note = ('<p class="note">Each pair of models at its own best layer: difference a − b of the '
-            "score, 95% percentile interval and two-sided p-value of a paired bootstrap over the "
+            "score, 95% bias-corrected percentile interval and two-sided p-value of a paired bootstrap over the "
             "same units (and support seeds), see docs/protocols.md#resampling-units. \u201ca &gt; b\u201d only "
             "where the interval excludes 0. Comparisons at the last block: "
             "<code>results/tables/paired.csv</code>.</p>")

@@ -341,8 +341,9 @@ def best_layer_rows(scores: pd.DataFrame) -> pd.DataFrame:
     """:func:`patchlens.analysis.best_layer.best_layer_table` of ``scores`` (the one best-layer
     implementation) with the ``metric_label`` the figures use and the model's ``family``."""
     from patchlens.analysis.best_layer import best_layer_table
+    from patchlens.tasks.registry import lower_is_better
 
-    bl = best_layer_table(scores)
+    bl = best_layer_table(scores, lower_is_better())
     for c, d in EXTRA_DEFAULTS.items():
         if c not in bl.columns:
             bl[c] = d

@@ -17,8 +17,7 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from patchlens.analysis.best_layer import (ITEM_COLUMNS, LOWER_IS_BETTER, TASK_KEYS,
-                                           best_layer_table)
+from patchlens.analysis.best_layer import ITEM_COLUMNS, TASK_KEYS, best_layer_table
 from patchlens.errors import DataError
 from patchlens.io import read_table
 from patchlens.stats.bootstrap import (DEFAULT_PARAMS, EXACT_MAX_UNITS, p_floor,
@@ -32,13 +31,13 @@ COLUMNS = SCORE_KEYS + list(TASK_KEYS) + ["layer_choice", "model_a", "model_b", 
 LABELS = ["task", "model", "dataset", "variant"]
 
 
-def layer_choices(scores: pd.DataFrame) -> pd.DataFrame:
+def layer_choices(scores: pd.DataFrame, lower_is_better=frozenset()) -> pd.DataFrame:
     """Best and last block per (model, task, dataset, variant, metric, task keys) of the overall
     rows: the best-layer table (one home for that choice), built from the scores table's key
     columns only."""
     cols = ["model", "dataset", "task", "variant", "metric", "layer", "seed", "value", "n_layers"]
     cols += [c for c in list(TASK_KEYS) + list(ITEM_COLUMNS) if c in scores]
-    return best_layer_table(scores[cols])
+    return best_layer_table(scores[cols], lower_is_better)
 
 
 def _select(units: pd.DataFrame, layer: int, metric: str, keys: dict) -> pd.DataFrame:
@@ -54,10 +53,12 @@ def _select(units: pd.DataFrame, layer: int, metric: str, keys: dict) -> pd.Data
 
 
 def paired_table(scores: pd.DataFrame, units: dict, n_boot: int = DEFAULT_PARAMS["n_boot"],
-                 level: float = DEFAULT_PARAMS["level"], seed: int = DEFAULT_PARAMS["seed"]) -> pd.DataFrame:
+                 level: float = DEFAULT_PARAMS["level"], seed: int = DEFAULT_PARAMS["seed"],
+                 lower_is_better=frozenset()) -> pd.DataFrame:
     """The paired table (module doc). ``units``: {(task, model, dataset, variant): units
-    DataFrame (:mod:`patchlens.stats.units`)}."""
-    choices = layer_choices(scores)
+    DataFrame (:mod:`patchlens.stats.units`)}; ``lower_is_better``: the metrics whose best layer
+    is their minimum (:func:`patchlens.tasks.registry.lower_is_better`)."""
+    choices = layer_choices(scores, lower_is_better)
     keys = [k for k in TASK_KEYS if k in choices]
     rows = []
     for key, g in choices.groupby(SCORE_KEYS + keys, sort=True, dropna=False):
@@ -113,14 +114,14 @@ def read_units(paths) -> dict:
     return out
 
 
-def verdict(row) -> str:
-    """'a > b' / 'b > a' (a scores better: higher, or lower for the errors in
-    :data:`~patchlens.analysis.best_layer.LOWER_IS_BETTER`) where the interval of a - b excludes
-    0, else '' (no claim)."""
+def verdict(row, lower_is_better=frozenset()) -> str:
+    """'a > b' / 'b > a' (a scores better: higher, or lower for the metrics in
+    ``lower_is_better``, :func:`patchlens.tasks.registry.lower_is_better`) where the interval of
+    a - b excludes 0, else '' (no claim)."""
     lo, hi = row["ci_low"], row["ci_high"]
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return ""
-    if row.get("metric") in LOWER_IS_BETTER:  # a smaller error is the better score
+    if row.get("metric") in lower_is_better:  # a smaller error is the better score
         lo, hi = -hi, -lo
     if lo > 0:
         return f"{row['model_a']} > {row['model_b']}"

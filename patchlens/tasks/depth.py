@@ -33,8 +33,8 @@ import pandas as pd
 from patchlens.params import expect_int, expect_number, expect_split
 from patchlens.data.dataset import Dataset
 from patchlens.errors import ConfigError, DataError
-from patchlens.evaluation.depth import (HEADS, METRICS, SPACINGS, depth_metrics, eval_crop,
-                                        fit_head, patch_targets, valid_mask)
+from patchlens.evaluation.depth import (HEADS, LOWER_IS_BETTER, METRICS, SPACINGS, depth_metrics,
+                                        eval_crop, fit_head, patch_targets, valid_mask)
 from patchlens.evaluation.probes import check_fit_params
 from patchlens.evaluation.support import check_seeds
 from patchlens.evaluation.upsample import resize_bilinear
@@ -238,4 +238,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) ->
 SPEC = register_task(TaskSpec(
     name=TASK, title="Monocular depth", color="#882255", headline="delta1",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=70, figures=("depth",), flop=flop))
+    order=70, figures=("depth",), flop=flop, lower_is_better=LOWER_IS_BETTER))

@@ -65,7 +65,10 @@ class TaskSpec:
     ``run_variants``: optional ``run_variants(store, dataset, variants, params, layers=None,
     units=None, device="cpu") -> {variant: DataFrame}`` scoring every variant of a layer in one
     call (``variants``: {name: :class:`~patchlens.features.variants.VariantSpec`}; ``units``:
-    {name: list}); without it the evaluator calls ``run`` once per variant."""
+    {name: list}); without it the evaluator calls ``run`` once per variant.
+    ``lower_is_better``: the task's metric names where a smaller value is the better score (the
+    depth errors): the best-layer table takes their minimum, the paired verdicts and the gaps
+    read them the other way (:func:`lower_is_better`)."""
     name: str
     title: str
     color: str
@@ -78,6 +81,7 @@ class TaskSpec:
     figures: tuple[str, ...] = field(default=())
     flop: Callable | None = None
     run_variants: Callable | None = None
+    lower_is_better: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
@@ -95,8 +99,9 @@ def register_task(spec: TaskSpec) -> TaskSpec:
         raise ValueError(f"{where}: title and headline must be non-empty strings")
     if not isinstance(spec.defaults, Mapping):
         raise ValueError(f"{where}: defaults must be a mapping (DEFAULT_PARAMS)")
-    if not isinstance(spec.requires, tuple) or not isinstance(spec.figures, tuple):
-        raise ValueError(f"{where}: requires and figures must be tuples")
+    if not all(isinstance(getattr(spec, t), tuple)
+               for t in ("requires", "figures", "lower_is_better")):
+        raise ValueError(f"{where}: requires, figures and lower_is_better must be tuples")
     check_order(spec, where)
     for hook in ("flop", "run_variants"):
         if getattr(spec, hook) is not None and not callable(getattr(spec, hook)):
@@ -110,6 +115,12 @@ def register_task(spec: TaskSpec) -> TaskSpec:
 def all_tasks() -> tuple[TaskSpec, ...]:
     """Every registered :class:`TaskSpec`, by ``order`` then name."""
     return by_order(_REGISTRY)
+
+
+def lower_is_better() -> frozenset[str]:
+    """The metric names some task declares lower-is-better (``TaskSpec.lower_is_better``, e.g.
+    the depth errors): what the best-layer table, the paired verdicts and the figures minimise."""
+    return frozenset(m for spec in all_tasks() for m in spec.lower_is_better)
 
 
 def task_names() -> tuple[str, ...]:

@@ -107,6 +107,8 @@ def real_tables_dir(tmp_path_factory) -> Path:
         depth = scores.groupby("model")["n_layers"].max().to_dict()  # as scripts/collect_scores
         write_models({m: {**e, "n_layers": depth.get(m)} for m, e in models.items()},
                      out / "models.csv")
-        write_csv(best_layer_table(scores), out / "best_layer.csv")
+        from patchlens.tasks.registry import lower_is_better
+
+        write_csv(best_layer_table(scores, lower_is_better()), out / "best_layer.csv")
         _CACHE["tables"] = out
     return _CACHE["tables"]

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from helpers.real_scores import DEEP_BLOCKS, real_scores
 
-from patchlens.analysis import best_layer as B
 from patchlens.analysis.best_layer import best_layer_table
+from patchlens.tasks.registry import lower_is_better
 from patchlens.errors import DataError
 
 KEY = ["model", "dataset", "task", "variant", "metric", "shots", "feature", "head"]
@@ -41,7 +41,7 @@ def _independent(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_values_match_an_independent_computation(scores):
-    got = best_layer_table(scores)
+    got = best_layer_table(scores, lower_is_better())
     want = _independent(scores)
     assert len(got) == len(want)
     assert not got.duplicated(KEY).any()  # one row per key, whatever count columns exist
@@ -106,9 +106,8 @@ def test_seed_mean_then_max(scores):
     assert row["n_seeds"] == 2
 
 
-def test_lower_is_better_metric(scores, monkeypatch):
-    monkeypatch.setattr(B, "LOWER_IS_BETTER", frozenset({"miou_knn"}))
-    row = best_layer_table(scores).query("model == 'deep' and task == 'fewshot_seg' "
+def test_lower_is_better_metric(scores):
+    row = best_layer_table(scores, frozenset({"miou_knn"})).query("model == 'deep' and task == 'fewshot_seg' "
                                          "and metric == 'miou_knn'").iloc[0]
     s = scores[(scores.model == "deep") & (scores.task == "fewshot_seg")
                & (scores.metric == "miou_knn")].groupby("layer")["value"].mean()

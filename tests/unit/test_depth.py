@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 
-from patchlens.analysis.best_layer import LOWER_IS_BETTER
 from patchlens.data.dataset import Dataset
 from patchlens.data.scenes import generate_scenes
 from patchlens.data.scenes import depth as sdepth
@@ -92,8 +91,10 @@ def test_patch_targets_are_geometric_means_of_valid_pixels():
     assert D.patch_targets(gt, (1, 2), 1e-3, 10, 0.25)[0, 1] == pytest.approx(2.0)
 
 
-def test_lower_is_better_metrics_are_known_to_the_best_layer_table():
-    assert set(D.LOWER_IS_BETTER) <= LOWER_IS_BETTER
+def test_the_depth_errors_are_declared_lower_is_better_in_the_registry():
+    from patchlens.tasks.registry import lower_is_better
+
+    assert set(D.LOWER_IS_BETTER) == set(get_task("depth").lower_is_better) <= lower_is_better()
     assert get_task("depth").headline in D.METRICS
 
 
@@ -217,9 +218,10 @@ def test_oracle_depth_block_encodes_the_patch_geometric_mean(scenes):
 def test_paired_verdict_reads_errors_as_lower_is_better():
     from patchlens.stats.paired import verdict
     row = {"model_a": "a", "model_b": "b", "ci_low": 0.1, "ci_high": 0.3}
-    assert verdict({**row, "metric": "delta1"}) == "a > b"       # a higher delta: a better
-    assert verdict({**row, "metric": "rmse"}) == "b > a"         # a larger error: b better
-    assert verdict({**row, "metric": "rmse", "ci_low": -0.1}) == ""
+    lower = get_task("depth").lower_is_better
+    assert verdict({**row, "metric": "delta1"}, lower) == "a > b"     # a higher delta: a better
+    assert verdict({**row, "metric": "rmse"}, lower) == "b > a"       # a larger error: b better
+    assert verdict({**row, "metric": "rmse", "ci_low": -0.1}, lower) == ""
 
 
 def test_depth_png_round_trip_and_refusals(tmp_path):
