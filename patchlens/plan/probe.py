@@ -26,7 +26,7 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
 
     from patchlens.evaluation.davis_metrics import jf_labels
     from patchlens.evaluation.probes import LinearProbe
-    from patchlens.evaluation.propagation import labels_to_mask, topk_indices
+    from patchlens.evaluation.propagation import labels_to_mask
     from patchlens.evaluation.upsample import resize_bilinear
     from patchlens.features.channel_stats import merge_moments
 
@@ -87,20 +87,7 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
         merge_moments(0, np.zeros(c), np.zeros(c), x16.astype(np.float32))
         runs.append(time.perf_counter() - t0)
     reduce = float(np.median(runs[1:])) / x16.size * 1e9
-    # one variant's pass over a block of similarities (queries x support, C = 384): a rank-4
-    # correction, the division by the norms, the block top-k (patchlens.evaluation.similarity_cost)
-    sims = (a[:1024] @ b[:, :8192]).astype(np.float32)
-    qn, sn = 1 / np.linalg.norm(a[:1024], axis=1), 1 / np.linalg.norm(b[:, :8192], axis=0)
-    qd, sd = np.ascontiguousarray(a[:1024, :4]), np.ascontiguousarray(b[:4, :8192])
-    runs = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        x = sims - qd @ sd
-        x *= qn[:, None]
-        x *= sn[None, :]
-        topk_indices(x, 20, 64)
-        runs.append(time.perf_counter() - t0)
-    select = min(runs) / sims.size * 1e9
+    select = _select_ns(rng)
 
     soft = rng.random((30, 54, 3), dtype=np.float32)  # a DAVIS frame: 2 objects + background
     gt = np.zeros((480, 854), np.int64)
@@ -126,6 +113,37 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
             "upsample_ns": upsample, "track_ns": track, "select_ns": select,
             "reduce_ns": reduce,
             "startup_s": startup, "render_s_per_mpix": render}
+
+
+def _select_ns(rng, nq: int = 1024, n: int = 32768, c: int = 384) -> float:
+    """ns per similarity value and variant that the shared similarity code spends beyond its
+    products (:class:`patchlens.evaluation.similarity.VariantIndex` on the CPU: the channel
+    blocks' accumulation, the division by the norms, faiss's top-k heaps), for ``config.yaml``'s
+    seven variants: its search timed, minus its two products (raw and zscore) timed alone."""
+    import numpy as np
+
+    from patchlens.evaluation.similarity import VariantIndex
+    from patchlens.features.variants import variant_spec
+
+    scale = np.linspace(0.5, 3.0, c, dtype=np.float32)  # unequal channel variances
+    bank = (rng.standard_normal((n, c), dtype=np.float32) * scale).astype(np.float16)
+    queries = (rng.standard_normal((nq, c), dtype=np.float32) * scale).astype(np.float16)
+    bank, queries = bank.astype(np.float32), queries.astype(np.float32)
+    mean, var = bank.mean(0, dtype=np.float64), bank.var(0, dtype=np.float64)
+    names = ["raw", "zscore", "drop1", "drop2", "drop4", "drop8", "drop16"]
+    index = VariantIndex(bank, {v: variant_spec(v, mean, var) for v in names})
+    index.search(queries[:64], 20)  # warm-up
+    search, product = [], []
+    bank_t = np.ascontiguousarray(bank.T)
+    for _ in range(3):
+        t0 = time.perf_counter()
+        index.search(queries, 20)
+        search.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for _ in range(2):
+            queries @ bank_t
+        product.append(time.perf_counter() - t0)
+    return max(min(search) - min(product), 0.0) / (nq * n * len(names)) * 1e9
 
 
 _FORWARD_PROBE = """

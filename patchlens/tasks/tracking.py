@@ -244,11 +244,14 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
 
 
 def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
-         shared_product: bool = True, tensor_cores: bool = True, on_device: bool = True,
+         shared_product: bool = False, tensor_cores: bool = False, on_device: bool = True,
          kernels_per_band: int = 12) -> dict:
     """The plan's cost of one layer, every variant: in every scored frame each band of target
-    rows against the context frames' rows within the radius (:func:`patchlens.evaluation.propagation.propagate`), the products
-    shared (``similarity_cost``); every frame's mask pixels x (objects + 1) per variant
+    rows against the context frames' rows within the radius
+    (:func:`patchlens.evaluation.propagation.propagate`), one float32 product per variant, as
+    the code computes them (each variant propagates its own features; ``shared_product`` /
+    ``tensor_cores``: what a shared float16 product would cost, :func:`similarity_cost`); every
+    frame's mask pixels x (objects + 1) per variant
     upsampled and scored (J&F), in torch on the GPU (``on_device``: ``device_mask_pixels``,
     ``kernels_per_band`` launches per band, variant and frame) or in numpy (``mask_pixels``)."""
     from patchlens.data.sizes import mask_size, n_videos, video_objects
