@@ -84,28 +84,57 @@ def propagate(target: np.ndarray, ctx_feats: np.ndarray, ctx_labels: np.ndarray,
     Each target patch takes the ``topk`` most similar source patches among all context frames
     within ``radius`` patches (``radius <= 0``: anywhere), weighted by softmax(sim / temperature).
     """
+    n, _, C = ctx_feats.shape
+    w = grid[1]
+
+    def sims(a, b, sa, sb):
+        yield ["_"], matmul(target[a * w:b * w], ctx_feats[:, sa * w:sb * w].reshape(-1, C).T)
+
+    return _propagate_bands(grid, n, sims, {"_": ctx_labels}, radius, topk, temperature)["_"]
+
+
+def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[int, int],
+                       radius: int, topk: int, temperature: float, aff) -> dict:
+    """:func:`propagate` for every variant of ``aff`` (a
+    :class:`~patchlens.evaluation.similarity.VariantAffinity`) at once: ``target`` and each of
+    ``ctx`` are frames prepared by ``aff.prepare`` (raw features), ``ctx_labels`` {variant:
+    (n, P, K)} each variant's own context labels; returns {variant: (P, K)}. One product per
+    band serves raw and every drop{m} (one more for zscore)."""
+    w = grid[1]
+
+    def sims(a, b, sa, sb):
+        src = aff.cat([aff.rows(c, slice(sa * w, sb * w)) for c in ctx])
+        yield from aff.similarities(aff.rows(target, slice(a * w, b * w)), src)
+
+    return _propagate_bands(grid, len(ctx), sims, ctx_labels, radius, topk, temperature)
+
+
+def _propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
+                     temperature: float) -> dict:
+    """The band loop of :func:`propagate`: ``sims(a, b, sa, sb)`` yields (variant names,
+    similarities (nq, n * ns) of target rows a..b against the context rows sa..sb,
+    context-major); {name: (P, K)} soft labels from each name's ``labels`` (n, P, K)."""
     h, w = grid
-    n, P, _ = ctx_feats.shape
-    K = ctx_labels.shape[-1]
+    P = h * w
     win = window_mask(h, w, radius) if radius > 0 else None
     rows = band_rows(h, w, n, radius)
-    out = np.empty((P, K), np.float32)
+    out = {v: np.empty((P, lab.shape[-1]), np.float32) for v, lab in labels.items()}
     for a in range(0, h, rows):
         b = min(h, a + rows)
         sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
-        q = target[a * w:b * w]                                    # (nq, C)
-        src = ctx_feats[:, sa * w:sb * w]                          # (n, ns, C)
-        nq, ns = len(q), src.shape[1]
-        sim = matmul(q, src.reshape(n * ns, -1).T)                 # (nq, n*ns), context-major
-        if win is not None:                                        # -inf outside the window
-            bias = np.where(win[a * w:b * w, sa * w:sb * w], 0, -np.inf).astype(np.float32)
-            sim.reshape(nq, n, ns)[...] += bias[:, None, :]
-        idx = topk_indices(sim, topk, block=w)                     # (nq, k)
-        val = np.take_along_axis(sim, idx, axis=1)
-        wgt = np.exp((val - val.max(axis=1, keepdims=True)) / temperature)
-        wgt /= wgt.sum(axis=1, keepdims=True)
-        lab = ctx_labels[:, sa * w:sb * w].reshape(n * ns, K)
-        out[a * w:b * w] = np.einsum("qk,qkc->qc", wgt, lab[idx])
+        nq, ns = (b - a) * w, (sb - sa) * w
+        bias = (np.where(win[a * w:b * w, sa * w:sb * w], 0, -np.inf).astype(np.float32)
+                if win is not None else None)                      # -inf outside the window
+        for names, sim in sims(a, b, sa, sb):                      # (nq, n*ns)
+            if bias is not None:
+                sim.reshape(nq, n, ns)[...] += bias[:, None, :]
+            idx = topk_indices(sim, topk, block=w)                 # (nq, k)
+            val = np.take_along_axis(sim, idx, axis=1)
+            wgt = np.exp((val - val.max(axis=1, keepdims=True)) / temperature)
+            wgt /= wgt.sum(axis=1, keepdims=True)
+            for v in names:
+                lab = labels[v][:, sa * w:sb * w].reshape(n * ns, -1)
+                out[v][a * w:b * w] = np.einsum("qk,qkc->qc", wgt, lab[idx])
     return out
 
 
@@ -165,3 +194,26 @@ def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7
         lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
         queue.append((ft, lab))
         yield lab.reshape(h, w, K)
+
+
+def track_variants(frames: Iterable[np.ndarray], seed: np.ndarray, aff, n_last_frames: int = 7,
+                   radius: int = 12, topk: int = 5, temperature: float = 0.1
+                   ) -> Iterator[dict]:
+    """:func:`track` for every variant of ``aff`` (a
+    :class:`~patchlens.evaluation.similarity.VariantAffinity`) from the raw ``frames`` (each
+    (h, w, C)): yields {variant: soft label map (h, w, K)} of frames 1, 2, ...; each variant
+    propagates its own labels, the products of a band are shared by the variants."""
+    it = iter(frames)
+    first = next(it)
+    h, w, C = first.shape
+    K = seed.shape[-1]
+    p0 = aff.prepare(np.asarray(first).reshape(h * w, C))
+    l0 = np.asarray(seed, np.float32).reshape(h * w, K)
+    queue: deque = deque(maxlen=n_last_frames)
+    for frame in it:
+        pt = aff.prepare(np.asarray(frame).reshape(h * w, C))
+        ctx = [p0] + [p for p, _ in queue]
+        labels = {v: np.stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
+        lab = propagate_variants(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
+        queue.append((pt, lab))
+        yield {v: x.reshape(h, w, K) for v, x in lab.items()}

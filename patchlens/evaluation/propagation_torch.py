@@ -45,33 +45,62 @@ def propagate(target, ctx_feats, ctx_labels, grid: tuple[int, int], radius: int,
               temperature: float, band_budget: int | None = None):
     """Soft labels (P, K) of one target frame: target (P, C), ctx_feats (n, P, C) normalised,
     ctx_labels (n, P, K), all tensors on one device (the twin of ``propagation.propagate``)."""
+    n, _, C = ctx_feats.shape
+    w = grid[1]
+
+    def sims(a, b, sa, sb):
+        yield ["_"], target[a * w:b * w] @ ctx_feats[:, sa * w:sb * w].reshape(-1, C).T
+
+    return _propagate_bands(grid, n, sims, {"_": ctx_labels}, radius, topk, temperature,
+                            band_budget or _budget(target.device.type))["_"]
+
+
+def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[int, int],
+                       radius: int, topk: int, temperature: float, aff,
+                       band_budget: int | None = None) -> dict:
+    """The twin of ``propagation.propagate_variants`` (``aff`` a torch-backed
+    :class:`~patchlens.evaluation.similarity.VariantAffinity`): {variant: (P, K)}."""
+    w = grid[1]
+
+    def sims(a, b, sa, sb):
+        src = aff.cat([aff.rows(c, slice(sa * w, sb * w)) for c in ctx])
+        yield from aff.similarities(aff.rows(target, slice(a * w, b * w)), src)
+
+    return _propagate_bands(grid, len(ctx), sims, ctx_labels, radius, topk, temperature,
+                            band_budget or _budget(aff.device.split(":")[0]))
+
+
+def _propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
+                     temperature: float, budget: int) -> dict:
+    """The band loop (the twin of ``propagation._propagate_bands``) on the labels' device."""
     import torch
 
     h, w = grid
-    n, P, C = ctx_feats.shape
-    K = ctx_labels.shape[-1]
-    dev = target.device
-    rows = band_rows(h, w, n, radius, band_budget or _budget(dev.type))
+    P = h * w
+    dev = next(iter(labels.values())).device
+    rows = band_rows(h, w, n, radius, budget)
     yy, xx = torch.div(torch.arange(P, device=dev), w, rounding_mode="floor"), \
         torch.arange(P, device=dev) % w
-    out = torch.empty((P, K), dtype=torch.float32, device=dev)
+    out = {v: torch.empty((P, lab.shape[-1]), dtype=torch.float32, device=dev)
+           for v, lab in labels.items()}
     for a in range(0, h, rows):
         b = min(h, a + rows)
         sa, sb = (max(0, a - radius), min(h, b + radius)) if radius > 0 else (0, h)
-        q = target[a * w:b * w]                                     # (nq, C)
-        src = ctx_feats[:, sa * w:sb * w].reshape(-1, C)            # (n*ns, C), context-major
-        nq, ns = q.shape[0], (sb - sa) * w
-        sim = q @ src.T                                             # (nq, n*ns)
+        nq, ns = (b - a) * w, (sb - sa) * w
+        win = None
         if radius > 0:
             qa, sr = slice(a * w, b * w), slice(sa * w, sb * w)
             win = ((yy[qa, None] - yy[None, sr]).abs() <= radius) & \
                 ((xx[qa, None] - xx[None, sr]).abs() <= radius)     # (nq, ns)
-            sim.view(nq, n, ns).masked_fill_(~win[:, None, :], float("-inf"))
-        val, idx = torch.topk(sim, min(topk, sim.shape[1]), dim=1)
-        wgt = torch.exp((val - val.max(dim=1, keepdim=True).values) / temperature)
-        wgt = wgt / wgt.sum(dim=1, keepdim=True)
-        lab = ctx_labels[:, sa * w:sb * w].reshape(n * ns, K)
-        out[a * w:b * w] = torch.einsum("qk,qkc->qc", wgt, lab[idx])
+        for names, sim in sims(a, b, sa, sb):                       # (nq, n*ns)
+            if win is not None:
+                sim.view(nq, n, ns).masked_fill_(~win[:, None, :], float("-inf"))
+            val, idx = torch.topk(sim, min(topk, sim.shape[1]), dim=1)
+            wgt = torch.exp((val - val.max(dim=1, keepdim=True).values) / temperature)
+            wgt = wgt / wgt.sum(dim=1, keepdim=True)
+            for v in names:
+                lab = labels[v][:, sa * w:sb * w].reshape(n * ns, -1)
+                out[v][a * w:b * w] = torch.einsum("qk,qkc->qc", wgt, lab[idx])
     return out
 
 
@@ -96,6 +125,28 @@ def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk
         lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
         queue.append((ft, lab))
         yield lab.reshape(h, w, K)
+
+
+def track_variants(frames: Iterable, seed, aff, n_last_frames: int = 7, radius: int = 12,
+                   topk: int = 5, temperature: float = 0.1) -> Iterator[dict]:
+    """The twin of ``propagation.track_variants`` on ``aff.device`` (``aff`` torch-backed):
+    yields {variant: soft label map (h, w, K)} tensors of frames 1, 2, ..."""
+    import torch
+
+    it = iter(frames)
+    first = torch.as_tensor(next(it))
+    h, w, C = first.shape
+    K = seed.shape[-1]
+    p0 = aff.prepare(first.reshape(h * w, C))
+    l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(aff.device).reshape(h * w, K)
+    queue: deque = deque(maxlen=n_last_frames)
+    for frame in it:
+        pt = aff.prepare(torch.as_tensor(frame).reshape(h * w, C))
+        ctx = [p0] + [p for p, _ in queue]
+        labels = {v: torch.stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
+        lab = propagate_variants(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
+        queue.append((pt, lab))
+        yield {v: x.reshape(h, w, K) for v, x in lab.items()}
 
 
 def labels_to_mask(probs, size: tuple[int, int], norm_mask: bool = True):

@@ -78,6 +78,41 @@ def _chain_family(chain, channels: int) -> _Family:
     return _Family(None, steps)
 
 
+def family_features(fam: _Family, x, torch_backend: bool = False, device: str = "cpu",
+                    half: bool = False):
+    """x (n, C) as a family's product sees it: raw, or zscore-transformed; float32 numpy, or
+    (``torch_backend``) a tensor on ``device``: float16 with ``half`` (raw features, which are
+    stored float16: nothing is lost), float32 for zscore features (see :func:`_mm32`)."""
+    if not torch_backend:
+        x = np.asarray(x, np.float32)
+        return x if fam.zscore is None else np.asarray(fam.zscore.apply(x), np.float32)
+    import torch
+
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    t = t.to(device)
+    if fam.zscore is not None:
+        mean = torch.as_tensor(fam.zscore.mean, device=device)
+        std = torch.as_tensor(fam.zscore.std, device=device)
+        return ((t.double() - mean) / std).float()  # not float16 values: see _mm32
+    return t.to(torch.float16 if half else torch.float32)
+
+
+def family_norms(fam: _Family, x, torch_backend: bool = False) -> list:
+    """Inverse norms of x (float64 sums of squares over each step's kept channels, cumulated
+    along the family's chain), one float32 array per step: 1 / max(|x'|, EPS)."""
+    out, acc = [], 0.0
+    for block, _ in fam.steps:
+        if not torch_backend:
+            acc = acc + np.square(x[:, block], dtype=np.float64).sum(1)
+            out.append((1.0 / np.maximum(np.sqrt(acc), EPS)).astype(np.float32))
+        else:
+            import torch
+
+            acc = acc + x[:, torch.as_tensor(block, device=x.device)].double().square().sum(1)
+            out.append((1.0 / acc.sqrt().clamp_min(EPS)).float())
+    return out
+
+
 def _heap_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (descending) of each row of a float32 C-contiguous (nq, n) block: faiss's heaps."""
     import faiss
@@ -125,36 +160,10 @@ class VariantIndex:
 
     # -- per family: the bank's blocks and each variant's inverse norms ------------------------
     def _features(self, fam: _Family, x):
-        """x as the family's product sees it: raw, or zscore-transformed (float32 either way
-        on the faiss backend; float32, or float16 with ``half``, on the torch backend)."""
-        if self.backend == "faiss":
-            x = np.asarray(x, np.float32)
-            return x if fam.zscore is None else \
-                np.asarray(fam.zscore.apply(x), np.float32)
-        import torch
-
-        t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
-        t = t.to(self.device)
-        if fam.zscore is not None:
-            mean = torch.as_tensor(fam.zscore.mean, device=self.device)
-            std = torch.as_tensor(fam.zscore.std, device=self.device)
-            return ((t.double() - mean) / std).float()  # not float16 values: see _mm32
-        return t.to(torch.float16 if self.half else torch.float32)
+        return family_features(fam, x, self.backend == "torch", self.device, self.half)
 
     def _norms(self, fam: _Family, x) -> list:
-        """Inverse norms of x (float64 sums of squares over each step's kept channels), one
-        array per step: 1 / max(|x'|, EPS)."""
-        out, acc = [], 0.0
-        for block, _ in fam.steps:
-            if self.backend == "faiss":
-                acc = acc + np.square(x[:, block], dtype=np.float64).sum(1)
-                out.append((1.0 / np.maximum(np.sqrt(acc), EPS)).astype(np.float32))
-            else:
-                import torch
-
-                acc = acc + x[:, torch.as_tensor(block, device=x.device)].double().square().sum(1)
-                out.append((1.0 / acc.sqrt().clamp_min(EPS)).float())
-        return out
+        return family_norms(fam, x, self.backend == "torch")
 
     def _prepare(self, fam: _Family, bank):
         x = self._features(fam, bank)
@@ -255,3 +264,79 @@ def topk_by_variant(bank, queries, k: int, variants: dict[str, VariantSpec],
                     device: str = "cpu", backend: str | None = None) -> dict:
     """One-shot :meth:`VariantIndex.search`: {name: (sims, idx)} numpy arrays."""
     return VariantIndex(bank, variants, device, backend).search(queries, k)
+
+
+class VariantAffinity:
+    """Dense cosine similarities of query rows against source rows under every variant of
+    ``variants`` ({name: :class:`VariantSpec`}), for a task that restricts or weighs them
+    itself (tracking's windowed affinities): the same shared products and normalisation as
+    :class:`VariantIndex` (raw and every drop{m} from one product, zscore from one more),
+    without the top-k. Features are prepared once per set of rows (:meth:`prepare`: the
+    family's channel blocks and per-step inverse norms), sliced (:meth:`rows`) and stacked
+    (:meth:`cat`), then compared (:meth:`similarities`).
+
+    ``device``: ``"cpu"`` with numpy (``torch_backend=False``, the default on the CPU) or any
+    torch device; on CUDA the raw features stay float16 (``half``) and the products run on the
+    tensor cores with float32 accumulation (:func:`_mm32`)."""
+
+    def __init__(self, variants: dict[str, VariantSpec], channels: int, device: str = "cpu",
+                 torch_backend: bool | None = None, half: bool | None = None):
+        if not variants:
+            raise ValueError("no variant asked for")
+        self.names = list(variants)
+        self.device = str(device)
+        self.torch = (self.device != "cpu") if torch_backend is None else torch_backend
+        self.half = (self.device.split(":")[0] == "cuda") if half is None else half
+        self.families = plan_families(variants, channels)
+
+    def prepare(self, x) -> list:
+        """Per family: ([x's channel block of each step (n, |b|)], [inverse norms per step (n,)])
+        of raw features x (n, C)."""
+        out = []
+        for fam in self.families:
+            f = family_features(fam, x, self.torch, self.device, self.half)
+            if self.torch:
+                import torch
+
+                blocks = [f[:, torch.as_tensor(b, device=f.device)].contiguous()
+                          for b, _ in fam.steps]
+            else:
+                blocks = [np.ascontiguousarray(f[:, b]) for b, _ in fam.steps]
+            out.append((blocks, family_norms(fam, f, self.torch)))
+        return out
+
+    @staticmethod
+    def rows(prep: list, sl: slice) -> list:
+        """The rows ``sl`` of a prepared set."""
+        return [([b[sl] for b in blocks], [n[sl] for n in norms]) for blocks, norms in prep]
+
+    def cat(self, preps: list) -> list:
+        """Prepared sets stacked row-wise (in order)."""
+        if self.torch:
+            import torch
+
+            join = torch.cat
+        else:
+            join = np.concatenate
+        return [([join([p[f][0][j] for p in preps]) for j in range(len(preps[0][f][0]))],
+                 [join([p[f][1][j] for p in preps]) for j in range(len(preps[0][f][1]))])
+                for f in range(len(self.families))]
+
+    def similarities(self, q: list, s: list):
+        """Yield ``(names, sims)`` per product step: the cosine similarities (nq, ns) float32 of
+        the prepared queries ``q`` against the prepared sources ``s`` under the variants
+        ``names`` (a new array each time; the caller may change it)."""
+        for fam, (qb, qn), (sb, sn) in zip(self.families, q, s):
+            g = None
+            for (_, names), a, b, iq, is_ in zip(fam.steps, qb, sb, qn, sn):
+                if self.torch:
+                    prod = _mm32(a, b.T, split=self.half)
+                else:
+                    from patchlens.device import matmul
+
+                    prod = matmul(a, b.T)
+                if g is None:
+                    g = prod
+                else:
+                    g += prod
+                yield names, g * iq[:, None] * is_[None, :]

@@ -51,6 +51,7 @@ Output rows: metrics ``j``, ``f``, ``jf`` per layer for every sequence and for `
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -61,7 +62,10 @@ from patchlens.errors import ConfigError, DataError
 from patchlens.params import merge_params
 from patchlens.stats.units import records
 from patchlens.evaluation.davis_metrics import jf_labels
-from patchlens.evaluation.propagation import band_rows, labels_to_mask, seed_labels, track
+from patchlens.evaluation.propagation import (band_rows, labels_to_mask, seed_labels,
+                                              track_variants)
+from patchlens.evaluation.similarity import VariantAffinity
+from patchlens.features.variants import VariantSpec, variant_spec
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -115,8 +119,9 @@ def _sequences(dataset, split: str) -> dict[str, list[str]]:
     return seqs
 
 
-def _score_sequence(store, transform, layers, name, frames, masks, p, grid, device=None):
-    """Per layer: (J (n_obj,), F (n_obj,), n_frames) of one sequence, or None if skipped."""
+def _score_sequence(store, variants, layers, name, frames, masks, p, grid, device=None):
+    """{variant: {layer: (J (n_obj,), F (n_obj,), n_frames)}} of one sequence, or None if
+    skipped."""
     first = masks[0]
     present = np.setdiff1d(np.unique(first), [0, VOID])
     if len(present) == 0:
@@ -142,35 +147,57 @@ def _score_sequence(store, transform, layers, name, frames, masks, p, grid, devi
                     name, lost.tolist(), *grid)
     lut = np.zeros(256, np.int64)
     lut[ids] = np.arange(1, len(ids) + 1)
-    out = {}
+    out: dict = {v: {} for v in variants}
     for layer in layers:
-        feats = (transform(layer, store.tokens(layer, [f]))[0] for f in frames[:last + 1])
-        js, fs = [], []
-        for j, f in _frame_scores(feats, seed, masks, lut, len(ids), p, device):
-            js.append(j)
-            fs.append(f)
-        out[layer] = (np.mean(js, axis=0), np.mean(fs, axis=0), len(js))
+        for specs, t in _groups(variants):
+            frames_it = (store.tokens(layer, [f]) for f in frames[:last + 1])
+            feats = (x[0] for x in (frames_it if t is None else (t(layer, x) for x in frames_it)))
+            first = next(feats)
+            aff = VariantAffinity(specs, first.shape[-1], device or "cpu",
+                                  torch_backend=device is not None)
+            js: dict = {v: [] for v in specs}
+            fs: dict = {v: [] for v in specs}
+            for scores in _frame_scores(chain([first], feats), seed, masks, lut, len(ids), p,
+                                        device, aff):
+                for v, (j, f) in scores.items():
+                    js[v].append(j)
+                    fs[v].append(f)
+            for v in specs:
+                out[v][layer] = (np.mean(js[v], axis=0), np.mean(fs[v], axis=0), len(js[v]))
     return out
 
 
-def _frame_scores(feats, seed, masks, lut, n_obj, p, device: str | None):
-    """(J, F) per object of frames 1, 2, ...: numpy (``device`` None) or torch on ``device``
-    (propagation, upsampling and J/F there; :mod:`patchlens.evaluation.propagation_torch`)."""
+def _groups(variants: dict) -> list:
+    """(variants sharing one :class:`VariantAffinity`, token transform) pairs: every
+    :class:`VariantSpec` together on the raw tokens (one product for raw and the drop{m}); any
+    other ``transform(layer, x)`` alone, as the raw variant of its output."""
+    specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
+    return ([(specs, None)] if specs else []) + [
+        ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]
+
+
+def _frame_scores(feats, seed, masks, lut, n_obj, p, device: str | None, aff):
+    """{variant: (J, F) per object} of frames 1, 2, ...: numpy (``device`` None) or torch on
+    ``device`` (propagation, upsampling and J/F there;
+    :mod:`patchlens.evaluation.propagation_torch`); ``aff`` the frames' :class:`VariantAffinity`."""
     args = (p["n_last_frames"], p["size_mask_neighborhood"], p["topk"], p["temperature"])
     if device is None:
-        for t, soft in enumerate(track(feats, seed, *args), start=1):
-            pred = labels_to_mask(soft, masks[t].shape, p["norm_mask"])
-            yield jf_labels(lut[masks[t]], pred, n_obj, masks[t] == VOID, p["bound_th"])
+        for t, softs in enumerate(track_variants(feats, seed, aff, *args), start=1):
+            gt, void = lut[masks[t]], masks[t] == VOID
+            yield {v: jf_labels(gt, labels_to_mask(soft, masks[t].shape, p["norm_mask"]), n_obj,
+                                void, p["bound_th"]) for v, soft in softs.items()}
         return
     import torch
 
     from patchlens.evaluation import davis_torch, propagation_torch as pt
 
     lut_t = torch.from_numpy(lut).to(device)
-    for t, soft in enumerate(pt.track(feats, seed, *args, device=device), start=1):
+    for t, softs in enumerate(pt.track_variants(feats, seed, aff, *args), start=1):
         gt = torch.tensor(np.asarray(masks[t]), device=device)
-        pred = pt.labels_to_mask(soft, tuple(gt.shape), p["norm_mask"])
-        yield davis_torch.jf_labels(lut_t[gt.long()], pred, n_obj, gt == VOID, p["bound_th"])
+        gl, void = lut_t[gt.long()], gt == VOID
+        yield {v: davis_torch.jf_labels(gl, pt.labels_to_mask(soft, tuple(gt.shape),
+                                                              p["norm_mask"]),
+                                        n_obj, void, p["bound_th"]) for v, soft in softs.items()}
 
 
 def _tracking_units(layer: int, per_seq: dict, average: str) -> list:
@@ -190,6 +217,37 @@ def _tracking_units(layer: int, per_seq: dict, average: str) -> list:
     return out
 
 
+def run_variants(store, dataset, variants: dict, params: dict, layers: list[int] | None = None,
+                 units: dict | None = None, device: str = "cpu", engine: str | None = None
+                 ) -> dict[str, pd.DataFrame]:
+    """{variant: :func:`run`'s table} of every variant of ``variants`` ({name:
+    :class:`VariantSpec` or ``transform(layer, x)``}; ``units``: {name: list}) at once: each
+    frame's raw tokens are read once, and in every band one product serves raw and every
+    drop{m} (one more for zscore; :class:`~patchlens.evaluation.similarity.VariantAffinity`);
+    each variant propagates its own labels. The evaluator's ``TaskSpec.run_variants``."""
+    p = check_params(params)
+    engine = choose_engine(engine, device, "tracking")
+    dev = device if engine == "torch" else None
+    layers = list(store.layers) if layers is None else [int(x) for x in layers]
+    grid = tuple(store.grid)
+    seqs = _sequences(dataset, p["split"])
+    per_seq: dict[str, dict] = {v: {} for v in variants}
+    skipped = 0
+    for name, frames in seqs.items():
+        masks = [dataset.load_instance(f) for f in frames]
+        res = _score_sequence(store, variants, layers, name, frames, masks, p, grid, dev)
+        if res is None:
+            skipped += 1
+            continue
+        for v in variants:
+            per_seq[v][name] = res[v]
+    if skipped == len(seqs):
+        raise DataError(f"{dataset.root}: no video sequence of split {p['split']!r} could be "
+                        f"scored ({skipped} skipped, see the warnings)")
+    return {v: _table(per_seq[v], layers, skipped, p, None if units is None else units[v])
+            for v in variants}
+
+
 def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
         units: list | None = None, device: str = "cpu", engine: str | None = None
         ) -> pd.DataFrame:
@@ -203,24 +261,13 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
     the work runs; ``engine``: ``"numpy"`` (the CPU default) or ``"torch"`` (propagation, mask
     upsampling and J/F as torch on ``device``; the default off the CPU).
     """
-    p = check_params(params)
-    engine = choose_engine(engine, device, "tracking")
-    dev = device if engine == "torch" else None
-    layers = list(store.layers) if layers is None else [int(x) for x in layers]
-    grid = tuple(store.grid)
-    seqs = _sequences(dataset, p["split"])
-    per_seq: dict[str, dict] = {}
-    skipped = 0
-    for name, frames in seqs.items():
-        masks = [dataset.load_instance(f) for f in frames]
-        res = _score_sequence(store, transform, layers, name, frames, masks, p, grid, dev)
-        if res is None:
-            skipped += 1
-        else:
-            per_seq[name] = res
-    if not per_seq:
-        raise DataError(f"{dataset.root}: no video sequence of split {p['split']!r} could be "
-                        f"scored ({skipped} skipped, see the warnings)")
+    return run_variants(store, dataset, {"_": transform}, params, layers,
+                        None if units is None else {"_": units}, device, engine)["_"]
+
+
+def _table(per_seq: dict, layers: list[int], skipped: int, p: dict, units: list | None
+           ) -> pd.DataFrame:
+    """One variant's rows (per sequence and ``all``, per layer) and units."""
     rows = []
     for layer in layers:
         seq_j, seq_f, obj_j, obj_f = [], [], [], []
@@ -244,13 +291,13 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
 
 
 def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
-         shared_product: bool = False, tensor_cores: bool = False, on_device: bool = True,
+         shared_product: bool = True, tensor_cores: bool = True, on_device: bool = True,
          kernels_per_band: int = 12) -> dict:
     """The plan's cost of one layer, every variant: in every scored frame each band of target
     rows against the context frames' rows within the radius
-    (:func:`patchlens.evaluation.propagation.propagate`), one float32 product per variant, as
-    the code computes them (each variant propagates its own features; ``shared_product`` /
-    ``tensor_cores``: what a shared float16 product would cost, :func:`similarity_cost`); every
+    (:func:`patchlens.evaluation.propagation.propagate_variants`), the products shared by the
+    variants and float16 on a GPU's tensor cores, as :func:`run_variants` computes them
+    (``similarity_cost``; ``shared_product=False``: one product per variant); every
     frame's mask pixels x (objects + 1) per variant
     upsampled and scored (J&F), in torch on the GPU (``on_device``: ``device_mask_pixels``,
     ``kernels_per_band`` launches per band, variant and frame) or in numpy (``mask_pixels``)."""
@@ -278,4 +325,4 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
 SPEC = register_task(TaskSpec(
     name="tracking", title="Tracking", color="#cc79a7", headline="jf",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=40, figures=("tracking",), flop=flop))
+    order=40, figures=("tracking",), flop=flop, run_variants=run_variants))

@@ -323,3 +323,37 @@ def test_run_on_torch_engine_equals_numpy(tmp_path):
     assert len(u_got) == len(u_ref)
     with pytest.raises(ValueError, match="engine"):
         tracking.run(store, ds, identity, params, device="cuda", engine="numpy")
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_shared_products_equal_each_variant_tracked_alone(tmp_path, engine):
+    """run_variants (one product per band for raw and every drop{m}, one for zscore) equals
+    tracking each variant on its own transformed features (the per-variant contract), with two
+    loud channels that carry most of the norm (as MAE's): the drop variants lose them. Patches
+    of one object share one feature vector, so the neighbours have no near-ties (only exact
+    ones, broken alike)."""
+    from patchlens.features.variants import variant_spec
+
+    def loud(m):  # the oracle's channels and two loud ones: the frame's quadrant, not objects
+        x = oracle(m)
+        yy, xx = np.indices(x.shape[1:3])
+        quad = np.stack([yy < x.shape[1] // 2, xx < x.shape[2] // 2], -1).astype(np.float32)
+        return np.concatenate([x, np.broadcast_to(20.0 + 40.0 * quad, x.shape[:3] + (2,))], -1)
+
+    ds, store = build(tmp_path, {"u": moving_boxes(T, H, W, UNALIGNED),
+                                 "v": moving_boxes(T, H, W, ALIGNED)}, loud)
+    tok = store.tokens(0).reshape(-1, store.tokens(0).shape[-1]).astype(np.float64)
+    specs = {v: variant_spec(v, tok.mean(0), tok.var(0))
+             for v in ["raw", "zscore", "drop1", "drop2"]}
+    params = dict(tracking.DEFAULT_PARAMS)
+    units = {v: [] for v in specs}
+    got = tracking.run_variants(store, ds, specs, params, units=units, engine=engine)
+    for v, spec in specs.items():
+        alone_units = []
+        alone = tracking.run(store, ds, lambda layer, x, s=spec: s.apply(x), params,
+                             units=alone_units, engine=engine)
+        np.testing.assert_allclose(got[v]["value"], alone["value"], atol=1e-6)
+        assert got[v].drop(columns="value").equals(alone.drop(columns="value"))
+        assert len(units[v]) == len(alone_units)
+    # the variants differ: the loud channels steer raw's neighbours, not drop2's
+    assert not np.allclose(got["raw"]["value"], got["drop2"]["value"])
