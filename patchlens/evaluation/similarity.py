@@ -260,6 +260,18 @@ def _mm32(a, b, split: bool = False):
     return mm(ah, bh).add_(mm(ah, bl)).add_(mm(al, bh))
 
 
+def spec_groups(variants: dict) -> list:
+    """``(variants sharing one product, token transform)`` pairs of ``variants`` ({name:
+    :class:`VariantSpec` or ``transform(layer, x)``}): every :class:`VariantSpec` together, on
+    the raw tokens (transform None); any other transform alone, as the ``raw`` variant of its
+    own output (the evaluator's older contract)."""
+    from patchlens.features.variants import variant_spec
+
+    specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
+    return ([(specs, None)] if specs else []) + [
+        ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]
+
+
 def topk_by_variant(bank, queries, k: int, variants: dict[str, VariantSpec],
                     device: str = "cpu", backend: str | None = None) -> dict:
     """One-shot :meth:`VariantIndex.search`: {name: (sims, idx)} numpy arrays."""

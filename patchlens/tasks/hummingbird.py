@@ -17,7 +17,8 @@ NeCo, Franca and others; every difference from it: ``docs/protocols.md#hummingbi
    the sum of the frequencies of the classes it holds times a uniform random number in [0, 1)
    (seeded per image and seed), and the lowest scores are kept.
 4. Retrieval: each query patch (``query_split``) takes its ``k`` (30) most cosine-similar memory
-   patches (exact search, :class:`patchlens.evaluation.knn.CosineIndex`; or an approximate faiss
+   patches (exact search, :class:`patchlens.evaluation.similarity.VariantIndex`, one product
+   for raw and every drop{m}, float16 tensor cores on a GPU; or an approximate faiss
    index, ``index: ivf | hnsw``, whose recall@k against exact search is measured on
    ``recall_sample`` query patches and reported as metric ``recall_at_k``), weighted by
    softmax(sim / ``temperature``) (0.02), and its label scores are the weighted sum of their soft
@@ -45,7 +46,8 @@ from patchlens.data.layout import subsample
 from patchlens.device import choose_engine
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.ann import KINDS, ApproxCosineIndex, recall_at_k
-from patchlens.evaluation.knn import CosineIndex, check_vote_params, weighted_vote
+from patchlens.evaluation.knn import check_vote_params, weighted_vote
+from patchlens.evaluation.similarity import VariantIndex, spec_groups
 from patchlens.evaluation.labels import class_lut, load_labels
 from patchlens.evaluation.support import check_seeds
 from patchlens.evaluation.upsample import grid_fraction, resize_bilinear, upsample_argmax
@@ -199,15 +201,6 @@ def _memory(dataset, p, lut, K, grid, has_gt, seed):
     return images, picks, np.concatenate(labs), per
 
 
-def _index(bank, p, device, seed, torch_path: bool):
-    exact = CosineIndex(bank, backend="torch" if torch_path else "faiss", device=device)
-    if p["index"] == "exact":
-        return exact, None
-    approx = ApproxCosineIndex(bank, p["index"], p["nlist"], p["nprobe"], p["hnsw_m"],
-                               p["ef_search"], seed)
-    return approx, exact
-
-
 def _predict(scores: np.ndarray, size, device: str | None) -> np.ndarray:
     """Label indices (H, W) of the bilinearly upsampled scores (h, w, K+1). Labels scoring 0 on
     every patch are left out first: they cannot win (an upsampled pixel's scores sum to 1), so
@@ -221,16 +214,17 @@ def _predict(scores: np.ndarray, size, device: str | None) -> np.ndarray:
     return cols[upsample_argmax(sub, size, device)]
 
 
-def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
-        units: list | None = None, device: str = "cpu", engine: str | None = None
-        ) -> pd.DataFrame:
-    """Score every layer (module docstring): rows (layer, seed) with metrics ``miou`` (and
-    ``miou_hungarian``, ``recall_at_k`` when asked for), ``n_eval`` / ``n_skipped`` (query
-    images), ``n_memory`` (memory patches), ``n_memory_images``, ``n_patches_per_image``.
-    ``units`` receives per query image and class tp / fp / fn (aggregator ``iou``).
-    ``device``: where the exact search and the upsampling run; ``engine``: ``"numpy"`` (faiss
-    and numpy, the CPU default) or ``"torch"`` (torch matmul + top-k and the upsampling on
-    ``device``; the default off the CPU)."""
+def run_variants(store, dataset, variants: dict, params: dict, layers: list[int] | None = None,
+                 units: dict | None = None, device: str = "cpu", engine: str | None = None
+                 ) -> dict[str, pd.DataFrame]:
+    """{variant: :func:`run`'s table} of every variant of ``variants`` ({name:
+    :class:`~patchlens.features.variants.VariantSpec` or ``transform(layer, x)``}; ``units``:
+    {name: list}) at once: the memory and query tokens are read once per layer and seed, and
+    the exact search of every variant comes from one
+    :class:`~patchlens.evaluation.similarity.VariantIndex` (raw and every drop{m} from one
+    product, zscore from one more; float16 tensor cores on CUDA). An approximate index
+    (``index: ivf | hnsw``) is built per variant on its transformed features; the exact search
+    then runs on the recall sample only. The evaluator's ``TaskSpec.run_variants``."""
     p = check_params(params)
     engine = choose_engine(engine, device, "hummingbird")
     up_dev = device if engine == "torch" else None
@@ -249,72 +243,116 @@ def run(store, dataset, transform, params: dict, layers: list[int] | None = None
             log.warning("%s: query image %r has no semantic mask; skipped", TASK, im)
     gts = {im: load_labels(dataset, im, lut) for im in query}
     mems = {seed: _memory(dataset, p, lut, K, grid, has_gt, seed) for seed in p["seeds"]}
-    rows = []
+    rows: dict = {v: [] for v in variants}
+    n_q = len(query) * grid[0] * grid[1]
+    stride = max(1, n_q // p["recall_sample"])
     for layer in layers:
         for seed, (images, picks, mem_labels, per) in mems.items():
-            bank = np.concatenate([                       # memory images in chunks
-                t.reshape(-1, t.shape[-1])[i]
-                for c0 in range(0, len(images), _CHUNK)
-                for t, i in zip(transform(layer, store.tokens(layer, images[c0:c0 + _CHUNK])),
-                                picks[c0:c0 + _CHUNK])])
-            index, exact = _index(bank, p, device, seed, engine == "torch")
-            per_image = np.zeros((len(query), K + 1, K + 1), np.int64)
-            n_q = len(query) * grid[0] * grid[1]
-            stride = max(1, n_q // p["recall_sample"])
-            recalls = []
-            for c0 in range(0, len(query), _CHUNK):
-                chunk = query[c0:c0 + _CHUNK]
-                q = transform(layer, store.tokens(layer, chunk))
-                n, h, w, C = q.shape
-                q = q.reshape(n * h * w, C)
-                sims, idx = index.search(q, p["k"])
-                if exact is not None:
-                    off = c0 * h * w
-                    sel = np.arange((-off) % stride, len(q), stride)
-                    recalls.append(recall_at_k(idx[sel], exact.search(q[sel], p["k"])[1]))
-                sc = weighted_vote(sims, np.maximum(idx, 0), mem_labels, K + 1, p["temperature"])
-                sc = sc.astype(np.float32).reshape(n, h, w, K + 1)
-                for i, im in enumerate(chunk):
-                    pred = _predict(sc[i], gts[im].shape, up_dev)
-                    g = gts[im].ravel()
-                    keep = g >= 0
-                    per_image[c0 + i] = np.bincount(
-                        g[keep] * (K + 1) + pred.ravel()[keep],
-                        minlength=(K + 1) ** 2).reshape(K + 1, K + 1)
-            conf = per_image.sum(0)
-            extra = {"n_eval": len(query), "n_skipped": len(query_all) - len(query),
-                     "n_memory": len(bank), "n_memory_images": len(images),
-                     "n_patches_per_image": per}
-            scored = [("miou", per_image)]
-            if p["hungarian"]:
-                scored.append(("miou_hungarian", per_image[:, :, hungarian_order(conf, K)]))
-            for metric, ms in scored:
-                rows.append({"layer": layer, "seed": seed, "metric": metric,
-                             "value": miou(ms.sum(0), K), **extra})
-                if units is not None:
-                    tp, fp, fn = iou_counts(ms, K)
-                    units.append(records(layer, seed, metric, query, "iou", tp=tp, fp=fp, fn=fn))
-            if recalls:
-                r = np.concatenate(recalls)
-                rows.append({"layer": layer, "seed": seed, "metric": "recall_at_k",
-                             "value": float(r.mean()), **extra})
-                if units is not None:
-                    units.append(records(layer, seed, "recall_at_k", np.arange(len(r)), num=r))
-    return pd.DataFrame(rows)
+            for specs, t in spec_groups(variants):
+                def tokens(ims, t=t):
+                    x = store.tokens(layer, ims)
+                    return x if t is None else t(layer, x)
+
+                bank = np.concatenate([                   # memory images in chunks
+                    x.reshape(-1, x.shape[-1])[i]
+                    for c0 in range(0, len(images), _CHUNK)
+                    for x, i in zip(tokens(images[c0:c0 + _CHUNK]), picks[c0:c0 + _CHUNK])])
+                exact = VariantIndex(bank, specs, device if engine == "torch" else "cpu",
+                                     "torch" if engine == "torch" else "faiss")
+                approx = None if p["index"] == "exact" else {
+                    v: ApproxCosineIndex(np.asarray(s.apply(bank), np.float32), p["index"],
+                                         p["nlist"], p["nprobe"], p["hnsw_m"], p["ef_search"],
+                                         seed) for v, s in specs.items()}
+                per_image = {v: np.zeros((len(query), K + 1, K + 1), np.int64) for v in specs}
+                recalls: dict = {v: [] for v in specs}
+                for c0 in range(0, len(query), _CHUNK):
+                    chunk = query[c0:c0 + _CHUNK]
+                    q = tokens(chunk)
+                    n, h, w, C = q.shape
+                    q = q.reshape(n * h * w, C)
+                    if approx is None:
+                        found = exact.search(q, p["k"])
+                    else:
+                        sel = np.arange((-c0 * h * w) % stride, len(q), stride)
+                        ref = exact.search(q[sel], p["k"])
+                        found = {}
+                        for v, s in specs.items():
+                            found[v] = approx[v].search(np.asarray(s.apply(q), np.float32),
+                                                        p["k"])
+                            recalls[v].append(recall_at_k(found[v][1][sel], ref[v][1]))
+                    for v, (sims, idx) in found.items():
+                        sc = weighted_vote(sims, np.maximum(idx, 0), mem_labels, K + 1,
+                                           p["temperature"])
+                        sc = sc.astype(np.float32).reshape(n, h, w, K + 1)
+                        for i, im in enumerate(chunk):
+                            pred = _predict(sc[i], gts[im].shape, up_dev)
+                            g = gts[im].ravel()
+                            keep = g >= 0
+                            per_image[v][c0 + i] = np.bincount(
+                                g[keep] * (K + 1) + pred.ravel()[keep],
+                                minlength=(K + 1) ** 2).reshape(K + 1, K + 1)
+                extra = {"n_eval": len(query), "n_skipped": len(query_all) - len(query),
+                         "n_memory": len(bank), "n_memory_images": len(images),
+                         "n_patches_per_image": per}
+                for v in specs:
+                    rows[v] += _score_rows(layer, seed, per_image[v], recalls[v], query, extra,
+                                           p, K, None if units is None else units[v])
+    return {v: pd.DataFrame(r) for v, r in rows.items()}
+
+
+def _score_rows(layer, seed, per_image, recalls, query, extra, p, K, units) -> list:
+    """The rows (and units) of one (layer, seed, variant) from its per-image confusions."""
+    rows = []
+    conf = per_image.sum(0)
+    scored = [("miou", per_image)]
+    if p["hungarian"]:
+        scored.append(("miou_hungarian", per_image[:, :, hungarian_order(conf, K)]))
+    for metric, ms in scored:
+        rows.append({"layer": layer, "seed": seed, "metric": metric,
+                     "value": miou(ms.sum(0), K), **extra})
+        if units is not None:
+            tp, fp, fn = iou_counts(ms, K)
+            units.append(records(layer, seed, metric, query, "iou", tp=tp, fp=fp, fn=fn))
+    if recalls:
+        r = np.concatenate(recalls)
+        rows.append({"layer": layer, "seed": seed, "metric": "recall_at_k",
+                     "value": float(r.mean()), **extra})
+        if units is not None:
+            units.append(records(layer, seed, "recall_at_k", np.arange(len(r)), num=r))
+    return rows
+
+
+def run(store, dataset, transform, params: dict, layers: list[int] | None = None,
+        units: list | None = None, device: str = "cpu", engine: str | None = None
+        ) -> pd.DataFrame:
+    """Score every layer (module docstring): rows (layer, seed) with metrics ``miou`` (and
+    ``miou_hungarian``, ``recall_at_k`` when asked for), ``n_eval`` / ``n_skipped`` (query
+    images), ``n_memory`` (memory patches), ``n_memory_images``, ``n_patches_per_image``.
+    ``units`` receives per query image and class tp / fp / fn (aggregator ``iou``).
+    ``device``: where the exact search and the upsampling run; ``engine``: ``"numpy"`` (faiss
+    and numpy, the CPU default) or ``"torch"`` (torch matmul + top-k and the upsampling on
+    ``device``; the default off the CPU)."""
+    return run_variants(store, dataset, {"_": transform}, params, layers,
+                        None if units is None else {"_": units}, device, engine)["_"]
 
 
 def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) -> dict:
-    """Resource plan (:func:`patchlens.plan.task_cost`): one layer costs, per seed and variant,
-    the exact search of every query patch against the memory bank (2 n_query n_memory C)."""
+    """Resource plan (:func:`patchlens.plan.task_cost`): one layer costs, per seed, the exact
+    search of every query patch against the memory bank for every variant, the products shared
+    (:func:`~patchlens.evaluation.similarity_cost.similarity_cost`: 2 n_query n_memory C per
+    product, every similarity visited once per variant)."""
+    from patchlens.evaluation.similarity_cost import similarity_cost
+
     p = check_params(p)
     P = grid[0] * grid[1]
     n_img = max(1, int(counts.get(p["memory_split"], 0) * p["fraction"]))
     per = min(P, p["patches_per_image"] or max(1, p["memory_size"] // n_img))
     n_query = counts.get(p["query_split"], 0) * P
-    return {"flop": len(variants) * len(p["seeds"]) * 2.0 * n_query * n_img * per * C}
+    cost = similarity_cost(n_query, n_img * per, C, variants)
+    return {k: v * len(p["seeds"]) for k, v in cost.items()}
 
 
 SPEC = register_task(TaskSpec(
     name=TASK, title="Hummingbird retrieval", color="#8c564b", headline="miou",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=80, figures=("hummingbird",), flop=flop))
+    order=80, figures=("hummingbird",), flop=flop, run_variants=run_variants))

@@ -64,8 +64,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.davis_metrics import jf_labels
 from patchlens.evaluation.propagation import (band_rows, labels_to_mask, seed_labels,
                                               track_variants)
-from patchlens.evaluation.similarity import VariantAffinity
-from patchlens.features.variants import VariantSpec, variant_spec
+from patchlens.evaluation.similarity import VariantAffinity, spec_groups
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -149,7 +148,7 @@ def _score_sequence(store, variants, layers, name, frames, masks, p, grid, devic
     lut[ids] = np.arange(1, len(ids) + 1)
     out: dict = {v: {} for v in variants}
     for layer in layers:
-        for specs, t in _groups(variants):
+        for specs, t in spec_groups(variants):
             frames_it = (store.tokens(layer, [f]) for f in frames[:last + 1])
             feats = (x[0] for x in (frames_it if t is None else (t(layer, x) for x in frames_it)))
             first = next(feats)
@@ -165,15 +164,6 @@ def _score_sequence(store, variants, layers, name, frames, masks, p, grid, devic
             for v in specs:
                 out[v][layer] = (np.mean(js[v], axis=0), np.mean(fs[v], axis=0), len(js[v]))
     return out
-
-
-def _groups(variants: dict) -> list:
-    """(variants sharing one :class:`VariantAffinity`, token transform) pairs: every
-    :class:`VariantSpec` together on the raw tokens (one product for raw and the drop{m}); any
-    other ``transform(layer, x)`` alone, as the raw variant of its output."""
-    specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
-    return ([(specs, None)] if specs else []) + [
-        ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]
 
 
 def _frame_scores(feats, seed, masks, lut, n_obj, p, device: str | None, aff):

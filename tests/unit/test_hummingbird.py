@@ -231,3 +231,35 @@ def test_torch_engine_equals_numpy(tmp_path):
     np.testing.assert_allclose(got.value, ref.value, atol=1e-6)
     with pytest.raises(ValueError, match="engine"):
         hb.run(store, ds, identity, params(), device="cuda", engine="numpy")
+
+
+@pytest.mark.parametrize("engine", ["numpy", "torch"])
+def test_every_variant_from_shared_products_equals_each_alone(tmp_path, engine):
+    """run_variants (one VariantIndex per layer and seed: raw and the drop{m} from one product,
+    zscore from one more) gives each variant the scores and units of running it alone on its
+    transformed features; two loud channels (most of the norm, as MAE's) make the variants
+    differ. The loud channels are constant over an image, the others the oracle's: one vector
+    per (image, class mix), so no near-ties."""
+    from patchlens.features.variants import variant_spec
+
+    ds, store0 = build(tmp_path)
+    tok = store0.tokens(0)
+    per_image = 30.0 + 50.0 * np.random.default_rng(5).random((tok.shape[0], 1, 1, 2))
+    loud = np.concatenate([tok, np.broadcast_to(per_image, tok.shape[:-1] + (2,))],
+                          -1).astype(np.float32)
+    names = list(store0.images)
+    store = FeatureStore(write_store(tmp_path / "loud.h5", names, loud[:, None]))
+    flat = loud.reshape(-1, loud.shape[-1]).astype(np.float64)
+    specs = {v: variant_spec(v, flat.mean(0), flat.var(0))
+             for v in ["raw", "zscore", "drop1", "drop2"]}
+    units = {v: [] for v in specs}
+    got = hb.run_variants(store, ds, specs, params(seeds=[0, 1]), units=units, engine=engine)
+    for v, spec in specs.items():
+        alone_units = []
+        alone = hb.run(store, ds, lambda layer, x, s=spec: s.apply(x), params(seeds=[0, 1]),
+                       units=alone_units, engine=engine)
+        np.testing.assert_allclose(got[v].value, alone.value, atol=1e-9)
+        assert got[v].drop(columns="value").equals(alone.drop(columns="value"))
+        for a, b in zip(units[v], alone_units, strict=True):
+            assert a.equals(b)
+    assert got["drop2"].value.min() >= 0.99 > got["raw"].value.max()  # loud noise misleads raw
