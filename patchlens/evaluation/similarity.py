@@ -29,6 +29,8 @@ device; the tests run it on the CPU in float32). Protocol: docs/protocols.md#few
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +115,37 @@ def family_norms(fam: _Family, x, torch_backend: bool = False) -> list:
     return out
 
 
+def select_threads() -> int:
+    """Threads of the per-variant passes on the CPU: the job's (``OMP_NUM_THREADS``, which
+    Snakemake sets to a rule's threads), else the CPUs this process may use."""
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        return max(1, min(int(os.environ.get("OMP_NUM_THREADS", avail)), avail or 1))
+    except ValueError:
+        return max(1, avail or 1)
+
+
+def _row_slices(n: int, parts: int) -> list[slice]:
+    bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def _add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
+    """g += a @ bt in place (g (m, n) C-contiguous float32, a (m, c), bt (c, n)): BLAS sgemm
+    with beta = 1, one pass over g instead of a product written and then added."""
+    from scipy.linalg.blas import sgemm
+
+    out = sgemm(1.0, bt.T, a.T, beta=1.0, c=g.T, overwrite_c=True)  # g.T = bt.T a.T + g.T
+    if not np.shares_memory(out, g):  # BLAS could not work in place: copy back
+        g[...] = out.T
+
+
+def _scaled_topk(g: np.ndarray, inv: np.ndarray, buf: np.ndarray, k: int):
+    """Top-k of the rows of g x inv (columns scaled by the bank's inverse norms), via buf."""
+    np.multiply(g, inv[None, :], out=buf)
+    return _heap_topk(buf, k)
+
+
 def _heap_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (descending) of each row of a float32 C-contiguous (nq, n) block: faiss's heaps."""
     import faiss
@@ -186,26 +219,36 @@ class VariantIndex:
         k = min(int(k), self.n)
         step = max(1, self.chunk_bytes // (4 * self.n))
         parts: dict[str, list] = {n: [] for n in self.names}
-        if self.backend == "faiss":  # three (chunk, n) blocks reused: fresh ones page-fault
-            self._work = np.empty((3, min(step, queries.shape[0]), self.n), np.float32)
+        if self.backend == "faiss":  # two (chunk, n) blocks reused: fresh ones page-fault
+            self._work = np.empty((2, min(step, queries.shape[0]), self.n), np.float32)
+            self._threads = select_threads()
+            pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+            self._map = pool.map if pool else map
         for s in range(0, queries.shape[0], step):
             for fam, (blocks, inv_s) in zip(self.families, self._banks):
                 q = self._features(fam, queries[s:s + step])
                 run = self._chunk_faiss if self.backend == "faiss" else self._chunk_torch
                 for name, res in run(fam, q, blocks, inv_s, k):
                     parts[name].append(res)
+        if self.backend == "faiss" and pool is not None:
+            pool.shutdown()
         return {n: self._join(parts[n], k, as_tensors) for n in self.names}
 
     def _chunk_faiss(self, fam, q, blocks, inv_s, k):
         inv_q = self._norms(fam, q)
-        g, prod, buf = (w[:q.shape[0]] for w in self._work)
+        g, buf = (w[:q.shape[0]] for w in self._work)
         for i, ((block, names), bank_t, iq, ib) in enumerate(zip(fam.steps, blocks, inv_q,
                                                                    inv_s)):
-            np.matmul(np.ascontiguousarray(q[:, block]), bank_t, out=prod if i else g)
+            qb = np.ascontiguousarray(q[:, block])
             if i:
-                g += prod
-            np.multiply(g, ib[None, :], out=buf)
-            vals, idx = _heap_topk(buf, k)
+                _add_product(g, qb, bank_t)
+            else:
+                np.matmul(qb, bank_t, out=g)
+            # each variant's pass (the norms, the top-k heaps) on row slices, one per thread
+            found = list(self._map(lambda sl, ib=ib: _scaled_topk(g[sl], ib, buf[sl], k),
+                                   _row_slices(q.shape[0], self._threads)))
+            vals = np.concatenate([v for v, _ in found])
+            idx = np.concatenate([i for _, i in found])
             vals *= iq[:, None]
             for name in names:
                 yield name, (vals, idx)
