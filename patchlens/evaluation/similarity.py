@@ -260,8 +260,8 @@ class VariantIndex:
         g = None
         for (block, names), bank_t, iq, ib in zip(fam.steps, blocks, inv_q, inv_s):
             qb = q[:, torch.as_tensor(block, device=q.device)]
-            prod = _mm32(qb, bank_t, split=self.half)
-            g = prod if g is None else g.add_(prod)
+            g = _mm32(qb, bank_t, split=self.half) if g is None else \
+                _addmm32(g, qb, bank_t, split=self.half)
             vals, idx = torch.topk(g * ib[None, :], k, dim=1, largest=True, sorted=True)
             vals = vals * iq[:, None]
             for name in names:
@@ -313,6 +313,19 @@ def spec_groups(variants: dict) -> list:
     specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
     return ([(specs, None)] if specs else []) + [
         ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]
+
+
+def _addmm32(g, a, b, split: bool = False):
+    """g += a @ b in place (g float32): on CUDA with float16 inputs in the product's epilogue
+    (``addmm`` with a float32 output, beta = 1: one pass over g), else :func:`_mm32` added."""
+    import torch
+
+    if g.is_cuda and a.dtype == torch.float16 and b.dtype == torch.float16:
+        try:
+            return torch.addmm(g, a, b, out_dtype=torch.float32, out=g)
+        except (RuntimeError, TypeError, NotImplementedError):  # an older torch: add it
+            pass
+    return g.add_(_mm32(a, b, split))
 
 
 def topk_by_variant(bank, queries, k: int, variants: dict[str, VariantSpec],
@@ -385,13 +398,10 @@ class VariantAffinity:
             g = None
             for (_, names), a, b, iq, is_ in zip(fam.steps, qb, sb, qn, sn):
                 if self.torch:
-                    prod = _mm32(a, b.T, split=self.half)
+                    g = _mm32(a, b.T, split=self.half) if g is None else \
+                        _addmm32(g, a, b.T, split=self.half)
+                elif g is None:
+                    g = np.matmul(a, b.T)
                 else:
-                    from patchlens.device import matmul
-
-                    prod = matmul(a, b.T)
-                if g is None:
-                    g = prod
-                else:
-                    g += prod
+                    _add_product(g, a, b.T)
                 yield names, g * iq[:, None] * is_[None, :]
