@@ -9,8 +9,8 @@ timm, h5py, h5netcdf, numpy, pandas, scipy, pillow (and patchlens from this chec
   both heads through :func:`patchlens.evaluate.score_layers` on ``--device`` (support: 5 shots x
   20 classes, about 100 images; query: VOC's 1449 val images / ``--cut``);
 - ``tracking``: ViT-B/16 label propagation at 480 x 832 (grid 30 x 52) over one generated video
-  of DAVIS's 1999 frames / ``--cut`` frames (:func:`patchlens.tasks.tracking.track`, on the
-  device where it takes one);
+  of DAVIS's 1999 frames / ``--cut`` frames, all seven variants from shared products
+  (:func:`patchlens.evaluation.propagation_torch.track_variants` on the device);
 - ``similarity``: the achieved TFLOP/s of the few-shot similarity products
   (:class:`~patchlens.evaluation.similarity.VariantIndex`, 2 nq n C per product) and an equality
   check of the device path against the CPU path (faiss backend) on a slice of queries.
@@ -24,7 +24,6 @@ where it can be computed here, else empty), peak GPU memory. Meant for one H100/
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import math
 import sys
@@ -109,18 +108,28 @@ def job_fewshot(work: Path, n_train: int, n_query: int, grid: tuple[int, int], c
 
 
 def job_tracking(n_frames: int, grid: tuple[int, int], channels: int, device: str) -> float:
-    """Seconds to propagate a 3-object seed through ``n_frames`` generated frames."""
-    from patchlens.tasks import tracking
+    """Seconds to propagate a 3-object seed through ``n_frames`` generated frames for all seven
+    variants (one shared product per band, :class:`~patchlens.evaluation.similarity.
+    VariantAffinity`), every variant's soft map upsampled to the frame and arg-maxed, on
+    ``device`` (the torch twin off the CPU), as the tracking job runs them."""
+    from patchlens.evaluation import propagation, propagation_torch
+    from patchlens.evaluation.similarity import VariantAffinity
+    from patchlens.features.variants import variant_spec
 
     rng = np.random.default_rng(0)
-    frames = [rng.standard_normal((*grid, channels)).astype(np.float32)
+    frames = [rng.standard_normal((*grid, channels)).astype(np.float16)
               for _ in range(n_frames)]
+    flat = np.concatenate([f.reshape(-1, channels) for f in frames[:8]]).astype(np.float64)
+    specs = {v: variant_spec(v, flat.mean(0), flat.var(0)) for v in VARIANTS}
     seed = np.eye(4, dtype=np.float32)[rng.integers(0, 4, grid)]
-    kw = {"device": device} if "device" in inspect.signature(tracking.track).parameters else {}
+    on_device = device != "cpu"
+    aff = VariantAffinity(specs, channels, device, torch_backend=on_device)
+    mod = propagation_torch if on_device else propagation
+    size = (grid[0] * 16, grid[1] * 16)
     t0 = time.perf_counter()
-    for lab in tracking.track(frames, seed, **kw):
-        tracking.labels_to_mask(np.asarray(lab.cpu() if hasattr(lab, "cpu") else lab),
-                                (grid[0] * 16, grid[1] * 16))
+    for softs in mod.track_variants(iter(frames), seed, aff):
+        for soft in softs.values():
+            mod.labels_to_mask(soft, size)
     _sync(device)
     return time.perf_counter() - t0
 
