@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from patchlens.config import evaluation_jobs  # noqa: E402
 from patchlens.startup import load_config, validate  # noqa: E402
-from patchlens.plan import CORE_RATES, PROBED, add_hours, job_resources, plan, probe  # noqa: E402
+from patchlens.plan import CORE_RATES, CORE_TIMES, PROBED, add_hours, job_resources, plan, probe  # noqa: E402
 
 REAL = {"train": 1464, "val": 1449, "frames": 1999, "videos": 30}
 
@@ -180,6 +180,8 @@ def main():
         rates = probe(path=work)  # all cores; the jobs run on --cores of them
         for k in CORE_RATES:
             rates[k] *= min(args.cores, rates["cores"]) / rates["cores"]
+        for k in CORE_TIMES:
+            rates[k] *= rates["cores"] / min(args.cores, rates["cores"])
         rates["cores"] = args.cores
         record.write_text(json.dumps({"rates": rates, "cut": args.cut}, indent=1))
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -11,7 +11,7 @@ from patchlens.errors import PatchlensError
 
 def _plan(args) -> int:
     from patchlens.config import load_config
-    from patchlens.plan import (CORE_RATES, DEFAULT_RATES, add_hours, format_plan, max_runtime,
+    from patchlens.plan import (CORE_RATES, CORE_TIMES, DEFAULT_RATES, add_hours, format_plan, max_runtime,
                                 plan, probe, split_summary)
 
     config = load_config(args.config)
@@ -33,6 +33,9 @@ def _plan(args) -> int:
         for k in CORE_RATES:
             if rates.get(k):
                 rates[k] *= args.cores / cores
+        for k in CORE_TIMES:
+            if rates.get(k):
+                rates[k] *= cores / args.cores
         cores = args.cores
     add_hours(result, rates["cpu_gflops"], rates["read_mbps"], args.gpu_tflops, args.disk_gbps,
               cores=cores, gpu_fp16_tflops=args.gpu_fp16_tflops,

@@ -23,7 +23,8 @@ matmuls only; ``benchmarks/rehearsal.py`` measures how far the real jobs are fro
 """
 from patchlens.data.sizes import split_counts
 from patchlens.plan.facts import feature_bytes, grid_of, model_facts, vit_flop, vit_mparams
-from patchlens.plan.hours import (BUILD_S_PER_MPARAM, CORE_GFLOPS, CORE_RATES, DEFAULT_RATES,
+from patchlens.plan.hours import (BUILD_S_PER_MPARAM, CORE_GFLOPS, CORE_RATES, CORE_TIMES,
+                                  DEFAULT_RATES,
                                   DISK_GBPS, GPU, GPU_FP16_TFLOPS, GPU_TFLOPS,
                                   LBFGS_GFLOPS, PROBED, STARTUP_S,
                                   UPSAMPLE_NS, add_hours, check_disk, gpu_rates,
@@ -33,7 +34,7 @@ from patchlens.plan.report import drivers, format_plan, human_bytes
 from patchlens.plan.rows import ROW_COSTS, plan, rule_threads, task_cost, task_flop
 from patchlens.plan.splits import job_splits, max_runtime, split_summary
 
-__all__ = ["BUILD_S_PER_MPARAM", "CORE_GFLOPS", "CORE_RATES", "DEFAULT_RATES", "DISK_GBPS",
+__all__ = ["BUILD_S_PER_MPARAM", "CORE_GFLOPS", "CORE_RATES", "CORE_TIMES", "DEFAULT_RATES", "DISK_GBPS",
            "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PROBED", "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS",
            "add_hours", "check_disk", "drivers", "feature_bytes", "format_plan", "gpu_rates", "grid_of",
            "human_bytes", "job_resources", "job_splits", "job_seconds", "max_runtime", "model_facts", "plan", "probe",

@@ -49,8 +49,11 @@ PROBED = tuple(DEFAULT_RATES)
 # the rate of a rule's main FLOPs (the others: numpy's matmul, cpu_gflops)
 RULE_RATE = {"extract_features": "forward_gflops", "attention_stats": "forward_gflops"}
 
-# the probed rates that grow with the cores (a job's share is its threads over the cores)
+# the probed rates that grow with the cores (a job's share is its threads over the cores), and
+# the probed times per item that shrink with them (the per-variant passes run on the job's
+# threads: patchlens.evaluation.similarity.select_threads)
 CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops")
+CORE_TIMES = ("select_ns",)
 
 GPU_TFLOPS = 50.0   # default: sustained fp32 matmul of a current data-centre GPU (H100 SXM: 67 peak)
 DISK_GBPS = 2.0     # default: NVMe read/write of a GPU node, GB/s
@@ -107,7 +110,7 @@ def job_seconds(job: dict, rates: dict, cores: int, gpu: dict | None = None) -> 
     rate = rates.get(RULE_RATE.get(job["rule"], "cpu_gflops")) or rates["cpu_gflops"]
     probe = job.get("probe_flop", 0.0)  # the linear probe's matmuls, at its own rate
     ns = (job.get("pixels", 0.0) * rates["upsample_ns"] + job.get("select", 0.0)
-          * rates["select_ns"] + job.get("device_mask_pixels", 0.0) * rates["track_ns"]
+          * rates["select_ns"] / share + job.get("device_mask_pixels", 0.0) * rates["track_ns"]
           + job.get("elements", 0.0) * rates["reduce_ns"])
     return (fixed + ns * 1e-9 + (job["flop"] - probe) / (rate * share * 1e9)
             + probe / (rates["lbfgs_gflops"] * share * 1e9) + nbytes / (rates["read_mbps"] * 1e6))

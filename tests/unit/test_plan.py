@@ -176,9 +176,9 @@ def test_plan_of_the_demo_counts_jobs_and_disk(demo):
     assert 0 < probe < fs["flop"] and pixels > 0  # the demo runs both heads
     assert fs["flop"] == pytest.approx(sim + probe) and select > 0
     # each job runs with its t threads at t/8 of the all-core rates (matmul; the linear probe's
-    # own); the similarity values of every variant at their ns each; the stage's machine hours
+    # own; the similarity values' passes, at their all-core ns each); the stage's machine hours
     # are its core-hours over the 8 cores
-    job_s = (n * 2.0 + pixels * 3e-9 + select * SELECT_NS * 1e-9
+    job_s = (n * 2.0 + pixels * 3e-9 + select * SELECT_NS * 1e-9 / (t / 8)
              + (fs["flop"] - probe) / (100e9 * t / 8) + probe / (20e9 * t / 8) + io)
     assert fs["hours_cpu"] == pytest.approx(job_s * t / 8 / 3600)
     # on a GPU the upsampling runs there too (its two products per pixel x class), the
