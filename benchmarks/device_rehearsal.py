@@ -109,11 +109,11 @@ def job_fewshot(work: Path, n_train: int, n_query: int, grid: tuple[int, int], c
 
 def job_tracking(n_frames: int, grid: tuple[int, int], channels: int, device: str) -> float:
     """Seconds to propagate a 3-object seed through ``n_frames`` generated frames for all seven
-    variants (one shared product per band, :class:`~patchlens.evaluation.similarity.
+    variants (one shared product per band, :class:`~patchlens.evaluation.affinity.
     VariantAffinity`), every variant's soft map upsampled to the frame and arg-maxed, on
     ``device`` (the torch twin off the CPU), as the tracking job runs them."""
     from patchlens.evaluation import propagation, propagation_torch
-    from patchlens.evaluation.similarity import VariantAffinity
+    from patchlens.evaluation.affinity import VariantAffinity
     from patchlens.features.variants import variant_spec
 
     rng = np.random.default_rng(0)

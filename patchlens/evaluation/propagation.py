@@ -96,7 +96,7 @@ def propagate(target: np.ndarray, ctx_feats: np.ndarray, ctx_labels: np.ndarray,
 def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[int, int],
                        radius: int, topk: int, temperature: float, aff) -> dict:
     """:func:`propagate` for every variant of ``aff`` (a
-    :class:`~patchlens.evaluation.similarity.VariantAffinity`) at once: ``target`` and each of
+    :class:`~patchlens.evaluation.affinity.VariantAffinity`) at once: ``target`` and each of
     ``ctx`` are frames prepared by ``aff.prepare`` (raw features), ``ctx_labels`` {variant:
     (n, P, K)} each variant's own context labels; returns {variant: (P, K)}. One product per
     band serves raw and every drop{m} (one more for zscore)."""
@@ -200,7 +200,7 @@ def track_variants(frames: Iterable[np.ndarray], seed: np.ndarray, aff, n_last_f
                    radius: int = 12, topk: int = 5, temperature: float = 0.1
                    ) -> Iterator[dict]:
     """:func:`track` for every variant of ``aff`` (a
-    :class:`~patchlens.evaluation.similarity.VariantAffinity`) from the raw ``frames`` (each
+    :class:`~patchlens.evaluation.affinity.VariantAffinity`) from the raw ``frames`` (each
     (h, w, C)): yields {variant: soft label map (h, w, K)} of frames 1, 2, ...; each variant
     propagates its own labels, the products of a band are shared by the variants."""
     it = iter(frames)

@@ -59,7 +59,7 @@ def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[in
                        radius: int, topk: int, temperature: float, aff,
                        band_budget: int | None = None) -> dict:
     """The twin of ``propagation.propagate_variants`` (``aff`` a torch-backed
-    :class:`~patchlens.evaluation.similarity.VariantAffinity`): {variant: (P, K)}."""
+    :class:`~patchlens.evaluation.affinity.VariantAffinity`): {variant: (P, K)}."""
     w = grid[1]
 
     def sims(a, b, sa, sb):

@@ -84,7 +84,7 @@ def family_features(fam: _Family, x, torch_backend: bool = False, device: str = 
                     half: bool = False):
     """x (n, C) as a family's product sees it: raw, or zscore-transformed; float32 numpy, or
     (``torch_backend``) a tensor on ``device``: float16 with ``half`` (raw features, which are
-    stored float16: nothing is lost), float32 for zscore features (see :func:`_mm32`)."""
+    stored float16: nothing is lost), float32 for zscore features (see :func:`mm32`)."""
     if not torch_backend:
         x = np.asarray(x, np.float32)
         return x if fam.zscore is None else np.asarray(fam.zscore.apply(x), np.float32)
@@ -95,7 +95,7 @@ def family_features(fam: _Family, x, torch_backend: bool = False, device: str = 
     if fam.zscore is not None:
         mean = torch.as_tensor(fam.zscore.mean, device=device)
         std = torch.as_tensor(fam.zscore.std, device=device)
-        return ((t.double() - mean) / std).float()  # not float16 values: see _mm32
+        return ((t.double() - mean) / std).float()  # not float16 values: see mm32
     return t.to(torch.float16 if half else torch.float32)
 
 
@@ -130,7 +130,7 @@ def _row_slices(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def _add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
+def add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
     """g += a @ bt in place (g (m, n) C-contiguous float32, a (m, c), bt (c, n)): BLAS sgemm
     with beta = 1, one pass over g instead of a product written and then added."""
     from scipy.linalg.blas import sgemm
@@ -241,7 +241,7 @@ class VariantIndex:
                                                                    inv_s)):
             qb = np.ascontiguousarray(q[:, block])
             if i:
-                _add_product(g, qb, bank_t)
+                add_product(g, qb, bank_t)
             else:
                 np.matmul(qb, bank_t, out=g)
             # each variant's pass (the norms, the top-k heaps) on row slices, one per thread
@@ -260,8 +260,8 @@ class VariantIndex:
         g = None
         for (block, names), bank_t, iq, ib in zip(fam.steps, blocks, inv_q, inv_s):
             qb = q[:, torch.as_tensor(block, device=q.device)]
-            g = _mm32(qb, bank_t, split=self.half) if g is None else \
-                _addmm32(g, qb, bank_t, split=self.half)
+            g = mm32(qb, bank_t, split=self.half) if g is None else \
+                add_product_torch(g, qb, bank_t, split=self.half)
             vals, idx = torch.topk(g * ib[None, :], k, dim=1, largest=True, sorted=True)
             vals = vals * iq[:, None]
             for name in names:
@@ -282,7 +282,7 @@ class VariantIndex:
         return (v, i) if as_tensors else (v.cpu().numpy(), i.cpu().numpy())
 
 
-def _mm32(a, b, split: bool = False):
+def mm32(a, b, split: bool = False):
     """a @ b with a float32 result. float16 inputs (the stored features) multiply on the tensor
     cores with float32 accumulation and a float32 output (``out_dtype``, CUDA; on the CPU the
     same values in float32). float32 inputs that are not float16 values (zscore features) with
@@ -303,21 +303,9 @@ def _mm32(a, b, split: bool = False):
     return mm(ah, bh).add_(mm(ah, bl)).add_(mm(al, bh))
 
 
-def spec_groups(variants: dict) -> list:
-    """``(variants sharing one product, token transform)`` pairs of ``variants`` ({name:
-    :class:`VariantSpec` or ``transform(layer, x)``}): every :class:`VariantSpec` together, on
-    the raw tokens (transform None); any other transform alone, as the ``raw`` variant of its
-    own output (the evaluator's older contract)."""
-    from patchlens.features.variants import variant_spec
-
-    specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
-    return ([(specs, None)] if specs else []) + [
-        ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]
-
-
-def _addmm32(g, a, b, split: bool = False):
+def add_product_torch(g, a, b, split: bool = False):
     """g += a @ b in place (g float32): on CUDA with float16 inputs in the product's epilogue
-    (``addmm`` with a float32 output, beta = 1: one pass over g), else :func:`_mm32` added."""
+    (``addmm`` with a float32 output, beta = 1: one pass over g), else :func:`mm32` added."""
     import torch
 
     if g.is_cuda and a.dtype == torch.float16 and b.dtype == torch.float16:
@@ -325,83 +313,10 @@ def _addmm32(g, a, b, split: bool = False):
             return torch.addmm(g, a, b, out_dtype=torch.float32, out=g)
         except (RuntimeError, TypeError, NotImplementedError):  # an older torch: add it
             pass
-    return g.add_(_mm32(a, b, split))
+    return g.add_(mm32(a, b, split))
 
 
 def topk_by_variant(bank, queries, k: int, variants: dict[str, VariantSpec],
                     device: str = "cpu", backend: str | None = None) -> dict:
     """One-shot :meth:`VariantIndex.search`: {name: (sims, idx)} numpy arrays."""
     return VariantIndex(bank, variants, device, backend).search(queries, k)
-
-
-class VariantAffinity:
-    """Dense cosine similarities of query rows against source rows under every variant of
-    ``variants`` ({name: :class:`VariantSpec`}), for a task that restricts or weighs them
-    itself (tracking's windowed affinities): the same shared products and normalisation as
-    :class:`VariantIndex` (raw and every drop{m} from one product, zscore from one more),
-    without the top-k. Features are prepared once per set of rows (:meth:`prepare`: the
-    family's channel blocks and per-step inverse norms), sliced (:meth:`rows`) and stacked
-    (:meth:`cat`), then compared (:meth:`similarities`).
-
-    ``device``: ``"cpu"`` with numpy (``torch_backend=False``, the default on the CPU) or any
-    torch device; on CUDA the raw features stay float16 (``half``) and the products run on the
-    tensor cores with float32 accumulation (:func:`_mm32`)."""
-
-    def __init__(self, variants: dict[str, VariantSpec], channels: int, device: str = "cpu",
-                 torch_backend: bool | None = None, half: bool | None = None):
-        if not variants:
-            raise ValueError("no variant asked for")
-        self.names = list(variants)
-        self.device = str(device)
-        self.torch = (self.device != "cpu") if torch_backend is None else torch_backend
-        self.half = (self.device.split(":")[0] == "cuda") if half is None else half
-        self.families = plan_families(variants, channels)
-
-    def prepare(self, x) -> list:
-        """Per family: ([x's channel block of each step (n, |b|)], [inverse norms per step (n,)])
-        of raw features x (n, C)."""
-        out = []
-        for fam in self.families:
-            f = family_features(fam, x, self.torch, self.device, self.half)
-            if self.torch:
-                import torch
-
-                blocks = [f[:, torch.as_tensor(b, device=f.device)].contiguous()
-                          for b, _ in fam.steps]
-            else:
-                blocks = [np.ascontiguousarray(f[:, b]) for b, _ in fam.steps]
-            out.append((blocks, family_norms(fam, f, self.torch)))
-        return out
-
-    @staticmethod
-    def rows(prep: list, sl: slice) -> list:
-        """The rows ``sl`` of a prepared set."""
-        return [([b[sl] for b in blocks], [n[sl] for n in norms]) for blocks, norms in prep]
-
-    def cat(self, preps: list) -> list:
-        """Prepared sets stacked row-wise (in order)."""
-        if self.torch:
-            import torch
-
-            join = torch.cat
-        else:
-            join = np.concatenate
-        return [([join([p[f][0][j] for p in preps]) for j in range(len(preps[0][f][0]))],
-                 [join([p[f][1][j] for p in preps]) for j in range(len(preps[0][f][1]))])
-                for f in range(len(self.families))]
-
-    def similarities(self, q: list, s: list):
-        """Yield ``(names, sims)`` per product step: the cosine similarities (nq, ns) float32 of
-        the prepared queries ``q`` against the prepared sources ``s`` under the variants
-        ``names`` (a new array each time; the caller may change it)."""
-        for fam, (qb, qn), (sb, sn) in zip(self.families, q, s):
-            g = None
-            for (_, names), a, b, iq, is_ in zip(fam.steps, qb, sb, qn, sn):
-                if self.torch:
-                    g = _mm32(a, b.T, split=self.half) if g is None else \
-                        _addmm32(g, a, b.T, split=self.half)
-                elif g is None:
-                    g = np.matmul(a, b.T)
-                else:
-                    _add_product(g, a, b.T)
-                yield names, g * iq[:, None] * is_[None, :]

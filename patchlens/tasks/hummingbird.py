@@ -47,7 +47,8 @@ from patchlens.device import choose_engine
 from patchlens.errors import ConfigError, DataError
 from patchlens.evaluation.ann import KINDS, ApproxCosineIndex, recall_at_k
 from patchlens.evaluation.knn import check_vote_params, weighted_vote
-from patchlens.evaluation.similarity import VariantIndex, spec_groups
+from patchlens.evaluation.affinity import spec_groups
+from patchlens.evaluation.similarity import VariantIndex
 from patchlens.evaluation.labels import class_lut, load_labels
 from patchlens.evaluation.support import check_seeds
 from patchlens.evaluation.upsample import grid_fraction, resize_bilinear, upsample_argmax

@@ -64,7 +64,7 @@ from patchlens.stats.units import records
 from patchlens.evaluation.davis_metrics import jf_labels
 from patchlens.evaluation.propagation import (band_rows, labels_to_mask, seed_labels,
                                               track_variants)
-from patchlens.evaluation.similarity import VariantAffinity, spec_groups
+from patchlens.evaluation.affinity import VariantAffinity, spec_groups
 from patchlens.tasks.registry import TaskSpec, register_task
 
 log = logging.getLogger("patchlens")
@@ -213,7 +213,7 @@ def run_variants(store, dataset, variants: dict, params: dict, layers: list[int]
     """{variant: :func:`run`'s table} of every variant of ``variants`` ({name:
     :class:`VariantSpec` or ``transform(layer, x)``}; ``units``: {name: list}) at once: each
     frame's raw tokens are read once, and in every band one product serves raw and every
-    drop{m} (one more for zscore; :class:`~patchlens.evaluation.similarity.VariantAffinity`);
+    drop{m} (one more for zscore; :class:`~patchlens.evaluation.affinity.VariantAffinity`);
     each variant propagates its own labels. The evaluator's ``TaskSpec.run_variants``."""
     p = check_params(params)
     engine = choose_engine(engine, device, "tracking")
