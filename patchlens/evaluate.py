@@ -68,13 +68,14 @@ class VariantSpecs:
 
 
 def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params: dict,
-                 device: str = "cpu"):
+                 device: str = "cpu", layers: list[int] | None = None):
     """``{variant: table}`` of every layer, each layer read once for all variants; the per-unit
     records ``{variant: [DataFrame]}`` the task collected (``run(..., units=)``, for the bootstrap
     intervals, docs/protocols.md#resampling-units); and the bytes read. ``spec`` is the task's
     :class:`~patchlens.tasks.registry.TaskSpec`; ``transforms`` is a :class:`VariantSpecs` (then a
     task with ``run_variants`` scores all variants of a layer in one call, on ``device``) or a
-    dict variant -> ``transform(layer, x)`` (``run`` per variant)."""
+    dict variant -> ``transform(layer, x)`` (``run`` per variant). ``layers``: the layers scored
+    (None: every layer of the store, in its order)."""
     names = transforms.variants if isinstance(transforms, VariantSpecs) else list(transforms)
     parts: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
     units: dict[str, list[pd.DataFrame]] = {v: [] for v in names}
@@ -82,7 +83,7 @@ def score_layers(spec, store: FeatureStore, dataset: Dataset, transforms, params
     # a task whose run takes a device (tracking, hummingbird) gets the job's; the others' torch
     # paths follow the gpu_scope of evaluate_all
     on = {"device": device} if "device" in inspect.signature(spec.run).parameters else {}
-    for layer in store.layers:
+    for layer in store.layers if layers is None else layers:
         view = store.layer_view(layer)
         read += view.bytes_read
         per = transforms(layer) if isinstance(transforms, VariantSpecs) else transforms
@@ -110,6 +111,21 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
     ``{"tables", "bytes_read", "file_bytes"}``. ``device``: where a task's torch paths run
     (``"cuda"``: :func:`patchlens.device.device` of the config's ``gpu``; passed to
     ``run_variants``, and a :func:`gpu_scope` for the tasks' other torch paths)."""
+    tables, units, read, size = score_job(task, params, features, dataset_dir, list(out_csvs),
+                                          variance, labels, device)
+    out = {v: finish(table, units[v], bootstrap) for v, table in tables.items()}
+    write_scores(task, out, units, out_csvs, out_units, labels)
+    return {"tables": out, "bytes_read": read, "file_bytes": size}
+
+
+def score_job(task: str, params: dict, features, dataset_dir, variants: list[str], variance=None,
+              labels: dict | None = None, device: str = "cpu", layers: list[int] | None = None,
+              seeds: list[int] | None = None):
+    """The score tables of :func:`evaluate_all` before their intervals ({variant: table}, checked
+    and with the identifying columns), the units ({variant: [DataFrame]}), the bytes read and the
+    file's size. ``layers``: positions along the file's layer axis and ``seeds``: positions into
+    ``params["seeds"]`` that are scored (None: all; a piece of a split job,
+    :mod:`patchlens.plan.splits`); the rows carry the job's whole ``params``."""
     spec = task_spec(task)
     dataset = Dataset(dataset_dir)
     missing = [k for k in spec.requires if not dataset.has(k)]
@@ -117,24 +133,65 @@ def evaluate_all(task: str, params: dict, features, dataset_dir, out_csvs: dict,
         raise DataError(f"{dataset.root}: task {task} needs {', '.join(missing)} ground truth, "
                         "which this data set lacks; remove it from tasks."
                         f"{task}.datasets")
-    transforms = VariantSpecs(out_csvs, variance)
+    run_params = params if seeds is None else {**params,
+                                               "seeds": [params["seeds"][i] for i in seeds]}
+    transforms = VariantSpecs(variants, variance)
     with FeatureStore(features) as store, gpu_scope(device != "cpu"):
-        tables, units, read = score_layers(spec, store, dataset, transforms, params, device)
+        chosen = None if layers is None else [store.layers[i] for i in layers]
+        tables, units, read = score_layers(spec, store, dataset, transforms, run_params, device,
+                                           **({} if chosen is None else {"layers": chosen}))
         n_layers = int(store.attrs.get("n_blocks", max(store.layers) + 1))
     size = Path(features).stat().st_size
     log.info("%s on %s: read %.1f MB of tokens for %d variant(s) (file %.1f MB, ratio %.2f)",
-             task, features, read / 1e6, len(out_csvs), size / 1e6, read / max(size, 1))
-    out = {}
-    for variant, table in tables.items():
-        table = finish_table(table, task, variant, params, n_layers, features, labels)
-        out[variant] = finish(table, units[variant], bootstrap)
-    for variant, table in out.items():  # every table checked before the first is written
+             task, features, read / 1e6, len(variants), size / 1e6, read / max(size, 1))
+    tables = {v: finish_table(table, task, v, params, n_layers, features, labels)
+              for v, table in tables.items()}
+    return tables, units, read, size
+
+
+def write_scores(task: str, tables: dict, units: dict, out_csvs: dict, out_units: dict | None,
+                 labels: dict | None) -> None:
+    """Write every variant's finished score table (CSV) and, with ``out_units``, its units
+    (parquet, with the task, variant and ``labels`` columns), each atomically."""
+    for variant, table in tables.items():  # every table checked before the first is written
         if out_units:
             write_parquet(pd.concat(units[variant], ignore_index=True)
                           .assign(task=task, variant=variant, **(labels or {})),
                           out_units[variant])
         write_csv(table, out_csvs[variant])
-    return {"tables": out, "bytes_read": read, "file_bytes": size}
+
+
+def evaluate_piece(task: str, params: dict, features, dataset_dir, out_scores: dict,
+                   out_units: dict, layers: list[int], seeds: list[int] | None = None,
+                   variance=None, labels: dict | None = None, device: str = "cpu") -> None:
+    """One piece of a split job (:func:`patchlens.plan.splits.job_splits`): the layers at
+    positions ``layers`` (each read once) and the seeds at positions ``seeds`` of every variant
+    of ``out_scores``, written per variant as its score rows without intervals (``out_scores``,
+    parquet) and its units (``out_units``, parquet) for :func:`gather_pieces`."""
+    tables, units, _, _ = score_job(task, params, features, dataset_dir, list(out_scores),
+                                    variance, labels, device, layers, seeds)
+    for variant, table in tables.items():
+        write_parquet(pd.concat(units[variant], ignore_index=True) if units[variant]
+                      else pd.DataFrame(), out_units[variant])
+        write_parquet(table, out_scores[variant])
+
+
+def gather_pieces(task: str, piece_scores: dict, piece_units: dict, out_csvs: dict,
+                  out_units: dict | None = None, labels: dict | None = None,
+                  bootstrap: dict | None = None) -> dict:
+    """The outputs of a split job from its pieces (:func:`evaluate_piece`; ``piece_scores`` and
+    ``piece_units``: {variant: [path of every piece, in the order of the job's layers, then
+    seeds]}): their score rows and units concatenated, so in the order one job over every layer
+    and seed writes them, and the intervals computed over the gathered units
+    (:func:`patchlens.stats.units.finish`: every score's units of every seed, as one job)."""
+    tables, units = {}, {}
+    for variant, paths in piece_scores.items():
+        tables[variant] = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+        units[variant] = [u for u in (pd.read_parquet(p) for p in piece_units[variant])
+                          if not u.empty]
+    out = {v: finish(table, units[v], bootstrap) for v, table in tables.items()}
+    write_scores(task, out, units, out_csvs, out_units, labels)
+    return out
 
 
 def finish_table(table, task, variant, params, n_layers, features, labels):

@@ -31,10 +31,14 @@ from patchlens.plan.hours import (BUILD_S_PER_MPARAM, CORE_GFLOPS, CORE_RATES, D
 from patchlens.plan.probe import probe
 from patchlens.plan.report import drivers, format_plan, human_bytes
 from patchlens.plan.rows import ROW_COSTS, plan, rule_threads, task_cost, task_flop
-from patchlens.plan.splits import job_splits, max_runtime, split_summary
+from patchlens.plan.splits import (PIECE_PATTERN, gather_resources, job_splits, max_runtime,
+                                   parse_piece, piece_resources, split_jobs, split_summary)
 
 __all__ = ["BUILD_S_PER_MPARAM", "CORE_GFLOPS", "CORE_RATES", "DEFAULT_RATES", "DISK_GBPS",
-           "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PROBED", "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS",
-           "add_hours", "check_disk", "drivers", "feature_bytes", "format_plan", "gpu_rates", "grid_of",
-           "human_bytes", "job_resources", "job_splits", "job_seconds", "max_runtime", "model_facts", "plan", "probe",
-           "rule_threads", "split_counts", "split_summary", "task_cost", "task_flop", "vit_flop", "vit_mparams"]
+           "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PIECE_PATTERN", "PROBED",
+           "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS", "add_hours", "check_disk", "drivers",
+           "feature_bytes", "format_plan", "gather_resources", "gpu_rates", "grid_of",
+           "human_bytes", "job_resources", "job_splits", "job_seconds", "max_runtime",
+           "model_facts", "parse_piece", "piece_resources", "plan", "probe", "rule_threads",
+           "split_counts", "split_jobs", "split_summary", "task_cost", "task_flop", "vit_flop",
+           "vit_mparams"]

@@ -11,8 +11,11 @@ declares.
 from __future__ import annotations
 
 import math
+import re
 
 from patchlens.analysis.registry import all_analyses
+from patchlens.config import task_spec
+from patchlens.errors import ConfigError
 from patchlens.plan.hours import CORE_GFLOPS, DISK_GBPS, job_resources
 from patchlens.plan.rows import ROW_COSTS
 
@@ -47,6 +50,13 @@ def _groups(n: int, size: int) -> list[list[int]]:
     return [list(range(a, b)) for a, b in zip(bounds, bounds[1:])]
 
 
+def _seed_pieces(rule: str) -> bool:
+    try:
+        return task_spec(rule).seed_pieces
+    except ConfigError:  # not a task: nothing says its seeds are separable
+        return False
+
+
 def job_splits(result: dict, rule: str, model: str, dataset: str, limit: int,
                core_gflops: float = CORE_GFLOPS, gpu_tflops: float | None = None,
                disk_gbps: float = DISK_GBPS) -> list[tuple[list[int], list[int] | None]]:
@@ -54,15 +64,18 @@ def job_splits(result: dict, rule: str, model: str, dataset: str, limit: int,
     (minutes, :func:`~patchlens.plan.hours.job_resources`) is at most ``limit``: layer
     positions (0 .. n_layers-1 along the feature file's layer axis) in as few even groups as
     fit, and seed positions (into the task's ``seeds`` list) where one layer alone does not
-    fit (None: every seed). ``[(all layers, None)]`` when the whole job fits; a piece of one
-    layer and one seed is returned even if it does not fit (nothing smaller exists)."""
+    fit (None: every seed; only for a task whose ``TaskSpec.seed_pieces``). ``[(all layers,
+    None)]`` when the whole job fits; a piece of one layer and one seed (or one layer, where seeds
+    are not cut) is returned even if it does not fit (nothing smaller exists)."""
     row = next(r for r in result["jobs"]
                if (r["rule"], r["model"], r["dataset"]) == (rule, model, dataset))
     rates = {"core_gflops": core_gflops, "gpu_tflops": gpu_tflops, "disk_gbps": disk_gbps}
     L, S = max(1, row.get("n_layers", 1)), max(1, row.get("n_seeds", 1))
+    by_seeds = S > 1 and _seed_pieces(rule)
     for size in range(L, 0, -1):
         groups = _groups(L, size)
-        if _runtime(piece_row(row, max(map(len, groups)), S), **rates) <= limit:
+        if (_runtime(piece_row(row, max(map(len, groups)), S), **rates) <= limit
+                or (size == 1 and not by_seeds)):
             return [(g, None) for g in groups]
     for size in range(S, 0, -1):
         seeds = _groups(S, size)
@@ -96,3 +109,61 @@ def split_summary(result: dict, limit: int, gpu_tflops: float | None = None) -> 
         if minutes > limit:
             still.append((*key, minutes))
     return {"limit": limit, "jobs_over": len(over), "pieces": pieces, "still_over": still}
+
+
+# -- the pieces in the workflow: a piece's name is its wildcard (rules/tasks.smk), e.g. "l0-3"
+# (layer positions 0 to 3, every seed) or "l5-5_s1-2" (layer 5, seed positions 1 to 2)
+PIECE_PATTERN = r"l\d+-\d+(?:_s\d+-\d+)?"
+
+
+def piece_name(layers: list[int], seeds: list[int] | None = None) -> str:
+    """The name of a piece of consecutive layer (and seed) positions (:func:`job_splits`)."""
+    name = f"l{layers[0]}-{layers[-1]}"
+    return name if seeds is None else f"{name}_s{seeds[0]}-{seeds[-1]}"
+
+
+def parse_piece(name: str) -> tuple[list[int], list[int] | None]:
+    """``(layer positions, seed positions or None)`` of a :func:`piece_name`."""
+    m = re.fullmatch(r"l(\d+)-(\d+)(?:_s(\d+)-(\d+))?", name)
+    if m is None:
+        raise ValueError(f"not a piece name: {name!r}")
+    a, b, c, d = m.groups()
+    layers = list(range(int(a), int(b) + 1))
+    return layers, None if c is None else list(range(int(c), int(d) + 1))
+
+
+def split_jobs(result: dict, limit: int, gpu_tflops: float | None = None) -> dict:
+    """``{(rule, model, dataset): [piece name, ...]}`` of every evaluator job of the plan that
+    :func:`job_splits` cuts into more than one piece (the jobs not listed run whole)."""
+    out = {}
+    for r in result["jobs"]:
+        if r["rule"] in OTHER_RULES:
+            continue
+        key = (r["rule"], r["model"], r["dataset"])
+        parts = job_splits(result, *key, limit, gpu_tflops=gpu_tflops)
+        if len(parts) > 1:
+            out[key] = [piece_name(layers, seeds) for layers, seeds in parts]
+    return out
+
+
+def piece_resources(result: dict, rule: str, model: str, dataset: str, piece: str,
+                    gpu_tflops: float | None = None) -> dict:
+    """``mem_mb`` / ``runtime`` of one piece (:func:`piece_name`) of an evaluator job, as
+    :func:`~patchlens.plan.hours.job_resources` asks them for a whole job."""
+    row = next(r for r in result["jobs"]
+               if (r["rule"], r["model"], r["dataset"]) == (rule, model, dataset))
+    layers, seeds = parse_piece(piece)
+    part = piece_row(row, len(layers), len(seeds) if seeds else max(1, row.get("n_seeds", 1)))
+    return job_resources({"jobs": [part]}, rule, model, dataset, gpu_tflops=gpu_tflops)
+
+
+# A gather (the whole job's outputs from its pieces) reads the pieces' score rows and units and
+# computes the bootstrap intervals, which the plan does not model: a fixed allowance, the whole
+# job's memory (the units of every layer and seed at once).
+GATHER_RUNTIME = 60  # minutes
+
+
+def gather_resources(result: dict, rule: str, model: str, dataset: str) -> dict:
+    """``mem_mb`` / ``runtime`` of the job that gathers a split job's pieces."""
+    whole = job_resources(result, rule, model, dataset)
+    return {"mem_mb": whole["mem_mb"], "runtime": GATHER_RUNTIME}

@@ -68,7 +68,10 @@ class TaskSpec:
     {name: list}); without it the evaluator calls ``run`` once per variant.
     ``lower_is_better``: the task's metric names where a smaller value is the better score (the
     depth errors): the best-layer table takes their minimum, the paired verdicts and the gaps
-    read them the other way (:func:`lower_is_better`)."""
+    read them the other way (:func:`lower_is_better`). ``seed_pieces``: the task's score rows
+    and units of one layer come seed after seed, so a job too long for a cluster may be cut
+    into pieces of seeds and gathered back in order (:mod:`patchlens.plan.splits`); False: by
+    layers only."""
     name: str
     title: str
     color: str
@@ -82,6 +85,7 @@ class TaskSpec:
     flop: Callable | None = None
     run_variants: Callable | None = None
     lower_is_better: tuple[str, ...] = ()
+    seed_pieces: bool = True
 
 
 _REGISTRY: dict[str, TaskSpec] = {}
