@@ -105,7 +105,7 @@ def get_evaluator_inputs(task):
 
 
 def get_piece_inputs(task):
-    """Input function of a task's piece rule (and of a whole job): features, data set, the
+    """Input function of a task's pieces (and of its whole job): features, data set, and the
     channel statistics when a variant of the task needs them."""
     stats = any(needs_stats(v) for v in task_variants(config, task))
 
@@ -194,9 +194,9 @@ def evaluator_resources(task):
                 return whole[key](wildcards) if callable(whole[key]) else whole[key]
             if key == "gpu":
                 return 0
-            return gather_resources(split_plan(), task, wildcards.model, wildcards.dataset)[
-                key
-            ]
+            return gather_resources(
+                split_plan(), task, wildcards.model, wildcards.dataset
+            )[key]
 
         return get
 
@@ -231,8 +231,8 @@ MAX_RUNTIME = max_runtime(config)  # cluster.max_runtime, minutes
 
 @functools.lru_cache(maxsize=None)
 def split_plan():
-    """The plan from the config alone (no prepared manifest), so the pieces of a job are the
-    same in the driver and in every job a cluster starts (a later manifest changes nothing)."""
+    """The plan from the config alone (no prepared manifest): a job's pieces are the same in
+    the driver and in every job a cluster starts, whatever manifest appears later."""
     return plan_study(config, None)
 
 
@@ -240,9 +240,7 @@ def split_plan():
 def job_pieces():
     """{(task, model, dataset): [piece, ...]} of the evaluator jobs longer than
     cluster.max_runtime on the config's node kind (patchlens.plan.split_jobs)."""
-    return split_jobs(
-        split_plan(), MAX_RUNTIME, GPU_TFLOPS if config["gpu"] else None
-    )
+    return split_jobs(split_plan(), MAX_RUNTIME, GPU_TFLOPS if config["gpu"] else None)
 
 
 def piece_file(task, kind, model, dataset, piece, variant):
@@ -255,7 +253,8 @@ def bundle_group(name, runtime):
     profile's group-components bundle of such jobs stays within cluster.max_runtime; no group
     (its own sbatch) otherwise."""
 
-    def group(wildcards):  # the profile's settings are known once the DAG is built, not here
+    # the profile's settings are known once the DAG is built, not when this file is read
+    def group(wildcards):
         bundle = workflow.group_settings.group_components.get(name, 1)
         return name if runtime(wildcards) * max(1, int(bundle)) <= MAX_RUNTIME else None
 
