@@ -7,12 +7,23 @@ from patchlens.data.dataset import Dataset
 from patchlens.device import device
 from patchlens.evaluate import evaluate_all, gather_pieces
 from patchlens.features.store import FeatureStore, expect_identity
+from patchlens.plan import parse_piece
 from patchlens.workflow import run
 
 
 def by_variant(paths, variants):
     """{variant: [path of every piece, in order]} of a piece_file list (piece-major)."""
     return {v: [p for p in paths if Path(p).stem == v] for v in variants}
+
+
+def blocks(paths):
+    """Per piece (in order) the (layers, seeds) cell whose query images it is a part of, or
+    None (the piece's name is the folder above its files: rules/common.smk, piece_file)."""
+    out = []
+    for p in paths:
+        layers, seeds, query = parse_piece(Path(p).parent.parent.name)
+        out.append(None if query is None else (tuple(layers), tuple(seeds or ()), query[1]))
+    return out
 
 
 def main(snakemake):
@@ -22,9 +33,10 @@ def main(snakemake):
     out_units = (dict(zip(variants, snakemake.output.units, strict=True))
                  if "units" in snakemake.output.keys() else None)
     if "piece_scores" in snakemake.input.keys():  # a job cut into pieces: gather them
-        gather_pieces(task=snakemake.params.task,
-                      piece_scores=by_variant(snakemake.input.piece_scores, variants),
+        piece_scores = by_variant(snakemake.input.piece_scores, variants)
+        gather_pieces(task=snakemake.params.task, piece_scores=piece_scores,
                       piece_units=by_variant(snakemake.input.piece_units, variants),
+                      blocks=blocks(piece_scores[variants[0]]),
                       out_csvs=dict(zip(variants, scores, strict=True)), out_units=out_units,
                       labels=labels, bootstrap=snakemake.params.get("bootstrap"))
         return

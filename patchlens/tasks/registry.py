@@ -71,7 +71,10 @@ class TaskSpec:
     read them the other way (:func:`lower_is_better`). ``seed_pieces``: the task's score rows
     and units of one layer come seed after seed, so a job too long for a cluster may be cut
     into pieces of seeds and gathered back in order (:mod:`patchlens.plan.splits`); False: by
-    layers only."""
+    layers only. ``query_pieces``: optional ``merge(tables, units) -> (table, units)`` of one
+    layer and seed scored in parts of its query images (``run_variants(..., query_part=(i,
+    parts))``): the rows and units one call over every query image gives, for a job whose one
+    layer and one seed alone is too long for a cluster."""
     name: str
     title: str
     color: str
@@ -86,6 +89,7 @@ class TaskSpec:
     run_variants: Callable | None = None
     lower_is_better: tuple[str, ...] = ()
     seed_pieces: bool = True
+    query_pieces: Callable | None = None
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

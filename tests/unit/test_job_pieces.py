@@ -1,7 +1,8 @@
 """A job cut into pieces (issue 20, item 5): every task evaluated piece by piece (layer groups,
-or one layer's seed groups, as patchlens.plan.job_splits cuts them) and gathered gives the same
-files, byte for byte, as the one job over every layer and seed (scripts/evaluate.py's two
-paths: evaluate_all, and evaluate_piece + gather_pieces)."""
+one layer's seed groups, and for few-shot segmentation parts of the query images, as
+patchlens.plan.job_pieces cuts them) and gathered gives the same files, byte for byte, as the
+one job over every layer and seed (scripts/evaluate.py's two paths: evaluate_all, and
+evaluate_piece + gather_pieces)."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,8 +14,8 @@ from patchlens.evaluate import evaluate_all, evaluate_piece, gather_pieces
 from patchlens.features.channel_stats import channel_stats, write_stats
 from patchlens.features.store import FeatureStore, write_features
 from patchlens.models.oracle import oracle_tokens
-from patchlens.plan import job_splits, job_resources, parse_piece
-from patchlens.plan.splits import piece_name
+from patchlens.plan import job_resources, parse_piece
+from patchlens.plan.splits import job_pieces, piece_name
 
 SCENES = {"seed": 0, "image_size": 64, "patch_align": 16, "rotation": 0, "n_train": 12,
           "n_val": 6, "n_gallery": 8, "n_identities": 8, "n_videos": 2, "n_frames": 4,
@@ -50,16 +51,17 @@ def study(tmp_path_factory):
 
 
 def pieces_of(task: str, n_seeds: int, by: str) -> list[str]:
-    """The pieces job_splits cuts a 3-layer job of this task into, at a limit that makes it cut
-    by layers (two groups) or by seeds (every layer and seed alone)."""
+    """The pieces job_pieces cuts a 3-layer job of this task into, at a limit that makes it cut
+    by layers (two groups), by seeds (every layer and seed alone) or by query images (every
+    layer and seed in three parts)."""
     row = {"rule": task, "model": "m", "dataset": "d", "threads": 1, "flop": 3 * 2 * 4e13,
            "bytes_read": 0.0, "bytes_written": 0.0, "mem_bytes": 0.0, "n_layers": 3,
            "n_seeds": n_seeds}
     result = {"jobs": [row]}
     whole = job_resources(result, task, "m", "d")["runtime"]
-    limit = whole * 2 // 3 if by == "layers" else whole // (3 * n_seeds) + 1
-    return [piece_name(layers, seeds)
-            for layers, seeds in job_splits(result, task, "m", "d", limit)]
+    limit = {"layers": whole * 2 // 3, "seeds": whole // (3 * n_seeds) + 1,
+             "query": whole // (9 * n_seeds) + 1}[by]
+    return [piece_name(*p) for p in job_pieces(result, task, "m", "d", limit)]
 
 
 def test_job_splits_cuts_seeds_only_where_rows_come_seed_after_seed():
@@ -69,14 +71,24 @@ def test_job_splits_cuts_seeds_only_where_rows_come_seed_after_seed():
     # lowshot_cls loops its features outside the seeds: single layers are its smallest pieces
     assert not task_spec("lowshot_cls").seed_pieces
     assert pieces_of("lowshot_cls", 2, "seeds") == ["l0-0", "l1-1", "l2-2"]
-    assert parse_piece("l5-7") == ([5, 6, 7], None)
-    assert parse_piece("l4-4_s1-2") == ([4], [1, 2])
-    with pytest.raises(ValueError):
-        parse_piece("l1")
+    # where one layer and one seed is still too long: parts of the query images, if the task
+    # can merge them (few-shot segmentation's per-image confusion matrices add up)
+    assert pieces_of("fewshot_seg", 2, "query") == [f"l{i}-{i}_s{s}-{s}_q{q}of3" for i in range(3)
+                                                    for s in range(2) for q in range(3)]
+    assert task_spec("hummingbird").query_pieces is None
+    assert pieces_of("hummingbird", 2, "query") == pieces_of("hummingbird", 2, "seeds")
+    for name in ("l5-7", "l4-4_s1-2", "l0-0_s1-1_q2of3", "l3-3_q0of2"):
+        assert piece_name(*parse_piece(name)) == name
+    assert parse_piece("l4-4_s1-2") == ([4], [1, 2], None)
+    assert parse_piece("l0-0_s1-1_q2of3") == ([0], [1], (2, 3))
+    for bad in ("l1", "l0-0_q3of3", "l0-0_s1"):
+        with pytest.raises(ValueError):
+            parse_piece(bad)
 
 
 @pytest.mark.parametrize("task,by", [(t, "layers") for t in PARAMS]
-                         + [(t, "seeds") for t in PARAMS if "seeds" in PARAMS[t]])
+                         + [(t, "seeds") for t in PARAMS if "seeds" in PARAMS[t]]
+                         + [("fewshot_seg", "query")])
 def test_gathered_pieces_equal_the_whole_job(study, tmp_path, task, by):
     ds, feats, stats = study
     spec = task_spec(task)
@@ -93,15 +105,18 @@ def test_gathered_pieces_equal_the_whole_job(study, tmp_path, task, by):
     pieces = pieces_of(task, n_seeds, by)
     assert len(pieces) > 1
     scores, units = {v: [] for v in variants}, {v: [] for v in variants}
+    blocks = []  # the (layers, seeds) cell of each query part (scripts/evaluate.py, blocks)
     for name in pieces:
-        layers, seeds = parse_piece(name)
+        layers, seeds, query = parse_piece(name)
         s, u = outs(f"{name}_scores", "parquet"), outs(f"{name}_units", "parquet")
-        evaluate_piece(task, params, feats, ds.root, s, u, layers, seeds, stats, LABELS)
+        evaluate_piece(task, params, feats, ds.root, s, u, layers, seeds, stats, LABELS,
+                       query=query)
         for v in variants:
             scores[v].append(s[v])
             units[v].append(u[v])
+        blocks.append(None if query is None else (tuple(layers), tuple(seeds or ())))
     gather_pieces(task, scores, units, outs("gathered", "csv"), outs("gathered_units", "parquet"),
-                  LABELS, BOOT)
+                  LABELS, BOOT, blocks)
     for v in variants:
         whole, gathered = (tmp_path / d / f"{v}.csv" for d in ("whole", "gathered"))
         assert gathered.read_text() == whole.read_text(), f"{task}/{v}: scores differ"
