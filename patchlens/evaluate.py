@@ -171,11 +171,11 @@ def evaluate_piece(task: str, params: dict, features, dataset_dir, out_scores: d
                    out_units: dict, layers: list[int], seeds: list[int] | None = None,
                    variance=None, labels: dict | None = None, device: str = "cpu",
                    query: tuple[int, int] | None = None) -> None:
-    """One piece of a split job (:func:`patchlens.plan.splits.job_splits`): the layers at
+    """One piece of a split job (:func:`patchlens.plan.splits.job_pieces`): the layers at
     positions ``layers`` (each read once), the seeds at positions ``seeds`` and the part
-    ``query`` of the query images (:func:`score_job`) of every variant
-    of ``out_scores``, written per variant as its score rows without intervals (``out_scores``,
-    parquet) and its units (``out_units``, parquet) for :func:`gather_pieces`."""
+    ``query`` of the query images (:func:`score_job`) of every variant of ``out_scores``, written
+    per variant as its score rows without intervals (``out_scores``, parquet) and its units
+    (``out_units``, parquet) for :func:`gather_pieces`."""
     tables, units, _, _ = score_job(task, params, features, dataset_dir, list(out_scores),
                                     variance, labels, device, layers, seeds, query)
     for variant, table in tables.items():
@@ -189,8 +189,8 @@ def gather_pieces(task: str, piece_scores: dict, piece_units: dict, out_csvs: di
                   bootstrap: dict | None = None, blocks: list | None = None) -> dict:
     """The outputs of a split job from its pieces (:func:`evaluate_piece`; ``piece_scores`` and
     ``piece_units``: {variant: [path of every piece, in the order of the job's layers, then
-    seeds]}): their score rows and units concatenated, so in the order one job over every layer
-    and seed writes them, and the intervals computed over the gathered units
+    seeds, then query parts]}): their score rows and units concatenated, so in the order one
+    job over every layer and seed writes them, and the intervals computed over the gathered units
     (:func:`patchlens.stats.units.finish`: every score's units of every seed, as one job).
     ``blocks``: per piece a key, equal for the consecutive pieces that are parts of the query
     images of one (layers, seeds) cell (None: a piece of its own); the task's

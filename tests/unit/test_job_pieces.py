@@ -86,6 +86,19 @@ def test_job_splits_cuts_seeds_only_where_rows_come_seed_after_seed():
             parse_piece(bad)
 
 
+def test_a_query_part_pays_the_probe_fit_and_its_share_of_the_rest():
+    from patchlens.plan.splits import piece_row
+
+    row = {"rule": "fewshot_seg", "model": "m", "dataset": "d", "flop": 1200.0,
+           "probe_flop": 240.0, "sim_flop": 960.0, "select": 60.0, "pixels": 30.0,
+           "bytes_read": 100.0, "bytes_written": 0.0, "n_layers": 4, "n_seeds": 3}
+    part = piece_row(row, 1, 1, parts=5)  # one layer of 4, one seed of 3: 1/12, then 1/5
+    assert part["probe_flop"] == pytest.approx(240 / 12)  # the fit on the support, whole
+    assert part["flop"] == pytest.approx(960 / 12 / 5 + 240 / 12)
+    assert part["sim_flop"] == pytest.approx(960 / 60) and part["select"] == pytest.approx(1.0)
+    assert part["bytes_read"] == pytest.approx(25.0)  # its layer, read whole
+
+
 @pytest.mark.parametrize("task,by", [(t, "layers") for t in PARAMS]
                          + [(t, "seeds") for t in PARAMS if "seeds" in PARAMS[t]]
                          + [("fewshot_seg", "query")])
