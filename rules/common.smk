@@ -85,11 +85,11 @@ def feature_output(path):
 def get_evaluator_inputs(task):
     """Input function of a task's rule: features + data set, and the channel statistics when
     one of the task's variants needs them (one job scores every variant); for a job cut into
-    pieces (job_pieces), the pieces' score rows and units, which it gathers."""
+    pieces (cut_jobs), the pieces' score rows and units, which it gathers."""
     whole = get_piece_inputs(task)
 
     def inputs(wildcards):
-        pieces = job_pieces().get((task, wildcards.model, wildcards.dataset))
+        pieces = cut_jobs().get((task, wildcards.model, wildcards.dataset))
         if not pieces:
             return whole(wildcards)
         return {
@@ -190,7 +190,7 @@ def evaluator_resources(task):
 
     def resource(key):
         def get(wildcards):
-            if (task, wildcards.model, wildcards.dataset) not in job_pieces():
+            if (task, wildcards.model, wildcards.dataset) not in cut_jobs():
                 return whole[key](wildcards) if callable(whole[key]) else whole[key]
             if key == "gpu":
                 return 0
@@ -237,7 +237,7 @@ def split_plan():
 
 
 @functools.lru_cache(maxsize=None)
-def job_pieces():
+def cut_jobs():
     """{(task, model, dataset): [piece, ...]} of the evaluator jobs longer than
     cluster.max_runtime on the config's node kind (patchlens.plan.split_jobs)."""
     return split_jobs(split_plan(), MAX_RUNTIME, GPU_TFLOPS if config["gpu"] else None)
