@@ -23,10 +23,15 @@ from patchlens.report.provenance import provenance_datasets, provenance_pairs
 from patchlens.report.patch_pca import explorer_settings
 from patchlens.plan import (
     GPU_TFLOPS,
+    PIECE_PATTERN,
     check_disk,
+    gather_resources,
     job_resources,
+    max_runtime,
+    piece_resources,
     plan as plan_study,
     rule_threads,
+    split_jobs,
 )
 
 RESULTS = "results"
@@ -41,6 +46,7 @@ wildcard_constraints:
     dataset=DATASET_KEYS,
     model=MODEL_KEYS,
     variant=VARIANT_PATTERN,
+    piece=PIECE_PATTERN,
 
 
 # -- paths: where every file of a run lives, and the params helpers
@@ -78,7 +84,29 @@ def feature_output(path):
 # -- input functions and params: what a rule's jobs read (get_...)
 def get_evaluator_inputs(task):
     """Input function of a task's rule: features + data set, and the channel statistics when
-    one of the task's variants needs them (one job scores every variant)."""
+    one of the task's variants needs them (one job scores every variant); for a job cut into
+    pieces (cut_jobs), the pieces' score rows and units, which it gathers."""
+    whole = get_piece_inputs(task)
+
+    def inputs(wildcards):
+        pieces = cut_jobs().get((task, wildcards.model, wildcards.dataset))
+        if not pieces:
+            return whole(wildcards)
+        return {
+            kind: [
+                piece_file(task, kind, wildcards.model, wildcards.dataset, p, v)
+                for p in pieces
+                for v in task_variants(config, task)
+            ]
+            for kind in ("piece_scores", "piece_units")
+        }
+
+    return inputs
+
+
+def get_piece_inputs(task):
+    """Input function of a task's pieces (and of its whole job): features, data set, and the
+    channel statistics when a variant of the task needs them."""
     stats = any(needs_stats(v) for v in task_variants(config, task))
 
     def inputs(wildcards):
@@ -157,7 +185,80 @@ def extraction_resources(rule_name="extract_features"):
 
 
 def evaluator_resources(task):
-    return planned_resources(task, config["gpu"])
+    """A task job's resources; for a job cut into pieces, those of gathering them."""
+    whole = planned_resources(task, config["gpu"])
+
+    def resource(key):
+        def get(wildcards):
+            if (task, wildcards.model, wildcards.dataset) not in cut_jobs():
+                return whole[key](wildcards) if callable(whole[key]) else whole[key]
+            if key == "gpu":
+                return 0
+            return gather_resources(
+                split_plan(), task, wildcards.model, wildcards.dataset
+            )[key]
+
+        return get
+
+    return {key: resource(key) for key in whole}
+
+
+def piece_job_resources(task):
+    """mem_mb / runtime of a piece from the plan (patchlens.plan.piece_resources)."""
+
+    def resource(key):
+        def get(wildcards):
+            return piece_resources(
+                split_plan(),
+                task,
+                wildcards.model,
+                wildcards.dataset,
+                wildcards.piece,
+                gpu_tflops=GPU_TFLOPS if config["gpu"] else None,
+            )[key]
+
+        return get
+
+    res = {"mem_mb": resource("mem_mb"), "runtime": resource("runtime")}
+    if config["gpu"]:
+        res["gpu"] = 1
+    return res
+
+
+# -- jobs a cluster accepts: evaluator jobs cut into pieces, small jobs bundled (docs/cluster.md)
+MAX_RUNTIME = max_runtime(config)  # cluster.max_runtime, minutes
+
+
+@functools.lru_cache(maxsize=None)
+def split_plan():
+    """The plan from the config alone (no prepared manifest): a job's pieces are the same in
+    the driver and in every job a cluster starts, whatever manifest appears later."""
+    return plan_study(config, None)
+
+
+@functools.lru_cache(maxsize=None)
+def cut_jobs():
+    """{(task, model, dataset): [piece, ...]} of the evaluator jobs longer than
+    cluster.max_runtime on the config's node kind (patchlens.plan.split_jobs)."""
+    return split_jobs(split_plan(), MAX_RUNTIME, GPU_TFLOPS if config["gpu"] else None)
+
+
+def piece_file(task, kind, model, dataset, piece, variant):
+    """A piece's score rows or units (kind piece_scores / piece_units), removed once gathered."""
+    return f"{RESULTS}/pieces/{task}/{model}/{dataset}/{piece}/{kind}/{variant}.parquet"
+
+
+def bundle_group(name, runtime):
+    """group: `name` for a job whose runtime (a function of wildcards) is short enough that the
+    profile's group-components bundle of such jobs stays within cluster.max_runtime; no group
+    (its own sbatch) otherwise."""
+
+    # the profile's settings are known once the DAG is built, not when this file is read
+    def group(wildcards):
+        bundle = workflow.group_settings.group_components.get(name, 1)
+        return name if runtime(wildcards) * max(1, int(bundle)) <= MAX_RUNTIME else None
+
+    return group
 
 
 def disk_check():

@@ -1,6 +1,8 @@
 # Channel statistics of the support split: the basis of the drop{m} and zscore variants, pooled
 # from the per-split moments the extractor stored in the feature file (stats_*; no token is read).
 
+VARIANCE_RUNTIME = 30  # minutes
+
 
 rule channel_variance:
     input:
@@ -13,13 +15,13 @@ rule channel_variance:
     benchmark:
         f"{RESULTS}/benchmarks/channel_variance/{{model}}/{{dataset}}.tsv"
     group:
-        "evaluate"
+        bundle_group("variance", lambda wildcards: VARIANCE_RUNTIME)
     conda:
         EVAL_ENV
     threads: rule_threads(config, "channel_variance")
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=VARIANCE_RUNTIME,
     params:
         split=config["variance"]["split"],
     script:

@@ -33,6 +33,17 @@ def iou_per_class(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(present, tp / np.where(present, union, 1), 0.0), present
 
 
+def mean_iou_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> float:
+    """:func:`mean_iou` from per-class true positives, false positives and false negatives
+    (a confusion matrix's diagonal, column sums minus it, row sums minus it)."""
+    tp = np.asarray(tp, dtype=np.float64)
+    union = tp + np.asarray(fp, dtype=np.float64) + np.asarray(fn, dtype=np.float64)
+    present = union > 0
+    if not present.any():
+        raise ValueError("no labelled pixel was evaluated")
+    return float(np.where(present, tp / np.where(present, union, 1), 0.0)[present].mean())
+
+
 def mean_iou(conf: np.ndarray) -> float:
     """Mean IoU over the classes present in the ground truth or the prediction of a confusion
     matrix accumulated over a whole data set (the PASCAL VOC protocol, Everingham et al. 2010:

@@ -10,7 +10,8 @@ The one home of the cost model (``patchlens plan CONFIG``; the rule resources of
 * :mod:`.facts`: model facts from :func:`patchlens.models.resolve.resolve_model` (width, depth,
   patch size, MLP width, prefix tokens, final norm), the ViT's forward FLOPs, feature bytes;
 * :mod:`.hours`: seconds per job at a machine's rates, stage hours, the rule resources, the
-  disk check; :mod:`.splits`: evaluator jobs cut to a cluster's runtime limit; :mod:`.probe`:
+  disk check; :mod:`.splits`: evaluator jobs cut into pieces that fit a cluster's runtime limit
+  (the workflow's ``<task>_piece`` jobs); :mod:`.probe`:
   this machine's rates; :mod:`.report`: the text table.
 
 Counting (multiply-adds count as 2 FLOPs; float16 tokens as 2 bytes): images per split from a
@@ -32,10 +33,15 @@ from patchlens.plan.hours import (BUILD_S_PER_MPARAM, CORE_GFLOPS, CORE_RATES, C
 from patchlens.plan.probe import probe
 from patchlens.plan.report import drivers, format_plan, human_bytes
 from patchlens.plan.rows import ROW_COSTS, plan, rule_threads, task_cost, task_flop
-from patchlens.plan.splits import job_splits, max_runtime, split_summary
+from patchlens.plan.splits import (PIECE_PATTERN, gather_resources, job_pieces, job_splits,
+                                   max_runtime, parse_piece, piece_resources, split_jobs,
+                                   split_summary)
 
 __all__ = ["BUILD_S_PER_MPARAM", "CORE_GFLOPS", "CORE_RATES", "CORE_TIMES", "DEFAULT_RATES", "DISK_GBPS",
-           "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PROBED", "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS",
-           "add_hours", "check_disk", "drivers", "feature_bytes", "format_plan", "gpu_rates", "grid_of",
-           "human_bytes", "job_resources", "job_splits", "job_seconds", "max_runtime", "model_facts", "plan", "probe",
-           "rule_threads", "split_counts", "split_summary", "task_cost", "task_flop", "vit_flop", "vit_mparams"]
+           "GPU", "GPU_FP16_TFLOPS", "GPU_TFLOPS", "LBFGS_GFLOPS", "PIECE_PATTERN", "PROBED",
+           "ROW_COSTS", "STARTUP_S", "UPSAMPLE_NS", "add_hours", "check_disk", "drivers",
+           "feature_bytes", "format_plan", "gather_resources", "gpu_rates", "grid_of",
+           "human_bytes", "job_pieces", "job_resources", "job_splits", "job_seconds", "max_runtime",
+           "model_facts", "parse_piece", "piece_resources", "plan", "probe", "rule_threads",
+           "split_counts", "split_jobs", "split_summary", "task_cost", "task_flop", "vit_flop",
+           "vit_mparams"]

@@ -39,7 +39,8 @@ def format_plan(result: dict, top: int = 10) -> str:
                           c["still_over"][:3])
         lines.append(f"cluster ({node} nodes, max_runtime {c['limit']} min): {c['jobs_over']} "
                      f"evaluator job(s) longer, split into {c['pieces']} pieces by layers/seeds"
-                     + (f"; {len(c['still_over'])} whose one-layer one-seed piece is still "
+                     "/query images"
+                     + (f"; {len(c['still_over'])} whose smallest piece is still "
                         f"longer ({still})" if c["still_over"] else ""))
     lines.append("largest cost drivers (model x data set x stage):")
     for d in drivers(result, top):

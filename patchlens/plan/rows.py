@@ -71,10 +71,10 @@ def rule_threads(config: dict, rule: str) -> int:
 class Study:
     """The rows and per-stage sums being built for one config."""
 
-    def __init__(self, config: dict, results: Path, stats_in_extraction: bool = True):
+    def __init__(self, config: dict, results: Path | None, stats_in_extraction: bool = True):
         self.config, self.stages, self.rows, self.feats = config, {}, [], {}
         self.stats_in_extraction = stats_in_extraction
-        self.counts = {d: split_counts(e, results / "data" / d / "manifest.csv")
+        self.counts = {d: split_counts(e, results and results / "data" / d / "manifest.csv")
                        for d, e in config["datasets"].items()}
         self.facts = {m: model_facts(e) for m, e in config["models"].items()}
 
@@ -161,7 +161,7 @@ def task_rows(st: Study) -> None:
                    written=small, elements=elements)
 
 
-def plan(config: dict, results: str | os.PathLike = "results",
+def plan(config: dict, results: str | os.PathLike | None = "results",
          stats_in_extraction: bool = True) -> dict:
     """Per stage (rule) jobs, FLOPs and bytes; per job rows for the cost drivers; disk.
 
@@ -171,10 +171,11 @@ def plan(config: dict, results: str | os.PathLike = "results",
 
     Returns ``{"stages": {rule: {...}}, "jobs": [...], "disk_bytes": ..., "disk_bytes_temp": ...,
     "features": {(model, dataset): bytes}}`` (hours are added by
-    :func:`patchlens.plan.hours.add_hours`).
+    :func:`patchlens.plan.hours.add_hours`). ``results`` None: the image counts from the config
+    alone, never from a prepared manifest.
     """
 
-    st = Study(config, Path(results), stats_in_extraction)
+    st = Study(config, None if results is None else Path(results), stats_in_extraction)
     data_rows(st)
     task_rows(st)
     analysis_rows(st)

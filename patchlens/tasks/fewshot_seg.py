@@ -43,7 +43,7 @@ from patchlens.params import expect_int, expect_number, expect_split, merge_para
 from patchlens.stats.units import records
 from patchlens.evaluation.knn import check_vote_params
 from patchlens.evaluation.labels import class_lut, load_labels
-from patchlens.evaluation.metrics import mean_iou
+from patchlens.evaluation.metrics import mean_iou, mean_iou_counts
 from patchlens.evaluation.probes import check_fit_params
 from patchlens.evaluation.support import check_seeds, sample_support
 from patchlens.evaluation.seg_heads import image_confusions, seed_heads
@@ -197,9 +197,19 @@ def _prepare(store: FeatureStore, dataset: Dataset, p: dict) -> Episode:
     return Episode(K, lut, pool, labels, supports, query, skipped)
 
 
+def select_part(images: list, part: tuple[int, int] | None) -> list:
+    """Part ``i`` of ``parts`` even consecutive parts of the query images (``part = (i, parts)``,
+    None: all of them): the images a piece of a split job scores (:mod:`patchlens.plan.splits`)."""
+    if part is None:
+        return images
+    i, n = part
+    return images[round(i * len(images) / n):round((i + 1) * len(images) / n)]
+
+
 def confusions_by_variant(store: FeatureStore, dataset: Dataset, variants: dict, params: dict,
                           layers: list[int] | None = None, per_image: dict | None = None,
-                          device: str = "cpu") -> tuple[dict, Counts]:
+                          device: str = "cpu", query_part: tuple[int, int] | None = None
+                          ) -> tuple[dict, Counts]:
     """{variant: {(layer, seed, head): (K, K) int64}} of the protocol above for every variant of
     ``variants`` ({name: :class:`VariantSpec` or ``transform(layer, x)``}), and the
     :class:`Counts`. The support patch labels are computed once; the k-NN of every
@@ -207,12 +217,13 @@ def confusions_by_variant(store: FeatureStore, dataset: Dataset, variants: dict,
     from one product); the linear probe is fitted per variant on its transformed features.
     ``per_image`` (a dict) receives {variant: {(layer, seed, head): [(K, K) per query image]}}.
     ``device``: where the k-NN, the vote, the upsampling and the arg-max run (``"cuda"``; the
-    linear probe's fit stays on the CPU)."""
+    linear probe's fit stays on the CPU). ``query_part``: only that part of the query images
+    (:func:`select_part`)."""
     p = check_params(params)
     layers = store.layers if layers is None else list(layers)
     ep = _prepare(store, dataset, p)
-    K, lut, pool, labels, supports, query = (ep.n_classes, ep.lut, ep.pool, ep.labels,
-                                             ep.supports, ep.query)
+    K, lut, pool, labels, supports = ep.n_classes, ep.lut, ep.pool, ep.labels, ep.supports
+    query = select_part(ep.query, query_part)
     union = np.unique(np.concatenate([s.rows for s in supports]))
     pos = {int(r): i for i, r in enumerate(union)}
     out: dict = {v: {} for v in variants}
@@ -271,16 +282,19 @@ def confusions(store: FeatureStore, dataset: Dataset, transform, params: dict,
 
 def run_variants(store: FeatureStore, dataset: Dataset, variants: dict, params: dict,
                  layers: list[int] | None = None, units: dict | None = None,
-                 device: str = "cpu") -> dict[str, pd.DataFrame]:
+                 device: str = "cpu", query_part: tuple[int, int] | None = None
+                 ) -> dict[str, pd.DataFrame]:
     """{variant: :func:`run`'s table} of every variant at once (``variants``: {name:
     :class:`VariantSpec` or transform}; ``units``: {name: list}; the evaluator's
-    ``TaskSpec.run_variants``)."""
+    ``TaskSpec.run_variants``). ``query_part``: one part of the query images (a piece of a
+    split job; :func:`merge_query_parts` gathers the parts)."""
     per_image = {} if units is not None else None
     conf, counts = confusions_by_variant(store, dataset, variants, params, layers, per_image,
-                                         device)
+                                         device, query_part)
     if units is not None:
         query = check_params(params)["query_split"]
-        ims = [im for im in dataset.split(query) if dataset.manifest["semantic"][im] != ""]
+        ims = select_part([im for im in dataset.split(query)
+                          if dataset.manifest["semantic"][im] != ""], query_part)
         for v, found in per_image.items():
             for (layer, seed, head), ms in found.items():
                 ms = np.stack(ms)
@@ -299,6 +313,33 @@ def run_variants(store: FeatureStore, dataset: Dataset, variants: dict, params: 
                          "n_classes_missing": sup.n_missing})
         tables[v] = pd.DataFrame(rows)
     return tables
+
+
+def merge_query_parts(tables: list[pd.DataFrame], units: list[pd.DataFrame]
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows and units of :func:`run_variants` over every query image from those of its
+    parts (:func:`select_part`, in order; one variant, the same layers and seeds in each):
+    the units of each score concatenated in image order; ``value`` the mean IoU of the summed
+    per-class counts (:func:`~patchlens.evaluation.metrics.mean_iou_counts`: the units' tp /
+    fp / fn are the confusion matrix's diagonal and off-diagonal column and row sums, integers,
+    so the sum is exact) and ``n_eval`` the sum of the parts'."""
+    u = pd.concat(units, ignore_index=True)
+    key = ["layer", "seed", "metric"]
+    first = pd.concat(tables, ignore_index=True)
+    order = pd.MultiIndex.from_frame(first[key].drop_duplicates())
+    rank = order.get_indexer(pd.MultiIndex.from_frame(u[key]))
+    u = u.iloc[np.argsort(rank, kind="stable")].reset_index(drop=True)
+    rows = first.drop_duplicates(key).reset_index(drop=True)
+    rows["n_eval"] = first.groupby(key, sort=False)["n_eval"].sum().to_numpy()
+    for i, (layer, seed, metric) in enumerate(order):
+        g = u[(u["layer"] == layer) & (u["seed"] == seed) & (u["metric"] == metric)]
+        g = g[g["cls"] >= 0]
+        cls = g["cls"].to_numpy(np.int64)
+        k = int(cls.max()) + 1 if cls.size else 0
+        tp, fp, fn = (np.bincount(cls, weights=g[c].to_numpy(float), minlength=k)
+                      for c in ("tp", "fp", "fn"))
+        rows.loc[i, "value"] = mean_iou_counts(tp, fp, fn)
+    return rows, u
 
 
 def run(store: FeatureStore, dataset: Dataset, transform, params: dict,
@@ -349,4 +390,5 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",),
 SPEC = register_task(TaskSpec(
     name=TASK, title="Few-shot segmentation", color="#0072b2", headline="miou_knn",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    run_variants=run_variants, order=10, figures=("fewshot_seg",), flop=flop))
+    run_variants=run_variants, order=10, figures=("fewshot_seg",), flop=flop,
+    query_pieces=merge_query_parts))

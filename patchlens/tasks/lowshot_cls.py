@@ -191,4 +191,5 @@ def flop(p: dict, counts: dict, entry: dict, grid, C: int, variants=("raw",)) ->
 SPEC = register_task(TaskSpec(
     name=TASK, title="Low-shot classification", color="#56b4e9", headline="acc",
     defaults=DEFAULT_PARAMS, requires=REQUIRES, check_params=check_params, run=run,
-    order=60, figures=("lowshot_cls",), flop=flop))
+    order=60, figures=("lowshot_cls",), flop=flop,
+    seed_pieces=False))  # its rows loop the features outside the seeds

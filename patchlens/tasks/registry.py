@@ -68,7 +68,13 @@ class TaskSpec:
     {name: list}); without it the evaluator calls ``run`` once per variant.
     ``lower_is_better``: the task's metric names where a smaller value is the better score (the
     depth errors): the best-layer table takes their minimum, the paired verdicts and the gaps
-    read them the other way (:func:`lower_is_better`)."""
+    read them the other way (:func:`lower_is_better`). ``seed_pieces``: the task's score rows
+    and units of one layer come seed after seed, so a job too long for a cluster may be cut
+    into pieces of seeds and gathered back in order (:mod:`patchlens.plan.splits`); False: by
+    layers only. ``query_pieces``: optional ``merge(tables, units) -> (table, units)`` of one
+    layer and seed scored in parts of its query images (``run_variants(..., query_part=(i,
+    parts))``): the rows and units one call over every query image gives, for a job whose one
+    layer and one seed alone is too long for a cluster."""
     name: str
     title: str
     color: str
@@ -82,6 +88,8 @@ class TaskSpec:
     flop: Callable | None = None
     run_variants: Callable | None = None
     lower_is_better: tuple[str, ...] = ()
+    seed_pieces: bool = True
+    query_pieces: Callable | None = None
 
 
 _REGISTRY: dict[str, TaskSpec] = {}

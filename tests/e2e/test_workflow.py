@@ -300,3 +300,46 @@ def test_keypoints_all_row_is_the_mean_of_the_category_rows(workdir):
     assert len(overall) == len(mean)
     for k, v in mean.items():
         assert abs(overall[k] - v) < 1e-9, k
+
+
+def test_a_job_cut_into_pieces_gathers_into_the_same_files(workdir):
+    """The piece rule (rules/tasks.smk, fewshot_seg_piece: here each layer in two parts of its
+    query images) run by Snakemake, and its pieces gathered as the task's rule gathers them
+    (scripts/evaluate.py: gather_pieces), give byte for byte the files of the whole job."""
+    import shutil
+
+    from patchlens.config import load_config, task_variants
+    from patchlens.evaluate import gather_pieces
+    from patchlens.features.store import FeatureStore
+    from patchlens.plan import parse_piece
+
+    res, task, model = workdir / "results", "fewshot_seg", "tiny_vit"
+    with FeatureStore(res / "features" / model / "scenes.h5") as store:
+        n_layers = len(store.layers)
+    pieces = [f"l{i}-{i}_q{q}of2" for i in range(n_layers) for q in range(2)]
+    cfg = load_config(workdir / "config.yaml")
+    variants = task_variants(cfg, task)
+    base = Path("results") / "pieces" / task / model / "scenes"
+    files = {kind: {v: [str(base / p / kind / f"{v}.parquet") for p in pieces] for v in variants}
+             for kind in ("piece_scores", "piece_units")}
+    try:
+        snakemake(workdir, *files["piece_scores"][variants[0]])
+        out = workdir / "gathered"
+        out.mkdir()
+        gather_pieces(task, {v: [workdir / p for p in ps]
+                             for v, ps in files["piece_scores"].items()},
+                      {v: [workdir / p for p in ps] for v, ps in files["piece_units"].items()},
+                      {v: out / f"{v}.csv" for v in variants},
+                      {v: out / f"{v}.parquet" for v in variants},
+                      {"model": model, "dataset": "scenes"}, cfg["statistics"],
+                      [tuple(parse_piece(p)[0]) for p in pieces])
+        for v in variants:
+            whole = res / "scores" / task / model / "scenes" / f"{v}.csv"
+            assert (out / f"{v}.csv").read_text() == whole.read_text(), v
+            pd.testing.assert_frame_equal(
+                pd.read_parquet(out / f"{v}.parquet"),
+                pd.read_parquet(res / "units" / task / model / "scenes" / f"{v}.parquet"),
+                check_exact=True)
+    finally:
+        shutil.rmtree(workdir / "results" / "pieces", ignore_errors=True)
+        shutil.rmtree(workdir / "gathered", ignore_errors=True)
