@@ -33,11 +33,12 @@ BUILD_S_PER_MPARAM = 0.02  # building a timm model (random init; then weights ar
 UPSAMPLE_NS = 5.7
 TRACK_NS = 28.0  # tracking: ns per mask pixel x channel to upsample, arg-max and score (J&F)
 REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduced
-# ns per similarity value and variant of one job: the rank-m correction, the division by the
-# norms and the top-k (patchlens.evaluation.similarity_cost; probe: numpy + the block top-k).
-# Measured on the busy development machine (2026-12-04) next to its matmul rate and scaled to
-# the quiet 168 GFLOP/s: 4.2-6.0 ns in three runs
-SELECT_NS = 5.0
+# ns per similarity value and variant of one job, all cores: the shared similarity code's pass
+# beyond its products (patchlens.evaluation.similarity: the chain's in-place block products,
+# the division by the norms, faiss's top-k heaps on the job's threads). The probe times that
+# code (patchlens.plan.probe._select_ns); on the development machine, quiet (2026-12-04, both
+# cores, numpy's matmul at 95 GFLOP/s then): 0.88-1.01 ns in four runs
+SELECT_NS = 0.9
 
 # what :func:`probe` measures beyond the matmul and read rates (keywords of add_hours), and the
 # value each takes when not probed; forward_gflops None: extraction at the matmul rate
@@ -63,7 +64,9 @@ DISK_GBPS = 2.0     # default: NVMe read/write of a GPU node, GB/s
 GPU_FP16_TFLOPS = 400.0
 GPU = {"tflops": GPU_TFLOPS, "fp16_tflops": GPU_FP16_TFLOPS, "disk_gbps": DISK_GBPS,
        "mem_gbps": 1675.0,  # device memory, GB/s
-       "select_bytes": 20.0,  # per similarity value and variant: correction, norms, top-k
+       # per similarity value and variant, float32: the block product added in the GEMM's
+       # epilogue (read + write), the division by the norms (read + write), the top-k's read
+       "select_bytes": 20.0,
        "mask_bytes": 32.0,  # per mask pixel x channel: upsample, arg-max, J&F (max-pool)
        "stats_bytes": 4.0,  # per token value: the extractor's statistics on the device
        "launch_us": 10.0}  # per kernel launch (tracking's many small bands)
