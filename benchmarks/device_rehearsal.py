@@ -10,7 +10,7 @@ timm, h5py, h5netcdf, numpy, pandas, scipy, pillow (and patchlens from this chec
   20 classes, about 100 images; query: VOC's 1449 val images / ``--cut``);
 - ``tracking``: ViT-B/16 label propagation at 480 x 832 (grid 30 x 52) over one generated video
   of DAVIS's 1999 frames / ``--cut`` frames, all seven variants from shared products
-  (:func:`patchlens.evaluation.propagation_torch.track_variants` on the device);
+  (:func:`patchlens.evaluation.propagation.track_variants`, torch on the device);
 - ``similarity``: the achieved TFLOP/s of the few-shot similarity products
   (:class:`~patchlens.evaluation.similarity.VariantIndex`, 2 nq n C per product) and an equality
   check of the device path against the CPU path (faiss backend) on a slice of queries.
@@ -127,7 +127,7 @@ def job_tracking(n_frames: int, grid: tuple[int, int], channels: int, device: st
     mod = propagation_torch if on_device else propagation
     size = (grid[0] * 16, grid[1] * 16)
     t0 = time.perf_counter()
-    for softs in mod.track_variants(iter(frames), seed, aff):
+    for softs in propagation.track_variants(iter(frames), seed, aff):
         for soft in softs.values():
             mod.labels_to_mask(soft, size)
     _sync(device)

@@ -23,10 +23,11 @@ from functools import lru_cache
 import numpy as np
 
 from patchlens.device import matmul
+from patchlens.evaluation.bands import CPU_BAND_BUDGET, band_rows
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.evaluation.upsample import resize_bilinear, resize_nearest
 
-BAND_BUDGET = 1 << 24  # similarity entries per band (64 MB of float32)
+BAND_BUDGET = CPU_BAND_BUDGET  # similarity entries per band of the numpy path
 
 
 @lru_cache(maxsize=8)
@@ -37,23 +38,6 @@ def window_mask(h: int, w: int, radius: int) -> np.ndarray:
     m = (np.abs(y[:, None] - y[None, :]) <= radius) & (np.abs(x[:, None] - x[None, :]) <= radius)
     m.setflags(write=False)
     return m
-
-
-def band_rows(h: int, w: int, n_ctx: int, radius: int, budget: int | None = None) -> int:
-    """Target rows per band: about radius / 2 (sources are only the rows within the radius, so
-    thin bands skip part of the frame), all rows when unrestricted or when ``budget`` (similarity
-    entries per band; default :data:`BAND_BUDGET`) is a device's, larger than the CPU's; fewer
-    while a band's similarities exceed the budget. The numpy and the torch path share it."""
-    budget = BAND_BUDGET if budget is None else budget
-    rows = max(1, radius // 2) if radius > 0 else h
-    if radius > 0 and budget > (1 << 24):            # a larger budget: wider bands
-        rows = h
-    while rows > 1:
-        src_rows = h if radius <= 0 else min(h, rows + 2 * radius)
-        if rows * w * n_ctx * src_rows * w <= budget:
-            break
-        rows //= 2
-    return rows
 
 
 def topk_indices(x: np.ndarray, k: int, block: int) -> np.ndarray:
@@ -117,7 +101,7 @@ def _propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
     h, w = grid
     P = h * w
     win = window_mask(h, w, radius) if radius > 0 else None
-    rows = band_rows(h, w, n, radius)
+    rows = band_rows(h, w, n, radius, BAND_BUDGET)
     out = {v: np.empty((P, lab.shape[-1]), np.float32) for v, lab in labels.items()}
     for a in range(0, h, rows):
         b = min(h, a + rows)
@@ -196,24 +180,35 @@ def track(frames: Iterable[np.ndarray], seed: np.ndarray, n_last_frames: int = 7
         yield lab.reshape(h, w, K)
 
 
-def track_variants(frames: Iterable[np.ndarray], seed: np.ndarray, aff, n_last_frames: int = 7,
-                   radius: int = 12, topk: int = 5, temperature: float = 0.1
-                   ) -> Iterator[dict]:
+def track_variants(frames: Iterable, seed: np.ndarray, aff, n_last_frames: int = 7,
+                   radius: int = 12, topk: int = 5, temperature: float = 0.1) -> Iterator[dict]:
     """:func:`track` for every variant of ``aff`` (a
     :class:`~patchlens.evaluation.affinity.VariantAffinity`) from the raw ``frames`` (each
     (h, w, C)): yields {variant: soft label map (h, w, K)} of frames 1, 2, ...; each variant
-    propagates its own labels, the products of a band are shared by the variants."""
+    propagates its own labels, the products of a band are shared by the variants. In numpy, or
+    with a torch-backed ``aff`` as tensors on its device (the band loop of
+    :mod:`patchlens.evaluation.propagation_torch`)."""
+    if aff.torch:
+        import torch
+
+        from patchlens.evaluation import propagation_torch
+
+        stack, step, as_array = torch.stack, propagation_torch.propagate_variants, torch.as_tensor
+        l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(aff.device)
+    else:
+        stack, step, as_array = np.stack, propagate_variants, np.asarray
+        l0 = np.asarray(seed, np.float32)
     it = iter(frames)
-    first = next(it)
+    first = as_array(next(it))
     h, w, C = first.shape
     K = seed.shape[-1]
-    p0 = aff.prepare(np.asarray(first).reshape(h * w, C))
-    l0 = np.asarray(seed, np.float32).reshape(h * w, K)
+    p0 = aff.prepare(first.reshape(h * w, C))
+    l0 = l0.reshape(h * w, K)
     queue: deque = deque(maxlen=n_last_frames)
     for frame in it:
-        pt = aff.prepare(np.asarray(frame).reshape(h * w, C))
+        pt = aff.prepare(as_array(frame).reshape(h * w, C))
         ctx = [p0] + [p for p, _ in queue]
-        labels = {v: np.stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
-        lab = propagate_variants(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
+        labels = {v: stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
+        lab = step(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
         queue.append((pt, lab))
         yield {v: x.reshape(h, w, K) for v, x in lab.items()}

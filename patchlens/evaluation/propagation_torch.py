@@ -23,10 +23,10 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from patchlens.evaluation.propagation import band_rows
+from patchlens.evaluation.bands import CPU_BAND_BUDGET, band_rows
 from patchlens.evaluation.upsample import interp_matrix
 
-BAND_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 28}  # similarity entries per band (float32)
+BAND_BUDGET = {"cpu": CPU_BAND_BUDGET, "cuda": 1 << 28}  # similarity entries per band (float32)
 
 
 def _budget(device: str) -> int:
@@ -125,28 +125,6 @@ def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk
         lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
         queue.append((ft, lab))
         yield lab.reshape(h, w, K)
-
-
-def track_variants(frames: Iterable, seed, aff, n_last_frames: int = 7, radius: int = 12,
-                   topk: int = 5, temperature: float = 0.1) -> Iterator[dict]:
-    """The twin of ``propagation.track_variants`` on ``aff.device`` (``aff`` torch-backed):
-    yields {variant: soft label map (h, w, K)} tensors of frames 1, 2, ..."""
-    import torch
-
-    it = iter(frames)
-    first = torch.as_tensor(next(it))
-    h, w, C = first.shape
-    K = seed.shape[-1]
-    p0 = aff.prepare(first.reshape(h * w, C))
-    l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(aff.device).reshape(h * w, K)
-    queue: deque = deque(maxlen=n_last_frames)
-    for frame in it:
-        pt = aff.prepare(torch.as_tensor(frame).reshape(h * w, C))
-        ctx = [p0] + [p for p, _ in queue]
-        labels = {v: torch.stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
-        lab = propagate_variants(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
-        queue.append((pt, lab))
-        yield {v: x.reshape(h, w, K) for v, x in lab.items()}
 
 
 def labels_to_mask(probs, size: tuple[int, int], norm_mask: bool = True):

@@ -182,7 +182,7 @@ def _frame_scores(feats, seed, masks, lut, n_obj, p, device: str | None, aff):
     from patchlens.evaluation import davis_torch, propagation_torch as pt
 
     lut_t = torch.from_numpy(lut).to(device)
-    for t, softs in enumerate(pt.track_variants(feats, seed, aff, *args), start=1):
+    for t, softs in enumerate(track_variants(feats, seed, aff, *args), start=1):
         gt = torch.tensor(np.asarray(masks[t]), device=device)
         gl, void = lut_t[gt.long()], gt == VOID
         yield {v: davis_torch.jf_labels(gl, pt.labels_to_mask(soft, tuple(gt.shape),

@@ -3,17 +3,12 @@ one layer's seed groups, and for few-shot segmentation parts of the query images
 patchlens.plan.job_pieces cuts them) and gathered gives the same files, byte for byte, as the
 one job over every layer and seed (scripts/evaluate.py's two paths: evaluate_all, and
 evaluate_piece + gather_pieces)."""
-import numpy as np
 import pandas as pd
 import pytest
 
 from patchlens.config import task_spec
-from patchlens.data.dataset import Dataset
-from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import evaluate_all, evaluate_piece, gather_pieces
-from patchlens.features.channel_stats import channel_stats, write_stats
-from patchlens.features.store import FeatureStore, write_features
-from patchlens.models.oracle import oracle_tokens
+from helpers.three_layers import three_layer_study
 from patchlens.plan import job_resources, parse_piece
 from patchlens.plan.splits import job_pieces, piece_name
 
@@ -34,20 +29,7 @@ LABELS = {"model": "m", "dataset": "scenes"}
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Scenes + a 3-layer feature file (oracle, oracle + noise, noise) + channel statistics."""
-    root = tmp_path_factory.mktemp("pieces")
-    generate_scenes(root / "scenes", SCENES)
-    ds = Dataset(root / "scenes")
-    images = list(ds.manifest.index)
-    oracle = oracle_tokens(ds, images, (4, 4))[:, 0]
-    noise = np.random.default_rng(0).normal(size=oracle.shape).astype(np.float32)
-    tokens = np.stack([oracle, oracle + 0.5 * noise, noise], 1)
-    feats = root / "f.h5"
-    write_features(feats, tokens, images, (4, 4), {"model": "m", "n_blocks": 3, "patch_size": 16},
-                   cls=tokens.mean(axis=2))
-    with FeatureStore(feats) as store:
-        mean, var, _ = channel_stats(store, ds.split("train"))
-        write_stats(root / "v.h5", store.layers, mean, var, {"split": "train"})
-    return ds, feats, root / "v.h5"
+    return three_layer_study(tmp_path_factory.mktemp("pieces"), SCENES)[:3]
 
 
 def pieces_of(task: str, n_seeds: int, by: str) -> list[str]:

@@ -5,12 +5,9 @@ import pandas as pd
 import pytest
 
 from patchlens.config import task_spec
-from patchlens.data.dataset import Dataset
-from patchlens.data.scenes import generate_scenes
 from patchlens.evaluate import evaluate_all, make_transform
-from patchlens.features.store import FeatureStore, write_features
-from patchlens.features.channel_stats import channel_stats, write_stats
-from patchlens.models.oracle import oracle_tokens
+from patchlens.features.store import FeatureStore
+from helpers.three_layers import three_layer_study
 
 SCENES = {"seed": 0, "image_size": 64, "patch_align": 16, "rotation": 0, "n_train": 12,
           "n_val": 8, "n_gallery": 8, "n_identities": 8, "n_videos": 2, "n_frames": 4,
@@ -24,22 +21,7 @@ VARIANTS = ["raw", "drop1", "zscore"]
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Scenes + a 3-layer feature file (oracle, oracle + noise, noise) + channel statistics."""
-    root = tmp_path_factory.mktemp("ro")
-    generate_scenes(root / "scenes", SCENES)
-    ds = Dataset(root / "scenes")
-    images = list(ds.manifest.index)
-    oracle = oracle_tokens(ds, images, (4, 4))[:, 0]          # (n, P, C)
-    rng = np.random.default_rng(0)
-    noise = rng.normal(size=oracle.shape).astype(np.float32)
-    tokens = np.stack([oracle, oracle + 0.5 * noise, noise], 1)
-    cls = tokens.mean(axis=2)
-    feats = root / "f.h5"
-    write_features(feats, tokens, images, (4, 4), {"model": "m", "n_blocks": 3, "patch_size": 16},
-                   cls=cls)
-    with FeatureStore(feats) as store:
-        mean, var, _ = channel_stats(store, ds.split("train"))
-        write_stats(root / "v.h5", store.layers, mean, var, {"split": "train"})
-    return ds, feats, root / "v.h5", tokens, cls, images
+    return three_layer_study(tmp_path_factory.mktemp("ro"), SCENES)
 
 
 def test_layer_view_reads_one_layer_like_the_store(study):

@@ -102,7 +102,7 @@ def test_banded_propagation_equals_dense_reference(monkeypatch, radius):
     out = propagation.propagate(tgt, feats, labels, (h, w), radius, 5, 0.1)
     ref = dense_reference(tgt, feats, labels, (h, w), radius if radius > 0 else h + w, 5, 0.1)
     np.testing.assert_allclose(out, ref, atol=1e-5)
-    assert propagation.band_rows(h, w, n, radius) < h
+    assert propagation.band_rows(h, w, n, radius, propagation.BAND_BUDGET) < h
 
 
 def test_aligned_oracle_is_near_perfect(tmp_path):
