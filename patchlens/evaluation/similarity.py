@@ -219,19 +219,22 @@ class VariantIndex:
         k = min(int(k), self.n)
         step = max(1, self.chunk_bytes // (4 * self.n))
         parts: dict[str, list] = {n: [] for n in self.names}
+        pool = None
         if self.backend == "faiss":  # two (chunk, n) blocks reused: fresh ones page-fault
             self._work = np.empty((2, min(step, queries.shape[0]), self.n), np.float32)
             self._threads = select_threads()
             pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
             self._map = pool.map if pool else map
-        for s in range(0, queries.shape[0], step):
-            for fam, (blocks, inv_s) in zip(self.families, self._banks):
-                q = self._features(fam, queries[s:s + step])
-                run = self._chunk_faiss if self.backend == "faiss" else self._chunk_torch
-                for name, res in run(fam, q, blocks, inv_s, k):
-                    parts[name].append(res)
-        if self.backend == "faiss" and pool is not None:
-            pool.shutdown()
+        run = self._chunk_faiss if self.backend == "faiss" else self._chunk_torch
+        try:
+            for s in range(0, queries.shape[0], step):
+                for fam, (blocks, inv_s) in zip(self.families, self._banks):
+                    q = self._features(fam, queries[s:s + step])
+                    for name, res in run(fam, q, blocks, inv_s, k):
+                        parts[name].append(res)
+        finally:
+            if pool is not None:
+                pool.shutdown()
         return {n: self._join(parts[n], k, as_tensors) for n in self.names}
 
     def _chunk_faiss(self, fam, q, blocks, inv_s, k):
@@ -248,7 +251,7 @@ class VariantIndex:
             found = list(self._map(lambda sl, ib=ib: _scaled_topk(g[sl], ib, buf[sl], k),
                                    _row_slices(q.shape[0], self._threads)))
             vals = np.concatenate([v for v, _ in found])
-            idx = np.concatenate([i for _, i in found])
+            idx = np.concatenate([j for _, j in found])
             vals *= iq[:, None]
             for name in names:
                 yield name, (vals, idx)
