@@ -2,7 +2,7 @@
 
 Synthetic sequence: 480x854 frames, a 30x54 patch grid (ViT/16 at 480x864), 384 channels (ViT-S),
 3 moving elliptic objects; DAVIS defaults (first + 7 last frames as context, radius 12, top-5).
-Propagation (``propagation.track``) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
+Propagation (``propagation.track_variants`` with one raw variant, as the task runs it) and evaluation (``labels_to_mask`` + ``jf_labels`` per frame)
 are timed separately; no file I/O is included. ``--engine numpy`` is the CPU default of the
 task; ``--engine torch`` runs the device path (``patchlens.evaluation.propagation_torch`` and
 ``davis_torch``) on ``--device`` (``cpu`` or ``cuda``), timed with the device synchronised, and
@@ -64,6 +64,8 @@ def main():
     import numpy as np
 
     from patchlens.evaluation import propagation
+    from patchlens.evaluation.affinity import VariantAffinity
+    from patchlens.features.variants import variant_spec
     from patchlens.tasks import tracking
     from patchlens.evaluation.davis_metrics import jf_labels
 
@@ -79,7 +81,8 @@ def main():
     scores = {}
     if args.engine in ("numpy", "both"):
         t0 = time.perf_counter()
-        soft = list(propagation.track(feats, seed, *args_t))
+        aff = VariantAffinity({"raw": variant_spec("raw")}, args.channels)  # the task's path
+        soft = [d["raw"] for d in propagation.track_variants(feats, seed, aff, *args_t)]
         t_prop = (time.perf_counter() - t0) / len(soft)
         t0 = time.perf_counter()
         js, fs = [], []
@@ -104,15 +107,20 @@ def torch_path(args, masks, feats, seed, args_t, p):
     import numpy as np
     import torch
 
-    from patchlens.evaluation import davis_torch, propagation_torch as pt
+    from patchlens.evaluation import davis_torch, propagation
+    from patchlens.evaluation import propagation_torch as pt
+    from patchlens.evaluation.affinity import VariantAffinity
 
     dev = args.device
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    for _ in pt.track(feats[:3], seed, *args_t, device=dev):   # warm-up (kernels, allocator)
+    from patchlens.features.variants import variant_spec
+
+    aff = VariantAffinity({"raw": variant_spec("raw")}, args.channels, dev, torch_backend=True)
+    for _ in propagation.track_variants(feats[:3], seed, aff, *args_t):  # warm-up (kernels)
         pass
     sync()
     t0 = time.perf_counter()
-    soft = list(pt.track(feats, seed, *args_t, device=dev))
+    soft = [d["raw"] for d in propagation.track_variants(feats, seed, aff, *args_t)]
     sync()
     t_prop = (time.perf_counter() - t0) / len(soft)
     gts = [torch.tensor(m, device=dev).long() for m in masks]

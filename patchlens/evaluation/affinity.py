@@ -11,7 +11,7 @@ import numpy as np
 
 from patchlens.evaluation.similarity import (add_product, add_product_torch, family_features,
                                              family_norms, mm32, plan_families)
-from patchlens.features.variants import VariantSpec
+from patchlens.features.variants import VariantSpec, variant_spec
 
 
 def spec_groups(variants: dict) -> list:
@@ -19,8 +19,6 @@ def spec_groups(variants: dict) -> list:
     :class:`VariantSpec` or ``transform(layer, x)``}): every :class:`VariantSpec` together, on
     the raw tokens (transform None); any other transform alone, as the ``raw`` variant of its
     own output (the evaluator's older contract)."""
-    from patchlens.features.variants import variant_spec
-
     specs = {v: t for v, t in variants.items() if isinstance(t, VariantSpec)}
     return ([(specs, None)] if specs else []) + [
         ({v: variant_spec("raw")}, t) for v, t in variants.items() if not isinstance(t, VariantSpec)]

@@ -83,13 +83,19 @@ def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[in
     :class:`~patchlens.evaluation.affinity.VariantAffinity`) at once: ``target`` and each of
     ``ctx`` are frames prepared by ``aff.prepare`` (raw features), ``ctx_labels`` {variant:
     (n, P, K)} each variant's own context labels; returns {variant: (P, K)}. One product per
-    band serves raw and every drop{m} (one more for zscore)."""
+    band serves raw and every drop{m} (one more for zscore). A torch-backed ``aff`` runs the
+    band loop of :mod:`patchlens.evaluation.propagation_torch` on its device."""
     w = grid[1]
 
     def sims(a, b, sa, sb):
         src = aff.cat([aff.rows(c, slice(sa * w, sb * w)) for c in ctx])
         yield from aff.similarities(aff.rows(target, slice(a * w, b * w)), src)
 
+    if aff.torch:
+        from patchlens.evaluation import propagation_torch
+
+        return propagation_torch.propagate_bands(grid, len(ctx), sims, ctx_labels, radius, topk,
+                                                 temperature, aff.device)
     return _propagate_bands(grid, len(ctx), sims, ctx_labels, radius, topk, temperature)
 
 
@@ -186,17 +192,14 @@ def track_variants(frames: Iterable, seed: np.ndarray, aff, n_last_frames: int =
     :class:`~patchlens.evaluation.affinity.VariantAffinity`) from the raw ``frames`` (each
     (h, w, C)): yields {variant: soft label map (h, w, K)} of frames 1, 2, ...; each variant
     propagates its own labels, the products of a band are shared by the variants. In numpy, or
-    with a torch-backed ``aff`` as tensors on its device (the band loop of
-    :mod:`patchlens.evaluation.propagation_torch`)."""
+    with a torch-backed ``aff`` as tensors on its device."""
     if aff.torch:
         import torch
 
-        from patchlens.evaluation import propagation_torch
-
-        stack, step, as_array = torch.stack, propagation_torch.propagate_variants, torch.as_tensor
+        stack, as_array = torch.stack, torch.as_tensor
         l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(aff.device)
     else:
-        stack, step, as_array = np.stack, propagate_variants, np.asarray
+        stack, as_array = np.stack, np.asarray
         l0 = np.asarray(seed, np.float32)
     it = iter(frames)
     first = as_array(next(it))
@@ -209,6 +212,6 @@ def track_variants(frames: Iterable, seed: np.ndarray, aff, n_last_frames: int =
         pt = aff.prepare(as_array(frame).reshape(h * w, C))
         ctx = [p0] + [p for p, _ in queue]
         labels = {v: stack([l0] + [lab[v] for _, lab in queue]) for v in aff.names}
-        lab = step(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
+        lab = propagate_variants(pt, ctx, labels, (h, w), radius, topk, temperature, aff)
         queue.append((pt, lab))
         yield {v: x.reshape(h, w, K) for v, x in lab.items()}

@@ -10,18 +10,15 @@ window of ``radius`` patches, the ``topk`` largest over all context frames joint
 ``exp((s - max) / temperature)`` normalised to 1, labels the weighted sum; the soft map is resized
 bilinearly (align_corners=False, the separable matrices of
 :func:`patchlens.evaluation.upsample.interp_matrix`), channels with a positive maximum min-max
-normalised, argmax (ties to the lower channel). Features, labels, the queue of context frames and
-the predicted masks stay on the device; a target frame is processed in bands of rows whose
+normalised, argmax (ties to the lower channel). Frames are tracked by
+:func:`patchlens.evaluation.propagation.track_variants` with a torch-backed affinity, which runs
+this module's band loop (:func:`propagate_bands`): features, labels, the queue of context frames
+and the predicted masks stay on the device; a target frame is processed in bands of rows whose
 sources are only the rows within the radius, each band's similarity block under
 ``band_budget`` entries. The unit tests run this code on the CPU against the numpy path.
 Torch is imported inside the functions.
 """
 from __future__ import annotations
-
-from collections import deque
-from collections.abc import Iterable, Iterator
-
-import numpy as np
 
 from patchlens.evaluation.bands import CPU_BAND_BUDGET, band_rows
 from patchlens.evaluation.upsample import interp_matrix
@@ -31,14 +28,6 @@ BAND_BUDGET = {"cpu": CPU_BAND_BUDGET, "cuda": 1 << 28}  # similarity entries pe
 
 def _budget(device: str) -> int:
     return BAND_BUDGET.get(str(device).split(":")[0], BAND_BUDGET["cpu"])
-
-
-def l2_normalize(x, eps: float = 1e-12):
-    """Rows of a float tensor (..., C) scaled to unit L2 norm, float32 (zero rows stay 0)."""
-    import torch
-
-    x = x.to(torch.float32)
-    return x / torch.clamp(torch.linalg.vector_norm(x, dim=-1, keepdim=True), min=eps)
 
 
 def propagate(target, ctx_feats, ctx_labels, grid: tuple[int, int], radius: int, topk: int,
@@ -51,34 +40,20 @@ def propagate(target, ctx_feats, ctx_labels, grid: tuple[int, int], radius: int,
     def sims(a, b, sa, sb):
         yield ["_"], target[a * w:b * w] @ ctx_feats[:, sa * w:sb * w].reshape(-1, C).T
 
-    return _propagate_bands(grid, n, sims, {"_": ctx_labels}, radius, topk, temperature,
-                            band_budget or _budget(target.device.type))["_"]
+    return propagate_bands(grid, n, sims, {"_": ctx_labels}, radius, topk, temperature,
+                           target.device.type, band_budget)["_"]
 
 
-def propagate_variants(target: list, ctx: list, ctx_labels: dict, grid: tuple[int, int],
-                       radius: int, topk: int, temperature: float, aff,
-                       band_budget: int | None = None) -> dict:
-    """The twin of ``propagation.propagate_variants`` (``aff`` a torch-backed
-    :class:`~patchlens.evaluation.affinity.VariantAffinity`): {variant: (P, K)}."""
-    w = grid[1]
-
-    def sims(a, b, sa, sb):
-        src = aff.cat([aff.rows(c, slice(sa * w, sb * w)) for c in ctx])
-        yield from aff.similarities(aff.rows(target, slice(a * w, b * w)), src)
-
-    return _propagate_bands(grid, len(ctx), sims, ctx_labels, radius, topk, temperature,
-                            band_budget or _budget(aff.device.split(":")[0]))
-
-
-def _propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
-                     temperature: float, budget: int) -> dict:
-    """The band loop (the twin of ``propagation._propagate_bands``) on the labels' device."""
+def propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
+                    temperature: float, device: str, band_budget: int | None = None) -> dict:
+    """The band loop (the twin of ``propagation._propagate_bands``) on the labels' device, with
+    the band budget of ``device`` unless ``band_budget`` is given."""
     import torch
 
     h, w = grid
     P = h * w
     dev = next(iter(labels.values())).device
-    rows = band_rows(h, w, n, radius, budget)
+    rows = band_rows(h, w, n, radius, band_budget or _budget(device))
     yy, xx = torch.div(torch.arange(P, device=dev), w, rounding_mode="floor"), \
         torch.arange(P, device=dev) % w
     out = {v: torch.empty((P, lab.shape[-1]), dtype=torch.float32, device=dev)
@@ -102,29 +77,6 @@ def _propagate_bands(grid, n: int, sims, labels: dict, radius: int, topk: int,
                 lab = labels[v][:, sa * w:sb * w].reshape(n * ns, -1)
                 out[v][a * w:b * w] = torch.einsum("qk,qkc->qc", wgt, lab[idx])
     return out
-
-
-def track(frames: Iterable, seed, n_last_frames: int = 7, radius: int = 12, topk: int = 5,
-          temperature: float = 0.1, device: str = "cpu") -> Iterator:
-    """Propagate ``seed`` (h, w, K) from the first of ``frames`` (each (h, w, C), numpy or torch)
-    through the rest on ``device``; yields the soft label map (h, w, K) of frames 1, 2, ... as
-    tensors on ``device`` (the twin of ``propagation.track``)."""
-    import torch
-
-    it = iter(frames)
-    first = torch.as_tensor(next(it)).to(device)
-    h, w, _ = first.shape
-    K = seed.shape[-1]
-    f0 = l2_normalize(first).reshape(h * w, -1)
-    l0 = torch.as_tensor(np.asarray(seed, np.float32)).to(device).reshape(h * w, K)
-    queue: deque = deque(maxlen=n_last_frames)
-    for frame in it:
-        ft = l2_normalize(torch.as_tensor(frame).to(device)).reshape(h * w, -1)
-        feats = torch.stack([f0] + [f for f, _ in queue])
-        labels = torch.stack([l0] + [lab for _, lab in queue])
-        lab = propagate(ft, feats, labels, (h, w), radius, topk, temperature)
-        queue.append((ft, lab))
-        yield lab.reshape(h, w, K)
 
 
 def labels_to_mask(probs, size: tuple[int, int], norm_mask: bool = True):

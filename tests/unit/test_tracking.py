@@ -11,6 +11,8 @@ from patchlens.evaluation import propagation
 from patchlens.tasks import tracking
 from patchlens.evaluation.davis_metrics import jf_labels, region_similarity
 from patchlens.evaluation.knn import l2_normalize
+from patchlens.evaluation.affinity import VariantAffinity
+from patchlens.features.variants import variant_spec
 from helpers.video_fixtures import moving_boxes, oracle_video_tokens, write_tokens, write_video_dataset
 
 # Bilinear upsampling of one-hot label maps rounds every convex corner off (about 0.097 p^2
@@ -284,7 +286,9 @@ def test_torch_track_and_masks_equal_numpy():
     seed = propagation.seed_labels(masks[0], [1, 2], GRID)
     args = (3, 4, 5, 0.1)                              # n_last_frames, radius, topk, temperature
     ref = list(propagation.track(frames, seed, *args))
-    got = list(pt.track(frames, seed, *args, device="cpu"))
+    raw = {"raw": variant_spec("raw")}
+    aff = VariantAffinity(raw, frames[0].shape[-1], "cpu", torch_backend=True)
+    got = [d["raw"] for d in propagation.track_variants(frames, seed, aff, *args)]
     assert len(got) == T - 1
     for r, g, m in zip(ref, got, masks[1:]):
         np.testing.assert_allclose(g.numpy(), r, atol=1e-5)
