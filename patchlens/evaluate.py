@@ -28,7 +28,7 @@ from patchlens.errors import DataError
 from patchlens.features.store import FeatureStore
 from patchlens.features.channel_stats import VarianceStats
 from patchlens.features.variants import apply_variant, needs_stats, variant_spec
-from patchlens.io import write_csv, write_parquet
+from patchlens.io import read_table, write_csv, write_parquet
 from patchlens.stats.units import finish
 from patchlens.tasks.registry import RUN_COLUMNS, SCORE_COLUMNS
 
@@ -207,8 +207,8 @@ def gather_pieces(task: str, piece_scores: dict, piece_units: dict, out_csvs: di
                 runs.append([i])
         parts, found = [], []
         for run in runs:
-            t = [pd.read_parquet(paths[i]) for i in run]
-            u = [pd.read_parquet(piece_units[variant][i]) for i in run]
+            t = [read_table(paths[i]) for i in run]  # each piece's recorded SHA-256 checked
+            u = [read_table(piece_units[variant][i]) for i in run]
             if len(run) > 1:
                 if merge is None:
                     raise DataError(f"task {task} cannot gather parts of its query images")
