@@ -118,18 +118,15 @@ def test_split_half_product_of_zscore_features():
 
 
 def test_product_is_added_in_place_and_rows_split_evenly():
-    """The chain's block products are added to the running product by BLAS (beta = 1) in
-    place, equal to adding a separate product; the per-variant passes' row slices cover every
-    row once."""
+    """The chain's block products are added to the running product (BLAS, beta = 1), equal to
+    adding a separate product; the per-variant passes' row slices cover every row once."""
     from patchlens.evaluation.similarity import add_product, _row_slices
 
     rng = np.random.default_rng(0)
     g = rng.standard_normal((7, 11), dtype=np.float32)
     a, bt = (rng.standard_normal(s, dtype=np.float32) for s in ((7, 3), (3, 11)))
     want = g.astype(np.float64) + a.astype(np.float64) @ bt
-    before = g.ctypes.data
     add_product(g, a, bt)
-    assert g.ctypes.data == before
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
     for n, parts in ((10, 3), (2, 4), (1, 1)):
         rows = np.concatenate([np.arange(n)[s] for s in _row_slices(n, parts)])
