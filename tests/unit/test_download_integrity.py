@@ -42,7 +42,11 @@ def _start_then_change(server, src, dest, new: bytes, new_mtime: float | None = 
         fetch(server.url(NAME), dest, retries=0, progress=False)
     assert dest.with_name(NAME + ".part").stat().st_size == 120_000
     del server.truncate[NAME]
+    before = src.stat().st_mtime
+    unchanged = src.read_bytes() == new
     src.write_bytes(new)
+    if new_mtime is None and unchanged:  # the same file, untouched: its Last-Modified too
+        new_mtime = before                # (a rewrite in a later second would change it)
     if new_mtime is not None:
         os.utime(src, (new_mtime, new_mtime))
 
