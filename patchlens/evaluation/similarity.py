@@ -29,6 +29,7 @@ device; the tests run it on the CPU in float32). Protocol: docs/protocols.md#few
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ import numpy as np
 from patchlens.features.variants import VariantSpec
 
 CHUNK_BYTES = {"cpu": 128 * 2 ** 20, "cuda": 2 * 2 ** 30}  # one (chunk, n) float32 product block
+TILE = (768, 384)  # CPU: (query rows, bank columns) of one product block kept in cache
 EPS = 1e-12  # as l2_normalize: a zero vector has norm max(0, EPS) and cosine 0 with everything
 
 
@@ -127,7 +129,7 @@ def select_threads() -> int:
 
 def _row_slices(n: int, parts: int) -> list[slice]:
     bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
@@ -140,26 +142,44 @@ def add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
         g[...] = out.T
 
 
-def _scaled_topk(g: np.ndarray, inv: np.ndarray, buf: np.ndarray, k: int):
-    """Top-k of the rows of g x inv (columns scaled by the bank's inverse norms), via buf."""
-    np.multiply(g, inv[None, :], out=buf)
-    return _heap_topk(buf, k)
+class _Heaps:
+    """faiss's top-k heaps (descending) of ``nq`` rows, filled block by block: ``add`` pushes a
+    (rows, cols) float32 block whose first row is query ``r0`` and first column bank item
+    ``j0``; ``result`` orders them. Threads may fill disjoint rows at once."""
+
+    def __init__(self, nq: int, k: int):
+        import faiss
+
+        self.vals = np.empty((nq, k), np.float32)
+        self.idx = np.empty((nq, k), np.int64)
+        self.h = faiss.float_minheap_array_t()
+        self.h.k, self.h.nh = k, nq
+        self.h.val, self.h.ids = faiss.swig_ptr(self.vals), faiss.swig_ptr(self.idx)
+        self.h.heapify()
+        self._ptr = faiss.swig_ptr
+
+    def add(self, block: np.ndarray, r0: int, j0: int) -> None:
+        self.h.addn(block.shape[1], self._ptr(block), int(j0), int(r0), block.shape[0])
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        self.h.reorder()
+        return self.vals, self.idx
 
 
-def _heap_topk(block: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (descending) of each row of a float32 C-contiguous (nq, n) block: faiss's heaps."""
+@contextlib.contextmanager
+def _one_thread_each():
+    """BLAS and faiss's OpenMP on one thread for the duration: the CPU pass runs one worker
+    per core, each on its own rows."""
     import faiss
+    from threadpoolctl import threadpool_limits
 
-    nq, n = block.shape
-    vals = np.empty((nq, k), np.float32)
-    idx = np.empty((nq, k), np.int64)
-    heaps = faiss.float_minheap_array_t()
-    heaps.k, heaps.nh = k, nq
-    heaps.val, heaps.ids = faiss.swig_ptr(vals), faiss.swig_ptr(idx)
-    heaps.heapify()
-    heaps.addn(n, faiss.swig_ptr(block), 0, 0, nq)
-    heaps.reorder()
-    return vals, idx
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 class VariantIndex:
@@ -172,7 +192,7 @@ class VariantIndex:
 
     def __init__(self, bank, variants: dict[str, VariantSpec], device: str = "cpu",
                  backend: str | None = None, half: bool | None = None,
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, tile: tuple[int, int] = TILE):
         if bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"support bank must be a non-empty (n, C) array, got {bank.shape}")
         if not variants:
@@ -189,6 +209,7 @@ class VariantIndex:
         kind = self.device.split(":")[0]
         self.chunk_bytes = chunk_bytes or CHUNK_BYTES.get(kind, CHUNK_BYTES["cpu"])
         self.half = (kind == "cuda") if half is None else half
+        self.tile = (max(1, int(tile[0])), max(1, int(tile[1])))
         self._banks = [self._prepare(f, bank) for f in self.families]
 
     # -- per family: the bank's blocks and each variant's inverse norms ------------------------
@@ -199,14 +220,17 @@ class VariantIndex:
         return family_norms(fam, x, self.backend == "torch")
 
     def _prepare(self, fam: _Family, bank):
+        """torch: the chain's blocks (|b|, n) and the inverse norms; faiss: both cut into the
+        column tiles of the CPU pass, [(j0, [blocks (|b|, cols)], [inverse norms (cols,)])]."""
         x = self._features(fam, bank)
         if self.backend == "faiss":
-            blocks = [np.ascontiguousarray(x[:, b].T) for b, _ in fam.steps]  # (|b|, n)
-        else:
-            import torch
+            inv = self._norms(fam, x)
+            cols = self.tile[1]
+            return [(j0, [np.ascontiguousarray(x[j0:j0 + cols, b].T) for b, _ in fam.steps],
+                     [i[j0:j0 + cols] for i in inv]) for j0 in range(0, self.n, cols)]
+        import torch
 
-            blocks = [x[:, torch.as_tensor(b, device=x.device)].T.contiguous()
-                      for b, _ in fam.steps]
+        blocks = [x[:, torch.as_tensor(b, device=x.device)].T.contiguous() for b, _ in fam.steps]
         return blocks, self._norms(fam, x)
 
     # -- search ---------------------------------------------------------------------------------
@@ -217,44 +241,63 @@ class VariantIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"queries must be (nq, {self.dim}), got {tuple(queries.shape)}")
         k = min(int(k), self.n)
+        if self.backend == "faiss":
+            return self._search_faiss(queries, k)
         step = max(1, self.chunk_bytes // (4 * self.n))
         parts: dict[str, list] = {n: [] for n in self.names}
-        pool = None
-        if self.backend == "faiss":  # two (chunk, n) blocks reused: fresh ones page-fault
-            self._work = np.empty((2, min(step, queries.shape[0]), self.n), np.float32)
-            self._threads = select_threads()
-            pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
-            self._map = pool.map if pool else map
-        run = self._chunk_faiss if self.backend == "faiss" else self._chunk_torch
-        try:
-            for s in range(0, queries.shape[0], step):
-                for fam, (blocks, inv_s) in zip(self.families, self._banks):
-                    q = self._features(fam, queries[s:s + step])
-                    for name, res in run(fam, q, blocks, inv_s, k):
-                        parts[name].append(res)
-        finally:
-            if pool is not None:
-                pool.shutdown()
+        for s in range(0, queries.shape[0], step):
+            for fam, (blocks, inv_s) in zip(self.families, self._banks):
+                q = self._features(fam, queries[s:s + step])
+                for name, res in self._chunk_torch(fam, q, blocks, inv_s, k):
+                    parts[name].append(res)
         return {n: self._join(parts[n], k, as_tensors) for n in self.names}
 
-    def _chunk_faiss(self, fam, q, blocks, inv_s, k):
-        inv_q = self._norms(fam, q)
-        g, buf = (w[:q.shape[0]] for w in self._work)
-        for i, ((block, names), bank_t, iq, ib) in enumerate(zip(fam.steps, blocks, inv_q,
-                                                                   inv_s)):
-            qb = np.ascontiguousarray(q[:, block])
-            if i:
-                add_product(g, qb, bank_t)
-            else:
-                np.matmul(qb, bank_t, out=g)
-            # each variant's pass (the norms, the top-k heaps) on row slices, one per thread
-            found = list(self._map(lambda sl, ib=ib: _scaled_topk(g[sl], ib, buf[sl], k),
-                                   _row_slices(q.shape[0], self._threads)))
-            vals = np.concatenate([v for v, _ in found])
-            idx = np.concatenate([j for _, j in found])
-            vals *= iq[:, None]
-            for name in names:
-                yield name, (vals, idx)
+    def _search_faiss(self, queries, k: int) -> dict:
+        """The CPU pass, tile by tile: a (rows, cols) block of the family's product stays in
+        cache while each chain step adds its channels (BLAS, beta = 1) and each variant scales
+        it by the bank's inverse norms into faiss's heaps. One worker per thread
+        (:func:`select_threads`), each on its own query rows, BLAS on one thread each."""
+        if queries.shape[0] == 0:
+            return {n: (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+                    for n in self.names}
+        out = {}
+        threads = select_threads()
+        for fam, tiles in zip(self.families, self._banks):
+            q = self._features(fam, queries)
+            inv_q = self._norms(fam, q)
+            qb = [np.ascontiguousarray(q[:, b]) for b, _ in fam.steps]
+            heaps = [_Heaps(q.shape[0], k) for _ in fam.steps]
+            rows, cols = self.tile
+
+            def work(sl: slice) -> None:
+                g = np.empty((rows, cols), np.float32)
+                buf = np.empty((rows, cols), np.float32)
+                for r0 in range(sl.start, sl.stop, rows):
+                    qr = [b[r0:min(r0 + rows, sl.stop)] for b in qb]
+                    for j0, blocks, invs in tiles:
+                        m, w = qr[0].shape[0], blocks[0].shape[1]
+                        gt = g[:m, :w] if w == cols else np.empty((m, w), np.float32)
+                        bt = buf[:m, :w] if w == cols else np.empty((m, w), np.float32)
+                        for i, (a, bank_t, inv, heap) in enumerate(zip(qr, blocks, invs, heaps)):
+                            if i:
+                                add_product(gt, a, bank_t)
+                            else:
+                                np.matmul(a, bank_t, out=gt)
+                            heap.add(np.multiply(gt, inv[None, :], out=bt), r0, j0)
+
+            with _one_thread_each():
+                slices = _row_slices(q.shape[0], threads)
+                if len(slices) > 1:
+                    with ThreadPoolExecutor(len(slices)) as pool:
+                        list(pool.map(work, slices))
+                else:
+                    for sl in slices:
+                        work(sl)
+            for (_, names), heap, iq in zip(fam.steps, heaps, inv_q):
+                vals, idx = heap.result()
+                vals *= iq[:, None]
+                out.update({name: (vals, idx) for name in names})
+        return {n: out[n] for n in self.names}
 
     def _chunk_torch(self, fam, q, blocks, inv_s, k):
         import torch

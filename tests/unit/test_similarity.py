@@ -47,8 +47,9 @@ def test_every_variant_equals_transforming_first(backend, loud):
     bank, queries = features(rng, 700, c, loud), features(rng, 230, c, loud)
     mean, var = bank.astype(np.float64).mean(0), bank.astype(np.float64).var(0)
     specs = {v: variant_spec(v, mean, var) for v in VARIANTS}
-    # small chunks: several query chunks, each served by every variant
-    index = VariantIndex(bank, specs, "cpu", backend, chunk_bytes=4 * 700 * 64)
+    # small chunks (torch) and small tiles (faiss, with partial last tiles): several blocks of
+    # rows and columns, each served by every variant
+    index = VariantIndex(bank, specs, "cpu", backend, chunk_bytes=4 * 700 * 64, tile=(64, 96))
     found = index.search(queries, 10)
     assert set(found) == set(VARIANTS)
     for v in VARIANTS:
@@ -115,6 +116,27 @@ def test_split_half_product_of_zscore_features():
     specs = {"zscore": variant_spec("zscore", mean, var)}
     found = VariantIndex(bank, specs, "cpu", "torch", half=True).search(q, 8)
     check(found["zscore"], *reference(bank, q, "zscore", mean, var, 8))
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_cpu_tiles_and_threads_give_the_one_block_result(monkeypatch, threads):
+    """The CPU pass over (rows, cols) tiles on several workers returns the same neighbours and
+    the same float32 scores as one block covering everything (the heaps see each row's values
+    in the same column order); an empty query set gives empty results."""
+    monkeypatch.setenv("OMP_NUM_THREADS", threads)
+    rng = np.random.default_rng(5)
+    c = 48
+    bank, q = features(rng, 500, c, (2, 9)), features(rng, 101, c, (2, 9))
+    mean, var = bank.astype(np.float64).mean(0), bank.astype(np.float64).var(0)
+    specs = {v: variant_spec(v, mean, var) for v in VARIANTS}
+    whole = VariantIndex(bank, specs, tile=(101, 500)).search(q, 7)
+    tiled = VariantIndex(bank, specs, tile=(16, 37))
+    found = tiled.search(q, 7)
+    for v in VARIANTS:
+        np.testing.assert_array_equal(found[v][1], whole[v][1])
+        np.testing.assert_allclose(found[v][0], whole[v][0], rtol=1e-6, atol=1e-7)
+    empty = tiled.search(q[:0], 7)
+    assert all(a.shape == (0, 7) and b.shape == (0, 7) for a, b in empty.values())
 
 
 def test_product_is_added_in_place_and_rows_split_evenly():
