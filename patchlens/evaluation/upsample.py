@@ -2,10 +2,10 @@
 
 Up to pixels: ``resize_bilinear`` matches ``torch.nn.functional.interpolate(mode="bilinear",
 align_corners=False)``: separable interpolation matrices, so (h, w, K) -> (H, W, K) costs two
-small matrix products; ``upsample_argmax`` (the class map of few-shot segmentation) runs them on
-a torch device when asked (``upsample_argmax_torch``; torch only then); ``resize_nearest`` for
-label maps. Down to the grid: ``grid_fraction``
-resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
+small matrix products; ``upsample_argmax`` (the class map of few-shot segmentation) mixes only the
+pixels whose class is in doubt (``bilinear_argmax``), or runs the products on a torch device when
+asked (``upsample_argmax_torch``; torch only then); ``resize_nearest`` for label maps. Down to
+the grid: ``grid_fraction`` resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
 every pixel with every cell), with the separable weights of ``area_matrix``.
 """
 from __future__ import annotations
@@ -39,14 +39,58 @@ def resize_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def upsample_argmax(a: np.ndarray, size: tuple[int, int], dev: str | None = "cpu") -> np.ndarray:
     """``resize_bilinear(a, size).argmax(-1)`` of scores (h, w, K). ``dev``: ``"cpu"`` or None
-    (numpy), or a torch device (:func:`upsample_argmax_torch` there; ``"cuda"``). Equal up to
-    float32 ties."""
+    (numpy, :func:`bilinear_argmax`), or a torch device (:func:`upsample_argmax_torch` there;
+    ``"cuda"``). Equal up to float32 ties."""
     if dev is None or dev == "cpu":
-        return resize_bilinear(a, size).argmax(-1)
+        return bilinear_argmax(a, size)
     import torch
 
     t = torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(dev)
     return upsample_argmax_torch(t, size).cpu().numpy()
+
+
+@lru_cache(maxsize=64)
+def _corners(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output pixel of :func:`interp_matrix`: the two input cells it mixes (lo, hi) and the
+    weight of hi."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(x).astype(np.int64)
+    return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
+
+
+def bilinear_argmax(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The arg-max (H, W) of the bilinear upsampling of scores (h, w, K), computed only where it
+    is in doubt. A pixel mixes the four cells around it with non-negative weights that sum to
+    1, so where those four share their arg-max c, each by a margin larger than the float32
+    rounding of the mix (1e-5 of the largest |score|), the mix's arg-max is c: that pixel is
+    assigned directly. The other pixels (near class boundaries) are mixed as
+    :func:`resize_bilinear` does: its product over rows, then each pixel's two columns (every
+    pixel by its two products where more than 30% are in doubt: noisy scores). Equal to
+    ``resize_bilinear(a, size).argmax(-1)`` up to float32 near-ties
+    (tests/unit/test_upsample.py)."""
+    a = np.asarray(a, np.float32)
+    h, w, K = a.shape
+    if K == 1:
+        return np.zeros(size, np.int64)
+    top2 = np.partition(a, K - 2, axis=-1)[..., K - 2:]
+    best = a.argmax(-1)
+    sure = (top2[..., 1] - top2[..., 0]) > 1e-5 * max(float(np.abs(a).max()), 1e-30)
+    ly = _corners(size[0], h)[0]
+    lx, hx, wx = _corners(size[1], w)
+    # per cell (i, j): its four corners (i or i+1, j or j+1, clipped) agree and are sure
+    ny, nx = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
+    cell = (sure & sure[ny] & sure[:, nx] & sure[ny][:, nx]
+            & (best == best[ny]) & (best == best[:, nx]) & (best == best[ny][:, nx]))
+    in_doubt = np.take(np.take(~cell, ly, 0), lx, 1)
+    if in_doubt.mean() > 0.3:  # mostly in doubt: the two products cost less than the gathers
+        return resize_bilinear(a, size).argmax(-1)
+    out = np.take(np.take(best, ly, 0), lx, 1)
+    Y, X = np.nonzero(in_doubt)
+    if Y.size:
+        rows = np.tensordot(interp_matrix(size[0], h), a, axes=(1, 0))  # (H, w, K), as resize
+        fx = wx[X][:, None]
+        out[Y, X] = ((1 - fx) * rows[Y, lx[X]] + fx * rows[Y, hx[X]]).argmax(-1)
+    return out
 
 
 def upsample_argmax_torch(t, size: tuple[int, int]):

@@ -27,7 +27,7 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
     from patchlens.evaluation.davis_metrics import jf_labels
     from patchlens.evaluation.probes import LinearProbe
     from patchlens.evaluation.propagation import labels_to_mask
-    from patchlens.evaluation.upsample import resize_bilinear
+    from patchlens.evaluation.upsample import upsample_argmax
     from patchlens.features.channel_stats import merge_moments
 
     m, c, n = 4096, 384, 8192  # the shape of the k-NN that dominates a study: queries x support
@@ -74,11 +74,11 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
     t0 = time.perf_counter()
     fit = LinearProbe.fit(xs, ys, k, 1e-4, 30)
     lbfgs = fit.n_evals * 2 * 2.0 * n * c * k / (time.perf_counter() - t0) / 1e9
-    scores = rng.random((28, 28, k), dtype=np.float32)
-    resize_bilinear(scores, (448, 448)).argmax(-1)
+    scores = _prediction_scores(rng, (28, 28), k)
+    upsample_argmax(scores, (448, 448))
     t0 = time.perf_counter()
     for _ in range(5):
-        resize_bilinear(scores, (448, 448)).argmax(-1)
+        upsample_argmax(scores, (448, 448))
     upsample = (time.perf_counter() - t0) / (5 * 448 * 448 * k) * 1e9
     x16 = rng.standard_normal((8 * 784, c), dtype=np.float32).astype(np.float16)
     runs = []
@@ -113,6 +113,20 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
             "upsample_ns": upsample, "track_ns": track, "select_ns": select,
             "reduce_ns": reduce,
             "startup_s": startup, "render_s_per_mpix": render}
+
+
+def _prediction_scores(rng, grid: tuple[int, int], k: int):
+    """Class scores (h, w, k) shaped like a segmentation head's: two rectangular objects on
+    background, each class's score 1 on its cells, plus uniform noise of 0.3. About 10% of the
+    pixels lie in cells whose corners disagree, the share the upsampling's arg-max mixes
+    (:func:`patchlens.evaluation.upsample.bilinear_argmax`; real predictions with more
+    boundary cost more)."""
+    import numpy as np
+
+    h, w = grid
+    lab = np.zeros(grid, np.int64)
+    lab[h // 5:h // 2, w // 4:3 * w // 4], lab[h // 2:, :w // 3] = 1, 2
+    return np.eye(k, dtype=np.float32)[lab] + 0.3 * rng.random((h, w, k), dtype=np.float32)
 
 
 def _select_ns(rng, nq: int = 1024, n: int = 32768, c: int = 384) -> float:

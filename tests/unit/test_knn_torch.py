@@ -103,4 +103,5 @@ def test_torch_upsample_argmax_equals_numpy(shape, size):
     clear = (top2[..., 1] - top2[..., 0]) > 1e-5
     assert clear.mean() > 0.99
     np.testing.assert_array_equal(got[clear], ref[clear])
-    np.testing.assert_array_equal(upsample_argmax(a, size), ref)  # no GPU in use: numpy itself
+    # no GPU in use: numpy's (pixels in doubt mixed one by one), also up to near-ties
+    np.testing.assert_array_equal(upsample_argmax(a, size)[clear], ref[clear])
