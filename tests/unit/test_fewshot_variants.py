@@ -99,3 +99,34 @@ def test_evaluator_hands_variant_specs_to_run_variants(tmp_path):
         np.testing.assert_allclose(tables[v]["value"],
                                    np.concatenate([r["value"] for r in ref]), atol=1e-6)
         assert len(units[v]) == 2 * len(layers)  # one record set per (layer, head)
+
+
+def test_linear_probes_fit_the_selected_patches_bit_for_bit():
+    """seed_heads applies a VariantSpec to the selected support patches only (drop{m} indexes
+    channels, so the result is made C-ordered as a selection is): each linear probe is
+    bit-for-bit the fit on the whole array transformed, then selected (the scores of earlier
+    runs do not move)."""
+    from patchlens.evaluation.probes import LinearProbe
+    from patchlens.evaluation.seg_heads import seed_heads
+
+    rng = np.random.default_rng(0)
+    tok = rng.standard_normal((20, 6, 6, 24)).astype(np.float16).astype(np.float32)
+    lab = rng.integers(-1, 4, (20, 6, 6))
+    rows = np.arange(0, 20, 2)
+    keep = lab[rows] >= 0
+
+    def select(a):
+        return a[rows][keep]
+
+    flat = tok.reshape(-1, 24).astype(np.float64)
+    specs = {v: variant_spec(v, flat.mean(0), flat.var(0)) for v in VARIANTS}
+    p = {**params(), "heads": ["linear"], "linear_iters": 15}
+    heads = seed_heads(3, tok, select, lab[rows][keep], specs, p, "cpu")
+    q = rng.standard_normal((2, 6, 6, 24)).astype(np.float32)
+    y = lab[rows][keep]
+    assert set(np.unique(y)) == {0, 1, 2, 3}  # compact labels: the classes as drawn
+    for v, spec in specs.items():
+        want = LinearProbe.fit(select(spec.apply(tok)), y, 4, p["linear_weight_decay"], 15)
+        qv = spec.apply(q)
+        got = heads[v]["linear"][1](q)[v]
+        np.testing.assert_array_equal(got, want.logits(qv.reshape(-1, qv.shape[-1])))
