@@ -11,6 +11,7 @@ torch.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -52,6 +53,22 @@ def to_device(x, dev: str | None = None, dtype=None):
     dev = device() if dev is None else dev
     t = torch.as_tensor(x)
     return t.to(device=dev, dtype=dtype or (torch.float32 if t.is_floating_point() else t.dtype))
+
+
+def job_threads() -> int:
+    """CPU threads of this job: ``OMP_NUM_THREADS`` (which Snakemake sets to a rule's threads),
+    else the CPUs this process may use."""
+    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        return max(1, min(int(os.environ.get("OMP_NUM_THREADS", avail)), avail or 1))
+    except ValueError:
+        return max(1, avail or 1)
+
+
+def row_slices(n: int, parts: int) -> list[slice]:
+    """At most ``parts`` even, consecutive, non-empty slices covering range(n)."""
+    bounds = [round(i * n / min(parts, n)) for i in range(min(parts, n) + 1)] if n else [0]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 GPU_MIN_FLOP = 1e8  # smaller products stay in numpy: the transfer would cost more than the work

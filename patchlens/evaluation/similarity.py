@@ -30,12 +30,12 @@ device; the tests run it on the CPU in float32). Protocol: docs/protocols.md#few
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from patchlens.device import job_threads, row_slices
 from patchlens.features.variants import VariantSpec
 
 CHUNK_BYTES = {"cpu": 128 * 2 ** 20, "cuda": 2 * 2 ** 30}  # one (chunk, n) float32 product block
@@ -115,21 +115,6 @@ def family_norms(fam: _Family, x, torch_backend: bool = False) -> list:
             acc = acc + x[:, torch.as_tensor(block, device=x.device)].double().square().sum(1)
             out.append((1.0 / acc.sqrt().clamp_min(EPS)).float())
     return out
-
-
-def select_threads() -> int:
-    """Threads of the per-variant passes on the CPU: the job's (``OMP_NUM_THREADS``, which
-    Snakemake sets to a rule's threads), else the CPUs this process may use."""
-    avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        return max(1, min(int(os.environ.get("OMP_NUM_THREADS", avail)), avail or 1))
-    except ValueError:
-        return max(1, avail or 1)
-
-
-def _row_slices(n: int, parts: int) -> list[slice]:
-    bounds = np.linspace(0, n, min(parts, n) + 1).round().astype(int)
-    return [slice(int(a), int(b)) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def add_product(g: np.ndarray, a: np.ndarray, bt: np.ndarray) -> None:
@@ -256,12 +241,12 @@ class VariantIndex:
         """The CPU pass, tile by tile: a (rows, cols) block of the family's product stays in
         cache while each chain step adds its channels (BLAS, beta = 1) and each variant scales
         it by the bank's inverse norms into faiss's heaps. One worker per thread
-        (:func:`select_threads`), each on its own query rows, BLAS on one thread each."""
+        (:func:`patchlens.device.job_threads`), each on its own query rows, BLAS on one thread each."""
         if queries.shape[0] == 0:
             return {n: (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
                     for n in self.names}
         out = {}
-        threads = select_threads()
+        threads = job_threads()
         for fam, tiles in zip(self.families, self._banks):
             q = self._features(fam, queries)
             inv_q = self._norms(fam, q)
@@ -286,7 +271,7 @@ class VariantIndex:
                             heap.add(np.multiply(gt, inv[None, :], out=bt), r0, j0)
 
             with _one_thread_each():
-                slices = _row_slices(q.shape[0], threads)
+                slices = row_slices(q.shape[0], threads)
                 if len(slices) > 1:
                     with ThreadPoolExecutor(len(slices)) as pool:
                         list(pool.map(work, slices))

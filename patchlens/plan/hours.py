@@ -52,7 +52,7 @@ RULE_RATE = {"extract_features": "forward_gflops", "attention_stats": "forward_g
 
 # the probed rates that grow with the cores (a job's share is its threads over the cores), and
 # the probed times per item that shrink with them (the per-variant passes run on the job's
-# threads: patchlens.evaluation.similarity.select_threads)
+# threads: patchlens.device.job_threads)
 CORE_RATES = ("cpu_gflops", "forward_gflops", "lbfgs_gflops")
 CORE_TIMES = ("select_ns",)
 

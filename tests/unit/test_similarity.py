@@ -142,7 +142,8 @@ def test_cpu_tiles_and_threads_give_the_one_block_result(monkeypatch, threads):
 def test_product_is_added_in_place_and_rows_split_evenly():
     """The chain's block products are added to the running product (BLAS, beta = 1), equal to
     adding a separate product; the per-variant passes' row slices cover every row once."""
-    from patchlens.evaluation.similarity import add_product, _row_slices
+    from patchlens.device import row_slices
+    from patchlens.evaluation.similarity import add_product
 
     rng = np.random.default_rng(0)
     g = rng.standard_normal((7, 11), dtype=np.float32)
@@ -150,6 +151,6 @@ def test_product_is_added_in_place_and_rows_split_evenly():
     want = g.astype(np.float64) + a.astype(np.float64) @ bt
     add_product(g, a, bt)
     np.testing.assert_allclose(g, want, rtol=1e-5, atol=1e-5)
-    for n, parts in ((10, 3), (2, 4), (1, 1)):
-        rows = np.concatenate([np.arange(n)[s] for s in _row_slices(n, parts)])
+    for n, parts in ((10, 3), (2, 4), (1, 1), (0, 2)):
+        rows = np.concatenate([np.arange(0)] + [np.arange(n)[s] for s in row_slices(n, parts)])
         assert np.array_equal(rows, np.arange(n))
