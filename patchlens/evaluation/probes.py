@@ -5,19 +5,17 @@ L-BFGS for a fixed number of iterations from zero (deterministic).
 Speed: the optimiser's own updates are small vector operations in scipy's BLAS; on more than one
 thread that pool competes with numpy's for the cores between the objective's two matmuls and the
 fit takes about twice as long (benchmarks/README.md), so it runs on one thread
-(:func:`optimizer_blas_on_one_thread`) while numpy's matmuls keep theirs. The objective's per-row
-work (log-softmax, gradient) runs on the job's threads, each on its own rows: the same values.
+(:func:`optimizer_blas_on_one_thread`) while numpy's matmuls keep theirs.
 """
 from __future__ import annotations
 
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
 
-from patchlens.device import job_threads, matmul, row_slices
+from patchlens.device import matmul
 from patchlens.evaluation.knn import l2_normalize
 from patchlens.params import expect_int, expect_number
 
@@ -74,36 +72,25 @@ class LinearProbe:
         scale = np.maximum(x.std(0), 1e-6)
         x = np.ascontiguousarray((x - mean) / scale, dtype=np.float32)
         n, c = x.shape
-        y = np.asarray(y)
-        z = np.empty((n, n_classes))               # log-probabilities, then the gradient
-        g = np.empty((n, n_classes), np.float32)
-        true_lp = np.empty(n)
-        parts = row_slices(n, job_threads())
-
-        def rows_of(sl: slice, zf: np.ndarray, bias: np.ndarray) -> None:
-            # each row alone (so the rows split over threads): log-softmax, the true class's
-            # log-probability picked (not summed against a one-hot matrix), then the gradient
-            # of the cross-entropy with 1 subtracted from the true class's probability in place
-            zz, yy, at = z[sl], y[sl], np.arange(sl.stop - sl.start)
-            np.add(zf[sl], bias, out=zz)
-            zz -= zz.max(1, keepdims=True)
-            zz -= np.log(np.exp(zz).sum(1, keepdims=True))
-            true_lp[sl] = zz[at, yy]
-            np.exp(zz, out=zz)
-            zz[at, yy] -= 1.0
-            zz /= n
-            g[sl] = zz
+        rows = np.arange(n)
 
         def objective(theta):
+            # the mean cross-entropy and its gradient; the true class's log-probability is
+            # picked (not summed against a one-hot matrix) and 1 subtracted from its
+            # probability in place: the same floating-point values, fewer passes over (n, K)
             w = theta[:c * n_classes].reshape(c, n_classes).astype(np.float32)
-            zf = matmul(x, w)
-            list(run(lambda sl: rows_of(sl, zf, theta[c * n_classes:]), parts))
-            loss = -np.mean(true_lp) + 0.5 * weight_decay * np.sum(w * w)
+            z = matmul(x, w).astype(np.float64) + theta[c * n_classes:]
+            z -= z.max(1, keepdims=True)
+            z -= np.log(np.exp(z).sum(1, keepdims=True))   # log-probabilities
+            loss = -np.mean(z[rows, y]) + 0.5 * weight_decay * np.sum(w * w)
+            p = np.exp(z, out=z)
+            p[rows, y] -= 1.0
+            p /= n
+            g = p.astype(np.float32)
             gw = matmul(x.T, g).astype(np.float64) + weight_decay * w
             return loss, np.concatenate([gw.ravel(), g.sum(0, dtype=np.float64)])
 
-        with optimizer_blas_on_one_thread(), ThreadPoolExecutor(max(1, len(parts))) as pool:
-            run = pool.map if len(parts) > 1 else map
+        with optimizer_blas_on_one_thread():
             res = minimize(objective, np.zeros(c * n_classes + n_classes), jac=True,
                            method="L-BFGS-B",
                            options={"maxiter": int(iters), "gtol": 1e-8, "ftol": 1e-12})
