@@ -85,11 +85,17 @@ def bilinear_argmax(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if in_doubt.mean() > 0.3:  # mostly in doubt: the two products cost less than the gathers
         return resize_bilinear(a, size).argmax(-1)
     out = np.take(np.take(best, ly, 0), lx, 1)
-    Y, X = np.nonzero(in_doubt)
-    if Y.size:
-        rows = np.tensordot(interp_matrix(size[0], h), a, axes=(1, 0))  # (H, w, K), as resize
+    doubt = np.flatnonzero(in_doubt)
+    if doubt.size:
+        Y, X = np.divmod(doubt, size[1])
+        rows = np.tensordot(interp_matrix(size[0], h), a, axes=(1, 0)).reshape(-1, K)  # resize's
+        left = np.take(rows, Y * w + lx[X], axis=0)   # (H * w, K): its product over rows
+        right = np.take(rows, Y * w + hx[X], axis=0)
         fx = wx[X][:, None]
-        out[Y, X] = ((1 - fx) * rows[Y, lx[X]] + fx * rows[Y, hx[X]]).argmax(-1)
+        left *= 1 - fx
+        right *= fx
+        left += right
+        out.reshape(-1)[doubt] = left.argmax(-1)
     return out
 
 
