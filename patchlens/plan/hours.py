@@ -27,18 +27,22 @@ from patchlens.errors import ConfigError
 STARTUP_S = {"python": 1.0, "torch": 5.3}
 RENDER_S_PER_MPIX = 0.5
 # ... and the few-shot linear probe's rate (its skinny matmuls and L-BFGS steps, GFLOP/s of all
-# cores) and the ns per pixel x class of upsampling and arg-maxing a score map
+# cores) and the ns per pixel x class of upsampling and arg-maxing a score map (only the pixels
+# whose four cells disagree are mixed: patchlens.evaluation.upsample.bilinear_argmax; on the
+# probe's map, 13% of the cells: 0.44-0.62 ns inside the probe, 1.02-1.13 ns timed alone, quiet,
+# 2026-12-05; the larger is the default; the full upsampling cost 5.7)
 LBFGS_GFLOPS = 26.0
 BUILD_S_PER_MPARAM = 0.02  # building a timm model (random init; then weights are loaded)
-UPSAMPLE_NS = 5.7
+UPSAMPLE_NS = 1.1
 TRACK_NS = 28.0  # tracking: ns per mask pixel x channel to upsample, arg-max and score (J&F)
 REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduced
 # ns per similarity value and variant of one job, all cores: the shared similarity code's pass
-# beyond its products (patchlens.evaluation.similarity: the chain's in-place block products,
-# the division by the norms, faiss's top-k heaps on the job's threads). The probe times that
-# code (patchlens.plan.probe._select_ns); on the development machine, quiet (2026-12-04, both
-# cores, numpy's matmul at 95 GFLOP/s then): 0.88-1.01 ns in four runs
-SELECT_NS = 0.9
+# beyond its products (patchlens.evaluation.similarity: per cache-sized tile of the product,
+# the chain's in-place block products, the division by the norms, faiss's top-k heaps, one
+# worker per thread). The probe times that code (patchlens.plan.probe._select_ns) minus its
+# two products into a warm block; on the development machine, quiet (2026-12-05, both cores):
+# 0.68-0.82 ns in seven runs (0.88-1.01 before the tiles)
+SELECT_NS = 0.75
 
 # what :func:`probe` measures beyond the matmul and read rates (keywords of add_hours), and the
 # value each takes when not probed; forward_gflops None: extraction at the matmul rate
