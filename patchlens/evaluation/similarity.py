@@ -21,8 +21,9 @@ Results equal cosine k-NN on the transformed, L2-normalised features (:class:`~p
 evaluation.knn.CosineIndex`): same scores up to float32 rounding, same neighbours up to float ties
 (tests/unit/test_similarity.py, against a float64 reference).
 
-Backends: ``"faiss"`` (numpy/BLAS products, faiss's C++ heaps for the top-k; the CPU default, no
-torch) and ``"torch"`` (any device; on CUDA the features stay in their stored float16 and the
+Backends: ``"faiss"`` (BLAS products, faiss's C++ heaps for the top-k; the CPU default, no
+torch: the product is computed and consumed in cache-sized tiles of ``TILE`` query rows x bank
+columns, one worker per job thread, so no similarity block goes through memory) and ``"torch"`` (any device; on CUDA the features stay in their stored float16 and the
 products accumulate and come out in float32 (tensor cores), the top-k is chunked and kept on the
 device; the tests run it on the CPU in float32). Protocol: docs/protocols.md#fewshot_seg
 (DINO's cosine k-NN, Caron et al. 2021; variants after Vanyan et al. 2024, Sec. 5).
