@@ -61,7 +61,7 @@ class _Products:
     (:func:`patchlens.device.matmul`)."""
 
     def __init__(self, x: np.ndarray, k: int):
-        self.x, self.k = x, k
+        self.x = x
         self.blocks = [slice(i, min(i + BLOCK, x.shape[0])) for i in range(0, x.shape[0], BLOCK)]
         self.on_device = device() != "cpu"
         self._parts = np.empty((len(self.blocks), x.shape[1], k), np.float32)

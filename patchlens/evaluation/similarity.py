@@ -23,9 +23,10 @@ evaluation.knn.CosineIndex`): same scores up to float32 rounding, same neighbour
 
 Backends: ``"faiss"`` (BLAS products, faiss's C++ heaps for the top-k; the CPU default, no
 torch: the product is computed and consumed in cache-sized tiles of ``TILE`` query rows x bank
-columns, one worker per job thread, so no similarity block goes through memory) and ``"torch"`` (any device; on CUDA the features stay in their stored float16 and the
-products accumulate and come out in float32 (tensor cores), the top-k is chunked and kept on the
-device; the tests run it on the CPU in float32). Protocol: docs/protocols.md#fewshot_seg
+columns, one worker per job thread, so no similarity block goes through memory) and ``"torch"``
+(any device; on CUDA the features stay in their stored float16 and the products accumulate and
+come out in float32 (tensor cores), the top-k is chunked and kept on the device; the tests run
+it on the CPU in float32). Protocol: docs/protocols.md#fewshot_seg
 (DINO's cosine k-NN, Caron et al. 2021; variants after Vanyan et al. 2024, Sec. 5).
 """
 from __future__ import annotations
