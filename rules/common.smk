@@ -92,7 +92,7 @@ def get_evaluator_inputs(task):
         pieces = cut_jobs().get((task, wildcards.model, wildcards.dataset))
         if not pieces:
             return whole(wildcards)
-        return {
+        files = {
             kind: [
                 piece_file(task, kind, wildcards.model, wildcards.dataset, p, v)
                 for p in pieces
@@ -100,6 +100,9 @@ def get_evaluator_inputs(task):
             ]
             for kind in ("piece_scores", "piece_units")
         }
+        # their SHA-256 records, which the gathering checks (temporary outputs like them)
+        files["checksums"] = [f"{f}.sha256" for paths in files.values() for f in paths]
+        return files
 
     return inputs
 

@@ -24,6 +24,15 @@ def piece_paths(task, kind):
     ]
 
 
+def piece_checksums(task):
+    """The SHA-256 records written beside a piece's tables (removed with them once gathered)."""
+    return [
+        f"{p}.sha256"
+        for kind in ("piece_scores", "piece_units")
+        for p in piece_paths(task, kind)
+    ]
+
+
 for _task in config["tasks"]:
 
     rule:
@@ -61,6 +70,7 @@ for _task in config["tasks"]:
         output:
             piece_scores=temp(piece_paths(_task, "piece_scores")),
             piece_units=temp(piece_paths(_task, "piece_units")),
+            checksums=temp(piece_checksums(_task)),
         log:
             f"{RESULTS}/logs/{_task}/{{model}}/{{dataset}}/{{piece}}.log",
         benchmark:
