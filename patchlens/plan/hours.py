@@ -41,7 +41,7 @@ REDUCE_NS = 6.0  # channel statistics: ns per float16 token value read and reduc
 # the chain's in-place block products, the division by the norms, faiss's top-k heaps, one
 # worker per thread). The probe times that code (patchlens.plan.probe._select_ns) minus its
 # two products into a warm block; on the development machine, quiet (2026-12-05, both cores):
-# 0.68-0.82 ns in seven runs (0.88-1.01 before the tiles)
+# 0.68-0.82 ns in eight runs (0.88-1.01 before the tiles)
 SELECT_NS = 0.75
 
 # what :func:`probe` measures beyond the matmul and read rates (keywords of add_hours), and the
