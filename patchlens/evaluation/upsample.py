@@ -5,8 +5,9 @@ align_corners=False)``: separable interpolation matrices, so (h, w, K) -> (H, W,
 small matrix products; ``upsample_argmax`` (the class map of few-shot segmentation) mixes only the
 pixels whose class is in doubt (``bilinear_argmax``), or runs the products on a torch device when
 asked (``upsample_argmax_torch``; torch only then); ``resize_nearest`` for label maps. Down to
-the grid: ``grid_fraction`` resizes a pixel mask by area (the share of each grid cell it covers, from the exact overlap of
-every pixel with every cell), with the separable weights of ``area_matrix``.
+the grid: ``grid_fraction`` resizes a pixel mask by area (the share of each grid cell it covers,
+from the exact overlap of every pixel with every cell), with the separable weights of
+``area_matrix``.
 """
 from __future__ import annotations
 
@@ -16,13 +17,19 @@ import numpy as np
 
 
 @lru_cache(maxsize=64)
+def corners(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D linear interpolation with half-pixel centres: per output pixel the two input cells it
+    mixes (lo, hi; equal at the borders) and the weight of hi (float32)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    lo = np.floor(x).astype(np.int64)
+    return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
+
+
+@lru_cache(maxsize=64)
 def interp_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres."""
-    x = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    x = np.clip(x, 0, n_in - 1)
-    lo = np.floor(x).astype(int)
-    hi = np.minimum(lo + 1, n_in - 1)
-    w = (x - lo).astype(np.float32)
+    """(n_out, n_in) weights of 1-D linear interpolation with half-pixel centres
+    (:func:`corners` as a matrix)."""
+    lo, hi, w = corners(n_out, n_in)
     m = np.zeros((n_out, n_in), np.float32)
     m[np.arange(n_out), lo] += 1 - w
     m[np.arange(n_out), hi] += w
@@ -49,15 +56,6 @@ def upsample_argmax(a: np.ndarray, size: tuple[int, int], dev: str | None = "cpu
     return upsample_argmax_torch(t, size).cpu().numpy()
 
 
-@lru_cache(maxsize=64)
-def _corners(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per output pixel of :func:`interp_matrix`: the two input cells it mixes (lo, hi) and the
-    weight of hi."""
-    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-    lo = np.floor(x).astype(np.int64)
-    return lo, np.minimum(lo + 1, n_in - 1), (x - lo).astype(np.float32)
-
-
 def bilinear_argmax(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The arg-max (H, W) of the bilinear upsampling of scores (h, w, K), computed only where it
     is in doubt. A pixel mixes the four cells around it with non-negative weights that sum to
@@ -75,8 +73,8 @@ def bilinear_argmax(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     top2 = np.partition(a, K - 2, axis=-1)[..., K - 2:]
     best = a.argmax(-1)
     sure = (top2[..., 1] - top2[..., 0]) > 1e-5 * max(float(np.abs(a).max()), 1e-30)
-    ly = _corners(size[0], h)[0]
-    lx, hx, wx = _corners(size[1], w)
+    ly = corners(size[0], h)[0]
+    lx, hx, wx = corners(size[1], w)
     # per cell (i, j): its four corners (i or i+1, j or j+1, clipped) agree and are sure
     ny, nx = np.minimum(np.arange(h) + 1, h - 1), np.minimum(np.arange(w) + 1, w - 1)
     cell = (sure & sure[ny] & sure[:, nx] & sure[ny][:, nx]

@@ -39,12 +39,10 @@ def test_equals_the_full_upsampling_up_to_near_ties(shape, size, noise):
         np.testing.assert_array_equal(got, up.argmax(-1))
 
 
-def test_a_sure_cell_is_not_mixed_and_a_doubtful_one_is():
-    """A pixel whose four cells agree by a wide margin takes their class even where a full mix
-    would be needed to see it (the mix is never computed there), and a pixel between two
-    classes takes the mix's winner: class 1 at 0.9 left of class 0 at 1.0, so the pixel just
-    right of the left cell's centre (weight 0.25 on the right cell) is class 1 (0.675 vs
-    0.25)."""
+def test_pixels_between_two_classes_and_inside_one():
+    """A pixel between two classes takes the mix's winner: class 1 at 0.9 left of class 0 at
+    1.0, so the pixel just right of the left cell's centre (weight 0.25 on the right cell) is
+    class 1 (0.675 vs 0.25); pixels whose four cells all hold class 1 are class 1."""
     a = np.zeros((1, 2, 2), np.float32)
     a[0, 0, 1], a[0, 1, 0] = 0.9, 1.0
     got = bilinear_argmax(a, (1, 8))  # pixel centres at cell coordinates -0.25, 0, 0.25, ...
