@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -153,6 +154,27 @@ class _Heaps:
         return self.vals, self.idx
 
 
+def _fill_heaps(sl: slice, qb: list, tiles: list, heaps: list, tile: tuple[int, int]) -> None:
+    """One worker's part of the CPU pass: query rows ``sl`` of the chain's channel blocks ``qb``
+    against every column tile of the bank (``tiles``: [(j0, [blocks], [inverse norms])]), into
+    each step's ``heaps``, a (rows, cols) block at a time."""
+    rows, cols = tile
+    g = np.empty((rows, cols), np.float32)
+    buf = np.empty((rows, cols), np.float32)
+    for r0 in range(sl.start, sl.stop, rows):
+        qr = [b[r0:min(r0 + rows, sl.stop)] for b in qb]
+        for j0, blocks, invs in tiles:
+            m, w = qr[0].shape[0], blocks[0].shape[1]
+            gt = g[:m, :w] if w == cols else np.empty((m, w), np.float32)
+            bt = buf[:m, :w] if w == cols else np.empty((m, w), np.float32)
+            for i, (a, bank_t, inv, heap) in enumerate(zip(qr, blocks, invs, heaps)):
+                if i:
+                    add_product(gt, a, bank_t)
+                else:
+                    np.matmul(a, bank_t, out=gt)
+                heap.add(np.multiply(gt, inv[None, :], out=bt), r0, j0)
+
+
 @contextlib.contextmanager
 def _one_thread_each():
     """BLAS and faiss's OpenMP on one thread for the duration: the CPU pass runs one worker
@@ -243,7 +265,8 @@ class VariantIndex:
         """The CPU pass, tile by tile: a (rows, cols) block of the family's product stays in
         cache while each chain step adds its channels (BLAS, beta = 1) and each variant scales
         it by the bank's inverse norms into faiss's heaps. One worker per thread
-        (:func:`patchlens.device.job_threads`), each on its own query rows, BLAS on one thread each."""
+        (:func:`patchlens.device.job_threads`), each on its own query rows
+        (:func:`_fill_heaps`), BLAS on one thread each."""
         if queries.shape[0] == 0:
             return {n: (np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
                     for n in self.names}
@@ -254,32 +277,10 @@ class VariantIndex:
             inv_q = self._norms(fam, q)
             qb = [np.ascontiguousarray(q[:, b]) for b, _ in fam.steps]
             heaps = [_Heaps(q.shape[0], k) for _ in fam.steps]
-            rows, cols = self.tile
-
-            def work(sl: slice) -> None:
-                g = np.empty((rows, cols), np.float32)
-                buf = np.empty((rows, cols), np.float32)
-                for r0 in range(sl.start, sl.stop, rows):
-                    qr = [b[r0:min(r0 + rows, sl.stop)] for b in qb]
-                    for j0, blocks, invs in tiles:
-                        m, w = qr[0].shape[0], blocks[0].shape[1]
-                        gt = g[:m, :w] if w == cols else np.empty((m, w), np.float32)
-                        bt = buf[:m, :w] if w == cols else np.empty((m, w), np.float32)
-                        for i, (a, bank_t, inv, heap) in enumerate(zip(qr, blocks, invs, heaps)):
-                            if i:
-                                add_product(gt, a, bank_t)
-                            else:
-                                np.matmul(a, bank_t, out=gt)
-                            heap.add(np.multiply(gt, inv[None, :], out=bt), r0, j0)
-
-            with _one_thread_each():
-                slices = row_slices(q.shape[0], threads)
-                if len(slices) > 1:
-                    with ThreadPoolExecutor(len(slices)) as pool:
-                        list(pool.map(work, slices))
-                else:
-                    for sl in slices:
-                        work(sl)
+            work = partial(_fill_heaps, qb=qb, tiles=tiles, heaps=heaps, tile=self.tile)
+            slices = row_slices(q.shape[0], threads)
+            with _one_thread_each(), ThreadPoolExecutor(len(slices)) as pool:
+                list(pool.map(work, slices))
             for (_, names), heap, iq in zip(fam.steps, heaps, inv_q):
                 vals, idx = heap.result()
                 vals *= iq[:, None]
