@@ -118,10 +118,9 @@ def probe(seconds: float = 3.0, path: str | os.PathLike | None = None,
 def _prediction_scores(grid: tuple[int, int], k: int, seed: int = 0):
     """Class scores (h, w, k) shaped like a segmentation head's: two rectangular objects on
     background, each class's score 1 on its cells, plus uniform noise of 1.05, which makes
-    some cells' arg-max another class. About 13% of the cells have corners that disagree: the
-    pixels the upsampling's arg-max mixes (:func:`patchlens.evaluation.upsample.
-    bilinear_argmax`; more than the 8% of the benchmark's generated VOC-like predictions,
-    whose score maps cost about half as much per pixel)."""
+    some cells' arg-max another class. 13% of the cells have corners that disagree: the pixels
+    the upsampling's arg-max mixes (:func:`patchlens.evaluation.upsample.bilinear_argmax`);
+    a prediction with more boundary costs more per pixel."""
     import numpy as np
 
     h, w = grid
