@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -197,14 +198,12 @@ def gather_pieces(task: str, piece_scores: dict, piece_units: dict, out_csvs: di
     ``TaskSpec.query_pieces`` merges each such run into the rows of one piece."""
     merge = task_spec(task).query_pieces
     tables, units = {}, {}
+    n = len(next(iter(piece_scores.values()), []))
+    keys = blocks if blocks is not None else [None] * n
+    # runs of consecutive pieces with one key (a None key: a run of its own)
+    runs = [[i for i, _ in run] for _, run in
+            groupby(enumerate(keys), key=lambda t: object() if t[1] is None else t[1])]
     for variant, paths in piece_scores.items():
-        keys = blocks if blocks is not None else [None] * len(paths)
-        runs: list[list[int]] = []
-        for i, key in enumerate(keys):
-            if runs and key is not None and keys[runs[-1][0]] == key:
-                runs[-1].append(i)
-            else:
-                runs.append([i])
         parts, found = [], []
         for run in runs:
             t = [read_table(paths[i]) for i in run]  # each piece's recorded SHA-256 checked
